@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/tidegate/tidegate/proxy"
+)
+
+// auxServer is the health or the admin listener: small, hardened, and shut
+// down after the public listener so that scrapes and probes see the drain.
+type auxServer struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+	log  *zap.Logger
+}
+
+func newAuxServer(name, addr string, h http.Handler, log *zap.Logger) (*auxServer, error) {
+	ln, err := proxy.Listen(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s listener: %w", name, err)
+	}
+	log = log.Named(name)
+	return &auxServer{name: name, ln: ln, log: log, srv: &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          zap.NewStdLog(log),
+	}}, nil
+}
+
+func (a *auxServer) serve() error {
+	if err := a.srv.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s listener %s: %w", a.name, a.ln.Addr(), err)
+	}
+	return nil
+}
+
+func (a *auxServer) shutdown(bound time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	if err := a.srv.Shutdown(ctx); err != nil {
+		_ = a.srv.Close()
+	}
+}
+
+// adminHandler serves /metrics, /status, /config and /debug/pprof/.
+func (s *sidecar) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{
+		Registry: s.reg,
+		ErrorLog: zap.NewStdLog(s.log.Named("metrics")),
+	}))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.status()) })
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.loaded.effective()) })
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, "tidegate admin: /metrics /status /config /debug/pprof/\n")
+	})
+	return mux
+}
+
+// status is the JSON of /status.
+type status struct {
+	Phase      string            `json:"phase"`
+	PhaseSince time.Time         `json:"phase_since"`
+	Uptime     float64           `json:"uptime_seconds"`
+	Upstream   string            `json:"upstream"`
+	Traffic    proxy.Snapshot    `json:"traffic"`
+	Build      buildInfo         `json:"build"`
+	Config     map[string]string `json:"config"`
+}
+
+func (s *sidecar) status() status {
+	phase, since := s.life.State()
+	return status{
+		Phase:      phase.String(),
+		PhaseSince: since,
+		Uptime:     time.Since(s.started).Seconds(),
+		Upstream:   s.cfg.Upstream.Address,
+		Traffic:    s.tracker.Snapshot(),
+		Build:      s.build,
+		Config:     s.loaded.effective(),
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

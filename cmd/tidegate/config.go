@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything `tidegate run` can be told. Every field is one
+// setting of the table in settings.go, which says its flag, env var, YAML
+// key and default; Config itself holds only values.
+type Config struct {
+	Listen       string
+	HealthListen string // "off" disables the health listener
+	AdminListen  string // "off" disables the admin listener
+
+	Upstream struct {
+		Address               string
+		DialTimeout           time.Duration
+		ResponseHeaderTimeout time.Duration
+		IdleTimeout           time.Duration
+		MaxIdleConns          int
+		ExpectContinueTimeout time.Duration
+	}
+
+	Server struct {
+		ReadHeaderTimeout time.Duration
+		IdleTimeout       time.Duration
+		MaxHeaderBytes    int64
+		MaxBodyBytes      int64
+		Forwarded         string
+	}
+
+	Drain struct {
+		Timeout time.Duration
+	}
+
+	ProbeUserAgents []string
+
+	Log struct {
+		Level  string
+		Format string
+	}
+	AccessLog string // "off", "stdout", "stderr" or a file path
+}
+
+// off is the value that disables an optional listener or the access log.
+const off = "off"
+
+// parseDuration parses a Go duration ("500ms", "5s", "1m30s"); "0" is
+// accepted, negatives are not.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration: write a number with a unit, like 500ms, 5s or 1m", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative: durations must be 0 or more", s)
+	}
+	return d, nil
+}
+
+func formatDuration(d time.Duration) string {
+	if d == 0 {
+		return "0s"
+	}
+	return d.String()
+}
+
+var byteUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+	{"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000},
+	{"B", 1},
+}
+
+// parseBytes parses a size: a whole number of bytes, optionally with a unit
+// (B, KiB, MiB, GiB binary; KB, MB, GB decimal), like 64KiB or 10MB.
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range byteUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size: write a whole number of bytes with an optional unit, like 65536, 64KiB or 10MB", s)
+	}
+	return n * mult, nil
+}
+
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.mult && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}

@@ -1,0 +1,377 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/tidegate/tidegate/proxy"
+)
+
+// usageError is bad input from the operator: the command exits 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// rawFlag records what a flag was given, unparsed, so that flags can be
+// applied after the file and the environment (precedence: flag > env >
+// file > default).
+type rawFlag struct {
+	vals   []string
+	isBool bool
+}
+
+func (r *rawFlag) String() string     { return strings.Join(r.vals, ",") }
+func (r *rawFlag) Set(s string) error { r.vals = append(r.vals, s); return nil }
+func (r *rawFlag) IsBoolFlag() bool   { return r.isBool }
+
+// loaded is a Config and where each of its values came from.
+type loaded struct {
+	cfg    Config
+	origin map[string]string // setting key → "--flag", "TIDEGATE_X", "config file F", "default"
+}
+
+// loadConfig builds the effective Config of `tidegate run` from args, the
+// environment and the config file named by --config or TIDEGATE_CONFIG.
+// flag.ErrHelp means the operator asked for --help. Any other error is a
+// usageError that names the offending value and where it came from.
+func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
+	table := settings()
+	fs := flag.NewFlagSet("tidegate run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	raw := make(map[string]*rawFlag, len(table))
+	for _, s := range table {
+		raw[s.flag] = &rawFlag{isBool: s.bool}
+		fs.Var(raw[s.flag], s.flag, s.usage)
+	}
+	configPath := fs.String("config", "", "YAML file with settings")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q: tidegate run takes only flags (see tidegate run --help)", fs.Arg(0))
+	}
+
+	l := &loaded{origin: make(map[string]string, len(table))}
+	for _, s := range table {
+		if err := s.set(&l.cfg, splitList(s, s.def)); err != nil {
+			return nil, fmt.Errorf("default of %s: %w", s.key, err) // a bug, not bad input
+		}
+		l.origin[s.key] = "default"
+	}
+
+	path, pathFrom := *configPath, "--config"
+	if path == "" {
+		path, pathFrom = getenv("TIDEGATE_CONFIG"), "TIDEGATE_CONFIG"
+	}
+	if path != "" {
+		if err := l.applyFile(table, path); err != nil {
+			return nil, usagef("%s %s: %w", pathFrom, path, err)
+		}
+	}
+	for _, s := range table {
+		name := envName(s.flag)
+		if v, ok := lookupEnv(getenv, name); ok {
+			if err := s.set(&l.cfg, splitList(s, v)); err != nil {
+				return nil, usagef("%s: %w", name, err)
+			}
+			l.origin[s.key] = name
+		}
+	}
+	for _, s := range table {
+		if r := raw[s.flag]; len(r.vals) > 0 {
+			if err := s.set(&l.cfg, r.vals); err != nil {
+				return nil, usagef("--%s: %w", s.flag, err)
+			}
+			l.origin[s.key] = "--" + s.flag
+		}
+	}
+	if err := l.validate(table); err != nil {
+		return nil, usageError{err}
+	}
+	return l, nil
+}
+
+// lookupEnv treats an empty variable as unset, as Kubernetes users expect of
+// `value: ""`.
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+func splitList(s setting, v string) []string {
+	if !s.list {
+		return []string{v}
+	}
+	if v == "" {
+		return nil
+	}
+	return strings.Split(v, ",")
+}
+
+// applyFile reads a YAML config file over l.cfg. Unknown keys are errors,
+// with the nearest known key as a hint.
+func (l *loaded) applyFile(table []setting, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("cannot read: %w", errors.Unwrap(err))
+	}
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return fmt.Errorf("not valid YAML: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	var root any
+	if err := dec.Decode(&root); err != nil {
+		return fmt.Errorf("not valid YAML: %w", err)
+	}
+	if root == nil {
+		return nil // an empty file
+	}
+	m, ok := root.(map[string]any)
+	if !ok {
+		return fmt.Errorf("the top level must be a mapping of settings, like \"listen: :8080\"")
+	}
+	byKey := make(map[string]setting, len(table))
+	for _, s := range table {
+		byKey[s.key] = s
+	}
+	return l.applyMap(byKey, "", m)
+}
+
+func (l *loaded) applyMap(byKey map[string]setting, prefix string, m map[string]any) error {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		key, v := prefix+k, m[k]
+		s, isSetting := byKey[key]
+		if !isSetting && key == "upstream" { // shorthand: "upstream: host:port"
+			if _, isMap := v.(map[string]any); !isMap {
+				s, isSetting = byKey["upstream.address"], true
+			}
+		}
+		switch sub, isMap := v.(map[string]any); {
+		case isSetting:
+			vals, err := yamlValues(v, s.list)
+			if err == nil {
+				err = s.set(&l.cfg, vals)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			l.origin[s.key] = "config file"
+		case isMap && isSection(byKey, key):
+			if err := l.applyMap(byKey, key+".", sub); err != nil {
+				return err
+			}
+		default:
+			return unknownKey(byKey, key)
+		}
+	}
+	return nil
+}
+
+func isSection(byKey map[string]setting, key string) bool {
+	for k := range byKey {
+		if strings.HasPrefix(k, key+".") {
+			return true
+		}
+	}
+	return false
+}
+
+func unknownKey(byKey map[string]setting, key string) error {
+	best, bestD := "", 4
+	for k := range byKey {
+		if d := editDistance(key, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best != "" {
+		return fmt.Errorf("unknown key %q (did you mean %q?)", key, best)
+	}
+	return fmt.Errorf("unknown key %q (see tidegate run --help for the keys)", key)
+}
+
+// yamlValues turns a YAML scalar, or a list of scalars for list settings,
+// into the strings a setting parses. YAML 1.1 reads a bare off/no as false:
+// it comes back as "off".
+func yamlValues(v any, list bool) ([]string, error) {
+	if items, ok := v.([]any); ok {
+		if !list {
+			return nil, fmt.Errorf("takes one value, not a list")
+		}
+		out := make([]string, 0, len(items))
+		for _, it := range items {
+			s, err := yamlScalar(it)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	s, err := yamlScalar(v)
+	if err != nil {
+		return nil, err
+	}
+	return []string{s}, nil
+}
+
+func yamlScalar(v any) (string, error) {
+	switch t := v.(type) {
+	case string:
+		return t, nil
+	case json.Number:
+		return t.String(), nil
+	case bool:
+		if t {
+			return "true", nil
+		}
+		return off, nil
+	case nil:
+		return "", fmt.Errorf("has no value")
+	default:
+		return "", fmt.Errorf("takes a single value, not a %T", v)
+	}
+}
+
+// validate checks the merged config; each error names the value and where it
+// came from.
+func (l *loaded) validate(table []setting) error {
+	for _, s := range table {
+		if s.check == nil {
+			continue
+		}
+		if err := s.check(&l.cfg); err != nil {
+			return fmt.Errorf("%s: %w", l.describe(s), err)
+		}
+	}
+	c := &l.cfg
+	if c.Server.MaxHeaderBytes == 0 {
+		return fmt.Errorf("%s: must be more than 0", l.describeKey(table, "server.max_header_bytes"))
+	}
+	if c.Server.MaxHeaderBytes > 16<<20 {
+		return fmt.Errorf("%s: %s is more than the 16MiB a header block may take", l.describeKey(table, "server.max_header_bytes"), formatBytes(c.Server.MaxHeaderBytes))
+	}
+	type listener struct{ key, addr string }
+	ls := []listener{{"listen", c.Listen}, {"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen}}
+	for i, a := range ls {
+		for _, b := range ls[i+1:] {
+			if a.addr != off && b.addr != off && sameListenAddr(a.addr, b.addr) {
+				return fmt.Errorf("%s and %s are both %q: each listener needs its own port",
+					l.describeKey(table, a.key), l.describeKey(table, b.key), a.addr)
+			}
+		}
+	}
+	if up, err := proxy.ParseUpstream(c.Upstream.Address); err == nil && up.Network == "tcp" && sameListenAddr(up.Address, c.Listen) {
+		return fmt.Errorf("%s %q is tidegate's own listener %q: requests would loop; point it at the app",
+			l.describeKey(table, "upstream.address"), c.Upstream.Address, c.Listen)
+	}
+	return nil
+}
+
+// sameListenAddr reports whether two host:port addresses would collide:
+// same non-zero port, and the same host or either a wildcard or loopback.
+func sameListenAddr(a, b string) bool {
+	ha, pa, err1 := proxy.SplitHostPort(a)
+	hb, pb, err2 := proxy.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa == 0 || pa != pb {
+		return false
+	}
+	wild := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "" || h == "localhost" || (ip != nil && (ip.IsUnspecified() || ip.IsLoopback()))
+	}
+	return ha == hb || wild(ha) || wild(hb)
+}
+
+func (l *loaded) describe(s setting) string {
+	switch o := l.origin[s.key]; {
+	case o == "config file":
+		return "config file key " + s.key
+	case o == "default":
+		return "--" + s.flag
+	default:
+		return o
+	}
+}
+
+func (l *loaded) describeKey(table []setting, key string) string {
+	i := slices.IndexFunc(table, func(s setting) bool { return s.key == key })
+	return l.describe(table[i])
+}
+
+// effective returns the config as key → value, for /config and /status.
+func (l *loaded) effective() map[string]string {
+	out := make(map[string]string)
+	for _, s := range settings() {
+		out[s.key] = s.get(&l.cfg)
+	}
+	return out
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// writeRunUsage prints `tidegate run --help` from the settings table.
+func writeRunUsage(w io.Writer) {
+	fmt.Fprintf(w, `Usage: tidegate run [flags]
+
+Runs the sidecar: proxies the public listener to the app and serves health and
+admin endpoints. Every flag can also be set by the environment variable shown,
+or by the key shown in the YAML file given with --config (or TIDEGATE_CONFIG).
+Precedence: flag > environment > file > default.
+
+  --config FILE
+        YAML file with settings                                    env TIDEGATE_CONFIG
+`)
+	for _, s := range settings() {
+		def := s.def
+		if def == "" {
+			def = "none"
+		}
+		fmt.Fprintf(w, "  --%s %s\n        %s\n        default %s; env %s; file key %s\n",
+			s.flag, s.arg, s.usage, def, envName(s.flag), s.key)
+	}
+}

@@ -1,0 +1,21 @@
+// Command tidegate is the sidecar: it fronts an app's port, tracks every
+// request in flight, and makes shutdown and health honest.
+//
+// Usage:
+//
+//	tidegate run --upstream 127.0.0.1:3000 [flags]   run the sidecar
+//	tidegate demo                                    see it work on a built-in app
+//	tidegate version                                 print version, commit and Go version
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	os.Exit(cli(os.Args[1:], env{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr, signals: signals}))
+}

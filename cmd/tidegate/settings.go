@@ -1,0 +1,219 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidegate/tidegate/proxy"
+)
+
+// setting is one configurable value of `tidegate run`. The same table drives
+// the command-line flags, the TIDEGATE_* environment variables, the YAML
+// file, /config, and `tidegate run --help`, so the four can never disagree.
+type setting struct {
+	flag  string // flag name without dashes; the env var is TIDEGATE_ + upper(flag with - → _)
+	key   string // dotted key in the YAML file
+	usage string // one line for --help
+	def   string // default, in the same syntax as the flag
+	arg   string // what the value looks like, for --help: "ADDR", "DURATION", …
+	list  bool   // repeatable flag; comma-separated env; YAML list
+	bool  bool   // the flag may be given without a value (--access-log)
+
+	// set parses vs (one value unless list) into c. Errors describe the
+	// value; the caller adds where it came from.
+	set func(c *Config, vs []string) error
+	// get formats c's value in the syntax set accepts.
+	get func(c *Config) string
+	// check validates the merged value; nil means no check beyond set.
+	check func(c *Config) error
+}
+
+// envName returns the environment variable for a setting's flag name.
+func envName(flag string) string {
+	return "TIDEGATE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+func last(vs []string) string { return vs[len(vs)-1] }
+
+func strSetting(flag, key, def, arg, usage string, field func(*Config) *string, check func(string) error) setting {
+	s := setting{flag: flag, key: key, def: def, arg: arg, usage: usage,
+		set: func(c *Config, vs []string) error { *field(c) = strings.TrimSpace(last(vs)); return nil },
+		get: func(c *Config) string { return *field(c) },
+	}
+	if check != nil {
+		s.check = func(c *Config) error { return check(*field(c)) }
+	}
+	return s
+}
+
+func durSetting(flag, key, def, usage string, field func(*Config) *time.Duration) setting {
+	return setting{flag: flag, key: key, def: def, arg: "DURATION", usage: usage,
+		set: func(c *Config, vs []string) error {
+			d, err := parseDuration(last(vs))
+			if err == nil {
+				*field(c) = d
+			}
+			return err
+		},
+		get: func(c *Config) string { return formatDuration(*field(c)) },
+	}
+}
+
+func bytesSetting(flag, key, def, usage string, field func(*Config) *int64) setting {
+	return setting{flag: flag, key: key, def: def, arg: "SIZE", usage: usage,
+		set: func(c *Config, vs []string) error {
+			n, err := parseBytes(last(vs))
+			if err == nil {
+				*field(c) = n
+			}
+			return err
+		},
+		get: func(c *Config) string { return formatBytes(*field(c)) },
+	}
+}
+
+func intSetting(flag, key, def, usage string, field func(*Config) *int) setting {
+	return setting{flag: flag, key: key, def: def, arg: "N", usage: usage,
+		set: func(c *Config, vs []string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(last(vs)))
+			if err != nil || n < 0 {
+				return fmt.Errorf("%q is not a whole number of 0 or more", last(vs))
+			}
+			*field(c) = n
+			return nil
+		},
+		get: func(c *Config) string { return strconv.Itoa(*field(c)) },
+	}
+}
+
+func oneOf(allowed ...string) func(string) error {
+	return func(v string) error {
+		for _, a := range allowed {
+			if v == a {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+}
+
+// listenAddr checks a listener address: host:port with a port from 0 to
+// 65535; optional listeners may also be "off".
+func listenAddr(optional bool) func(string) error {
+	return func(v string) error {
+		if optional && v == off {
+			return nil
+		}
+		if v == "" {
+			if optional {
+				return fmt.Errorf("address is empty: give host:port, :port, or %q to disable", off)
+			}
+			return fmt.Errorf("address is empty: give host:port or :port")
+		}
+		if _, _, err := proxy.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q: %w", v, err)
+		}
+		return nil
+	}
+}
+
+func upstreamAddr(v string) error {
+	if v == "" {
+		return fmt.Errorf("no upstream: tell tidegate where the app listens with --upstream host:port (or TIDEGATE_UPSTREAM, or upstream: in the config file)")
+	}
+	_, err := proxy.ParseUpstream(v)
+	return err
+}
+
+// settings returns the table, in --help order.
+func settings() []setting {
+	return []setting{
+		strSetting("listen", "listen", ":8080", "ADDR",
+			"public listener: clients and load balancers connect here",
+			func(c *Config) *string { return &c.Listen }, listenAddr(false)),
+		strSetting("upstream", "upstream.address", "", "ADDR",
+			"the app: host:port, http://host:port or unix:///path.sock (required)",
+			func(c *Config) *string { return &c.Upstream.Address }, upstreamAddr),
+		strSetting("health-listen", "health_listen", ":8081", "ADDR",
+			"kubelet-facing health listener (/readyz, /livez, /startupz), or off",
+			func(c *Config) *string { return &c.HealthListen }, listenAddr(true)),
+		strSetting("admin-listen", "admin_listen", "127.0.0.1:9901", "ADDR",
+			"admin listener (/metrics, /status, /config, /debug/pprof/), or off",
+			func(c *Config) *string { return &c.AdminListen }, listenAddr(true)),
+
+		durSetting("upstream-dial-timeout", "upstream.dial_timeout", "5s",
+			"bound on connecting to the app (past it: 504)",
+			func(c *Config) *time.Duration { return &c.Upstream.DialTimeout }),
+		durSetting("upstream-response-header-timeout", "upstream.response_header_timeout", "60s",
+			"bound on waiting for the app's response headers (past it: 504); 0 = none",
+			func(c *Config) *time.Duration { return &c.Upstream.ResponseHeaderTimeout }),
+		durSetting("upstream-idle-timeout", "upstream.idle_timeout", "60s",
+			"close pooled app connections idle this long; keep below the app's keep-alive timeout",
+			func(c *Config) *time.Duration { return &c.Upstream.IdleTimeout }),
+		intSetting("upstream-max-idle-conns", "upstream.max_idle_conns", "1024",
+			"idle app connections kept for reuse; at least the expected client concurrency",
+			func(c *Config) *int { return &c.Upstream.MaxIdleConns }),
+		durSetting("upstream-expect-continue-timeout", "upstream.expect_continue_timeout", "1s",
+			"wait this long for the app's 100 Continue before sending an announced body",
+			func(c *Config) *time.Duration { return &c.Upstream.ExpectContinueTimeout }),
+
+		durSetting("read-header-timeout", "server.read_header_timeout", "10s",
+			"bound on reading a client's request headers (slowloris)",
+			func(c *Config) *time.Duration { return &c.Server.ReadHeaderTimeout }),
+		durSetting("idle-timeout", "server.idle_timeout", "620s",
+			"close client keep-alive connections idle this long; keep above your load balancer's idle timeout",
+			func(c *Config) *time.Duration { return &c.Server.IdleTimeout }),
+		bytesSetting("max-header-bytes", "server.max_header_bytes", "64KiB",
+			"largest request line plus headers (larger: 431)",
+			func(c *Config) *int64 { return &c.Server.MaxHeaderBytes }),
+		bytesSetting("max-body-bytes", "server.max_body_bytes", "0",
+			"largest request body (larger: 413); 0 = no limit",
+			func(c *Config) *int64 { return &c.Server.MaxBodyBytes }),
+		strSetting("forwarded-headers", "server.forwarded_headers", "append", "MODE",
+			"append: trust the previous hop's X-Forwarded-*; replace: overwrite them",
+			func(c *Config) *string { return &c.Server.Forwarded }, oneOf("append", "replace")),
+		{
+			flag: "probe-user-agent", key: "probe_user_agents", def: "kube-probe/", arg: "PREFIX", list: true,
+			usage: "User-Agent prefix of health checkers, whose requests never count as activity (repeatable)",
+			set: func(c *Config, vs []string) error {
+				c.ProbeUserAgents = c.ProbeUserAgents[:0]
+				for _, v := range vs {
+					if v = strings.TrimSpace(v); v != "" {
+						c.ProbeUserAgents = append(c.ProbeUserAgents, v)
+					}
+				}
+				return nil
+			},
+			get: func(c *Config) string { return strings.Join(c.ProbeUserAgents, ",") },
+		},
+
+		durSetting("drain-timeout", "drain.timeout", "30s",
+			"hard bound on shutting down, counted from SIGTERM",
+			func(c *Config) *time.Duration { return &c.Drain.Timeout }),
+
+		strSetting("log-level", "log.level", "info", "LEVEL",
+			"debug, info, warn or error",
+			func(c *Config) *string { return &c.Log.Level }, oneOf("debug", "info", "warn", "error")),
+		strSetting("log-format", "log.format", "json", "FORMAT",
+			"json or console",
+			func(c *Config) *string { return &c.Log.Format }, oneOf("json", "console")),
+		{
+			flag: "access-log", key: "access_log", def: off, arg: "DEST", bool: true,
+			usage: "one line per request to stdout, stderr or a file path; --access-log alone means stdout; off disables",
+			set: func(c *Config, vs []string) error {
+				switch v := strings.TrimSpace(last(vs)); v {
+				case "true", "on", "":
+					c.AccessLog = "stdout"
+				case "false":
+					c.AccessLog = off
+				default:
+					c.AccessLog = v
+				}
+				return nil
+			},
+			get: func(c *Config) string { return c.AccessLog },
+		},
+	}
+}

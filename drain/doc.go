@@ -1,0 +1,14 @@
+// Package drain owns the sidecar's lifecycle: the phases it goes through from
+// start to exit, and (as the drain is built out) how SIGTERM becomes "fail
+// readiness, keep serving while load balancers notice, drain to zero, then
+// stop the app".
+//
+// Invariants:
+//   - Phases only move forward: starting → serving → draining → closing →
+//     stopping_app → stopped. A phase may be skipped, never revisited.
+//   - The current phase is always exported as tidegate_phase{phase} (1 for the
+//     current one) and readable without blocking the data path.
+//
+// drain never imports proxy or healthz; the composition root in cmd/tidegate
+// hands it what it needs through small interfaces.
+package drain

@@ -1,0 +1,384 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ForwardedMode says what to do with X-Forwarded-* headers a client sent.
+type ForwardedMode string
+
+const (
+	// ForwardedAppend trusts the previous hop (a load balancer or ingress):
+	// the client address is appended to its X-Forwarded-For, and its
+	// X-Forwarded-Proto and X-Forwarded-Host are kept; tidegate sets them
+	// only when absent. The default: a sidecar always sits behind something.
+	ForwardedAppend ForwardedMode = "append"
+	// ForwardedReplace trusts nobody: the three headers are replaced by what
+	// tidegate itself sees. Use it when tidegate is the edge.
+	ForwardedReplace ForwardedMode = "replace"
+)
+
+// RequestIDHeader carries the request id to the app and back to the client.
+const RequestIDHeader = "X-Request-Id"
+
+// Options configures a Handler. Upstream and Tracker are required.
+type Options struct {
+	// Upstream is the app. Required.
+	Upstream Upstream
+
+	// Transport carries requests to the app. Nil means
+	// NewTransport(Upstream, TransportOptions).
+	Transport http.RoundTripper
+
+	// TransportOptions tunes the default Transport; ignored when Transport
+	// is set.
+	TransportOptions TransportOptions
+
+	// MaxBodyBytes caps request bodies: larger ones get 413, before the app
+	// sees the request when Content-Length announces the size, else as soon
+	// as the limit is crossed. Zero means no cap.
+	MaxBodyBytes int64
+
+	// Forwarded says how X-Forwarded-* headers are set. Empty means
+	// ForwardedAppend.
+	Forwarded ForwardedMode
+
+	// Tracker counts requests in flight. Required.
+	Tracker *Tracker
+
+	// Metrics records request counts and durations. Nil means none.
+	Metrics *Metrics
+
+	// Logger receives upstream errors. Nil means no logs.
+	Logger *zap.Logger
+
+	// AccessLog, when set, receives one line per request. Nil means off.
+	AccessLog *zap.Logger
+
+	// Now is the clock for durations. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Handler proxies HTTP requests to the app and accounts for each one. It is
+// an http.Handler for the public listener; it knows nothing of signals,
+// probes or the lifecycle.
+type Handler struct {
+	rp        *httputil.ReverseProxy
+	transport http.RoundTripper
+	tracker   *Tracker
+	metrics   *Metrics
+	log       *zap.Logger
+	access    *zap.Logger
+	maxBody   int64
+	forwarded ForwardedMode
+	target    string
+	now       func() time.Time
+}
+
+// NewHandler returns a Handler for o.
+func NewHandler(o Options) (*Handler, error) {
+	if o.Tracker == nil {
+		return nil, errors.New("proxy: Options.Tracker is required")
+	}
+	if o.Upstream.Network == "" {
+		return nil, errors.New("proxy: Options.Upstream is required")
+	}
+	switch o.Forwarded {
+	case "":
+		o.Forwarded = ForwardedAppend
+	case ForwardedAppend, ForwardedReplace:
+	default:
+		return nil, fmt.Errorf("proxy: forwarded mode %q: want %q or %q", o.Forwarded, ForwardedAppend, ForwardedReplace)
+	}
+	if o.MaxBodyBytes < 0 {
+		return nil, fmt.Errorf("proxy: max body bytes %d is negative", o.MaxBodyBytes)
+	}
+	h := &Handler{
+		transport: o.Transport,
+		tracker:   o.Tracker,
+		metrics:   o.Metrics,
+		log:       o.Logger,
+		access:    o.AccessLog,
+		maxBody:   o.MaxBodyBytes,
+		forwarded: o.Forwarded,
+		target:    o.Upstream.targetHost(),
+		now:       o.Now,
+	}
+	if h.transport == nil {
+		h.transport = NewTransport(o.Upstream, o.TransportOptions)
+	}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:        h.rewrite,
+		Transport:      h.transport,
+		FlushInterval:  -1, // stream: every write from the app reaches the client at once
+		BufferPool:     newBufferPool(),
+		ErrorLog:       zap.NewStdLog(h.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+		ModifyResponse: h.modifyResponse,
+		ErrorHandler:   h.errorHandler,
+	}
+	return h, nil
+}
+
+// CloseIdleConnections closes pooled connections to the app that are idle.
+func (h *Handler) CloseIdleConnections() {
+	if c, ok := h.transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// reqState travels with a request through the ReverseProxy hooks.
+type reqState struct {
+	id       string
+	sent     time.Time // request handed to the transport
+	headers  time.Time // app's response headers received
+	failure  *failure
+	panicked bool
+}
+
+type stateKey struct{}
+
+func stateOf(ctx context.Context) *reqState {
+	st, _ := ctx.Value(stateKey{}).(*reqState)
+	return st
+}
+
+// ServeHTTP proxies r to the app.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	h.tracker.RequestStarted(h.tracker.IsProbe(r.UserAgent()))
+	defer h.tracker.RequestDone()
+
+	st := &reqState{id: r.Header.Get(RequestIDHeader)}
+	if !validRequestID(st.id) {
+		st.id = newRequestID()
+		r.Header.Set(RequestIDHeader, st.id)
+	}
+	rec := &recorder{ResponseWriter: w}
+	defer func() {
+		p := recover()
+		if p != nil {
+			// ReverseProxy aborts with http.ErrAbortHandler when the body
+			// copy fails half way: record the request, then let the server
+			// cut the connection.
+			st.panicked = true
+		}
+		h.finish(r, rec, st, start)
+		if p != nil {
+			panic(p)
+		}
+	}()
+
+	if h.maxBody > 0 {
+		if r.ContentLength > h.maxBody {
+			f := failure{http.StatusRequestEntityTooLarge, ReasonBodyTooLarge, false, "request body too large"}
+			st.failure = &f
+			writeFailure(rec, f, st.id)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, h.maxBody)
+	}
+	h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
+	out, in := pr.Out, pr.In
+	out.URL.Scheme = "http"
+	out.URL.Host = h.target
+	// A sidecar is transparent: keep the Host the client asked for and the
+	// query string exactly as sent (ReverseProxy drops parts it cannot parse).
+	out.Host = in.Host
+	out.URL.RawQuery = in.URL.RawQuery
+	h.setForwarded(pr)
+	if st := stateOf(in.Context()); st != nil {
+		st.sent = h.now()
+	}
+}
+
+func (h *Handler) setForwarded(pr *httputil.ProxyRequest) {
+	if h.forwarded == ForwardedReplace {
+		pr.SetXForwarded()
+		return
+	}
+	in, out := pr.In, pr.Out
+	if ip, _, err := net.SplitHostPort(in.RemoteAddr); err == nil {
+		xff := ip
+		if prior := in.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			xff = joinComma(prior) + ", " + ip
+		}
+		out.Header.Set("X-Forwarded-For", xff)
+	}
+	if v := in.Header.Get("X-Forwarded-Proto"); v != "" {
+		out.Header.Set("X-Forwarded-Proto", v)
+	} else if in.TLS != nil {
+		out.Header.Set("X-Forwarded-Proto", "https")
+	} else {
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+	if v := in.Header.Get("X-Forwarded-Host"); v != "" {
+		out.Header.Set("X-Forwarded-Host", v)
+	} else {
+		out.Header.Set("X-Forwarded-Host", in.Host)
+	}
+}
+
+func joinComma(vs []string) string {
+	if len(vs) == 1 {
+		return vs[0]
+	}
+	n := 0
+	for _, v := range vs {
+		n += len(v) + 2
+	}
+	b := make([]byte, 0, n)
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = append(b, v...)
+	}
+	return string(b)
+}
+
+func (h *Handler) modifyResponse(resp *http.Response) error {
+	st := stateOf(resp.Request.Context())
+	if st == nil {
+		return nil
+	}
+	st.headers = h.now()
+	if resp.Header.Get(RequestIDHeader) == "" {
+		resp.Header.Set(RequestIDHeader, st.id)
+	}
+	return nil
+}
+
+func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	f := classify(r.Context(), err)
+	st := stateOf(r.Context())
+	id := ""
+	if st != nil {
+		st.failure = &f
+		id = st.id
+	}
+	if f.upstream {
+		if h.metrics != nil {
+			h.metrics.upstreamError(f.reason)
+		}
+		h.log.Warn("upstream request failed",
+			zap.String("reason", string(f.reason)),
+			zap.Int("status", f.status),
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path),
+			zap.String("request_id", id),
+			zap.Error(err))
+	}
+	if f.status == StatusClientClosed {
+		return // nobody is listening
+	}
+	writeFailure(w, f, id)
+}
+
+func writeFailure(w http.ResponseWriter, f failure, id string) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("X-Tidegate-Reason", string(f.reason))
+	if id != "" {
+		hdr.Set(RequestIDHeader, id)
+	}
+	w.WriteHeader(f.status)
+	_, _ = w.Write([]byte("tidegate: " + f.message + "\n"))
+}
+
+// finish records a completed request in the metrics and the access log.
+func (h *Handler) finish(r *http.Request, rec *recorder, st *reqState, start time.Time) {
+	end := h.now()
+	status := rec.status
+	switch {
+	case st.failure != nil && st.failure.status == StatusClientClosed:
+		status = StatusClientClosed
+	case r.Context().Err() != nil && st.panicked:
+		status = StatusClientClosed // the client left during the body
+	case status == 0:
+		status = http.StatusOK // nothing written: net/http sends 200
+	}
+	if h.metrics != nil {
+		h.metrics.observe(r.Method, status, end.Sub(start).Seconds())
+	}
+	if h.access == nil {
+		return
+	}
+	var upstream time.Duration
+	if !st.sent.IsZero() && !st.headers.IsZero() {
+		upstream = st.headers.Sub(st.sent)
+	}
+	fields := make([]zap.Field, 0, 12)
+	fields = append(fields,
+		zap.String("method", r.Method),
+		zap.String("path", r.URL.Path),
+		zap.String("proto", r.Proto),
+		zap.Int("status", status),
+		zap.Int64("bytes", rec.bytes),
+		zap.Duration("duration", end.Sub(start)),
+		zap.Duration("upstream_duration", upstream),
+		zap.String("request_id", st.id),
+		zap.String("remote_addr", r.RemoteAddr),
+	)
+	if st.failure != nil {
+		fields = append(fields, zap.String("reason", string(st.failure.reason)))
+	} else if st.panicked {
+		fields = append(fields, zap.String("reason", "aborted"))
+	}
+	h.access.Info("request", fields...)
+}
+
+// recorder notes the status and body size a response got. It hides no
+// optional interface: http.ResponseController reaches Flush and Hijack of the
+// underlying writer through Unwrap.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// bufferPool lends ReverseProxy its 32 KiB copy buffers.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (bp *bufferPool) Get() []byte  { return *(bp.p.Get().(*[]byte)) }
+func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }

@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the data plane's Prometheus series. Create them once per
+// registry with NewMetrics and share them between listeners.
+type Metrics struct {
+	requests       *prometheus.CounterVec
+	duration       prometheus.Histogram
+	upstreamErrors map[Reason]prometheus.Counter
+}
+
+// DurationBuckets are the request-duration histogram buckets, in seconds:
+// fine below 100 ms where proxied APIs live, coarse up to a minute for slow
+// endpoints and long polls.
+var DurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// NewMetrics registers the data plane's series on reg:
+//
+//	tidegate_requests_total{code,method}     requests answered (code 499: client went away)
+//	tidegate_request_duration_seconds        time from request to end of response body
+//	tidegate_inflight_requests               requests being proxied now (from t)
+//	tidegate_connections_active{protocol}    client connections open now (from t)
+//	tidegate_upstream_errors_total{reason}   requests the app could not answer, by Reason
+//
+// It returns an error if any of them is already registered on reg.
+func NewMetrics(reg prometheus.Registerer, t *Tracker) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tidegate_requests_total",
+			Help: "Requests answered by the proxy, by status code and method. Code 499 means the client went away before the response.",
+		}, []string{"code", "method"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tidegate_request_duration_seconds",
+			Help:    "Time from receiving a request to the end of its response body.",
+			Buckets: DurationBuckets,
+		}),
+		upstreamErrors: make(map[Reason]prometheus.Counter),
+	}
+	upErr := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tidegate_upstream_errors_total",
+		Help: "Requests the app could not answer, by reason (connect_refused, connect_timeout, connect_error, response_timeout, upstream_reset, upstream_error).",
+	}, []string{"reason"})
+	for _, r := range UpstreamReasons() {
+		m.upstreamErrors[r] = upErr.WithLabelValues(string(r))
+	}
+	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tidegate_inflight_requests",
+		Help: "Requests being proxied now, health-check requests included.",
+	}, func() float64 { return float64(t.InFlight()) })
+	conns := &connCollector{t: t, desc: prometheus.NewDesc(
+		"tidegate_connections_active",
+		"Client connections open now, by protocol.",
+		[]string{"protocol"}, nil)}
+
+	for _, c := range []prometheus.Collector{m.requests, m.duration, upErr, inflight, conns} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) observe(method string, code int, seconds float64) {
+	m.requests.WithLabelValues(strconv.Itoa(code), methodLabel(method)).Inc()
+	m.duration.Observe(seconds)
+}
+
+func (m *Metrics) upstreamError(r Reason) {
+	if c, ok := m.upstreamErrors[r]; ok {
+		c.Inc()
+	}
+}
+
+// methodLabel keeps the method label's cardinality bounded: a client can send
+// any token as a method.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// connCollector reads connection counts from the tracker at scrape time, so
+// the hot path updates one atomic and nothing else.
+type connCollector struct {
+	t    *Tracker
+	desc *prometheus.Desc
+}
+
+func (c *connCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range Protocols() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(c.t.Connections(p)), p.String())
+	}
+}
