@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -127,11 +128,21 @@ func NewHandler(o Options) (*Handler, error) {
 		Transport:      h.transport,
 		FlushInterval:  -1, // stream: every write from the app reaches the client at once
 		BufferPool:     newBufferPool(),
-		ErrorLog:       zap.NewStdLog(h.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+		ErrorLog:       debugLog(h.log),
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.errorHandler,
 	}
 	return h, nil
+}
+
+// debugLog routes ReverseProxy's own messages (mostly clients that left
+// during a body copy) to debug level: they are normal under load.
+func debugLog(l *zap.Logger) *log.Logger {
+	std, err := zap.NewStdLogAt(l, zap.DebugLevel)
+	if err != nil {
+		return zap.NewStdLog(l)
+	}
+	return std
 }
 
 // CloseIdleConnections closes pooled connections to the app that are idle.

@@ -65,7 +65,7 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, usageError{err}
+		return nil, usageError{flagHint(err, table)}
 	}
 	if fs.NArg() > 0 {
 		return nil, usagef("unexpected argument %q: tidegate run takes only flags (see tidegate run --help)", fs.Arg(0))
@@ -194,6 +194,27 @@ func (l *loaded) applyMap(byKey map[string]setting, prefix string, m map[string]
 	return nil
 }
 
+// flagHint turns the flag package's "flag provided but not defined: -x"
+// into a message that suggests the nearest real flag.
+func flagHint(err error, table []setting) error {
+	const undefined = "flag provided but not defined: -"
+	msg := err.Error()
+	if !strings.HasPrefix(msg, undefined) {
+		return err
+	}
+	name := strings.TrimPrefix(msg, undefined)
+	best, bestD := "", 4
+	for _, s := range append(table, setting{flag: "config"}) {
+		if d := editDistance(name, s.flag); d < bestD {
+			best, bestD = s.flag, d
+		}
+	}
+	if best != "" {
+		return fmt.Errorf("unknown flag --%s (did you mean --%s?)", name, best)
+	}
+	return fmt.Errorf("unknown flag --%s (see tidegate run --help)", name)
+}
+
 func isSection(byKey map[string]setting, key string) bool {
 	for k := range byKey {
 		if strings.HasPrefix(k, key+".") {
@@ -314,7 +335,7 @@ func (l *loaded) describe(s setting) string {
 	case o == "config file":
 		return "config file key " + s.key
 	case o == "default":
-		return "--" + s.flag
+		return "--" + s.flag + " (default)"
 	default:
 		return o
 	}

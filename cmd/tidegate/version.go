@@ -50,5 +50,5 @@ func readBuildInfo() buildInfo {
 
 func writeVersion(w io.Writer) {
 	b := readBuildInfo()
-	fmt.Fprintf(w, "tidegate %s\ncommit %s\ngo %s %s\n", b.Version, b.Commit, b.GoVersion, b.Platform)
+	fmt.Fprintf(w, "tidegate %s\ncommit %s\n%s %s\n", b.Version, b.Commit, b.GoVersion, b.Platform)
 }

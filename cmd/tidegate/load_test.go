@@ -1,0 +1,274 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(kv map[string]string) func(string) string {
+	return func(k string) string { return kv[k] }
+}
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "tidegate.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaults(t *testing.T) {
+	l, err := loadConfig([]string{"--upstream", "127.0.0.1:3000"}, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.cfg
+	if c.Listen != ":8080" || c.HealthListen != ":8081" || c.AdminListen != "127.0.0.1:9901" {
+		t.Errorf("listeners %q %q %q", c.Listen, c.HealthListen, c.AdminListen)
+	}
+	if c.Upstream.DialTimeout != 5*time.Second || c.Upstream.ResponseHeaderTimeout != 60*time.Second ||
+		c.Upstream.IdleTimeout != 60*time.Second || c.Upstream.MaxIdleConns != 1024 || c.Upstream.ExpectContinueTimeout != time.Second {
+		t.Errorf("upstream defaults %+v", c.Upstream)
+	}
+	if c.Server.ReadHeaderTimeout != 10*time.Second || c.Server.IdleTimeout != 620*time.Second ||
+		c.Server.MaxHeaderBytes != 64<<10 || c.Server.MaxBodyBytes != 0 || c.Server.Forwarded != "append" {
+		t.Errorf("server defaults %+v", c.Server)
+	}
+	if c.Drain.Timeout != 30*time.Second || c.Log.Level != "info" || c.Log.Format != "json" || c.AccessLog != "off" {
+		t.Errorf("defaults %+v %+v %q", c.Drain, c.Log, c.AccessLog)
+	}
+	if len(c.ProbeUserAgents) != 1 || c.ProbeUserAgents[0] != "kube-probe/" {
+		t.Errorf("probe user agents %q", c.ProbeUserAgents)
+	}
+}
+
+func TestPrecedenceFlagEnvFileDefault(t *testing.T) {
+	file := writeFile(t, `
+upstream: 127.0.0.1:3000
+drain:
+  timeout: 11s
+server:
+  idle_timeout: 12s
+  read_header_timeout: 13s
+log:
+  level: warn
+`)
+	l, err := loadConfig([]string{"--config", file, "--drain-timeout", "21s"},
+		envOf(map[string]string{"TIDEGATE_DRAIN_TIMEOUT": "31s", "TIDEGATE_IDLE_TIMEOUT": "32s", "TIDEGATE_LOG_LEVEL": ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.cfg
+	if c.Drain.Timeout != 21*time.Second {
+		t.Errorf("flag did not win over env and file: %v", c.Drain.Timeout)
+	}
+	if c.Server.IdleTimeout != 32*time.Second {
+		t.Errorf("env did not win over file: %v", c.Server.IdleTimeout)
+	}
+	if c.Server.ReadHeaderTimeout != 13*time.Second || c.Log.Level != "warn" {
+		t.Errorf("file did not win over default: %v %q (an empty env var must count as unset)", c.Server.ReadHeaderTimeout, c.Log.Level)
+	}
+	if c.Upstream.DialTimeout != 5*time.Second {
+		t.Errorf("default lost: %v", c.Upstream.DialTimeout)
+	}
+	eff := l.effective()
+	if eff["drain.timeout"] != "21s" || eff["upstream.address"] != "127.0.0.1:3000" || eff["server.max_header_bytes"] != "64KiB" {
+		t.Errorf("effective config %v", eff)
+	}
+}
+
+func TestConfigFileFromEnvAndFullSchema(t *testing.T) {
+	file := writeFile(t, `
+listen: "127.0.0.1:18080"
+health_listen: off
+admin_listen: "off"
+upstream:
+  address: unix:///run/app.sock
+  dial_timeout: 1s
+  response_header_timeout: 2s
+  idle_timeout: 3s
+  max_idle_conns: 10
+  expect_continue_timeout: 0
+server:
+  read_header_timeout: 4s
+  idle_timeout: 5s
+  max_header_bytes: 8KiB
+  max_body_bytes: 10MB
+  forwarded_headers: replace
+probe_user_agents: [kube-probe/, ELB-HealthChecker/]
+drain:
+  timeout: 6s
+log:
+  level: debug
+  format: console
+access_log: /tmp/access.log
+`)
+	l, err := loadConfig(nil, envOf(map[string]string{"TIDEGATE_CONFIG": file}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := l.cfg
+	if c.HealthListen != "off" || c.AdminListen != "off" || c.Upstream.Address != "unix:///run/app.sock" ||
+		c.Upstream.MaxIdleConns != 10 || c.Server.MaxHeaderBytes != 8192 || c.Server.MaxBodyBytes != 10_000_000 ||
+		c.Server.Forwarded != "replace" || len(c.ProbeUserAgents) != 2 || c.Log.Format != "console" ||
+		c.AccessLog != "/tmp/access.log" || c.Drain.Timeout != 6*time.Second || c.Upstream.ExpectContinueTimeout != 0 {
+		t.Fatalf("config from file: %+v", c)
+	}
+}
+
+func TestListsFromEnvAndFlags(t *testing.T) {
+	l, err := loadConfig([]string{"--upstream", ":3000", "--probe-user-agent", "a/", "--probe-user-agent", "b/"},
+		envOf(map[string]string{"TIDEGATE_PROBE_USER_AGENT": "x/,y/,z/"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(l.cfg.ProbeUserAgents, " "); got != "a/ b/" {
+		t.Fatalf("flags should replace the env list: %q", got)
+	}
+	l, err = loadConfig([]string{"--upstream", ":3000"}, envOf(map[string]string{"TIDEGATE_PROBE_USER_AGENT": "x/, y/"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(l.cfg.ProbeUserAgents, " "); got != "x/ y/" {
+		t.Fatalf("env list: %q", got)
+	}
+}
+
+func TestAccessLogFlagForms(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--access-log"}, "stdout"},
+		{[]string{"--access-log=stderr"}, "stderr"},
+		{[]string{"--access-log=/var/log/a.log"}, "/var/log/a.log"},
+		{[]string{"--access-log=false"}, "off"},
+		{nil, "off"},
+	} {
+		l, err := loadConfig(append([]string{"--upstream", ":3000"}, tc.args...), envOf(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.cfg.AccessLog != tc.want {
+			t.Errorf("%v: access log %q, want %q", tc.args, l.cfg.AccessLog, tc.want)
+		}
+	}
+}
+
+func TestConfigErrorsNameTheValue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  map[string]string
+		file string
+		want []string
+	}{
+		{"missing upstream", nil, nil, "", []string{"no upstream", "--upstream"}},
+		{"bad duration flag", []string{"--upstream", ":3000", "--drain-timeout", "5x"}, nil, "", []string{"--drain-timeout", `"5x"`, "duration"}},
+		{"negative duration", []string{"--upstream", ":3000", "--drain-timeout=-1s"}, nil, "", []string{"--drain-timeout", `"-1s"`, "negative"}},
+		{"bad duration env", []string{"--upstream", ":3000"}, map[string]string{"TIDEGATE_DRAIN_TIMEOUT": "soon"}, "", []string{"TIDEGATE_DRAIN_TIMEOUT", `"soon"`}},
+		{"bad address", []string{"--upstream", ":3000", "--listen", "8080"}, nil, "", []string{"--listen", `"8080"`}},
+		{"port out of range", []string{"--upstream", ":3000", "--admin-listen", "127.0.0.1:70000"}, nil, "", []string{"--admin-listen", `"70000"`}},
+		{"bad upstream", []string{"--upstream", "ftp://x:21"}, nil, "", []string{"--upstream", `"ftp"`}},
+		{"bad enum", []string{"--upstream", ":3000", "--log-format", "xml"}, nil, "", []string{"--log-format", `"xml"`, "json, console"}},
+		{"bad size", []string{"--upstream", ":3000", "--max-header-bytes", "lots"}, nil, "", []string{"--max-header-bytes", `"lots"`}},
+		{"zero header bytes", []string{"--upstream", ":3000", "--max-header-bytes", "0"}, nil, "", []string{"--max-header-bytes", "more than 0"}},
+		{"bad int", []string{"--upstream", ":3000", "--upstream-max-idle-conns", "-3"}, nil, "", []string{"--upstream-max-idle-conns", `"-3"`}},
+		{"same port twice", []string{"--upstream", ":3000", "--listen", ":9000", "--health-listen", "127.0.0.1:9000"}, nil, "", []string{"--listen", "--health-listen", "own port"}},
+		{"upstream loops", []string{"--upstream", "127.0.0.1:8080"}, nil, "", []string{"--upstream", "loop"}},
+		{"unknown flag", []string{"--upstrem", ":3000"}, nil, "", []string{"unknown flag --upstrem", "did you mean --upstream?"}},
+		{"positional", []string{"--upstream", ":3000", "extra"}, nil, "", []string{`"extra"`}},
+		{"unknown key", nil, nil, "upstream: :3000\nserver:\n  idel_timeout: 5s\n", []string{`"server.idel_timeout"`, `did you mean "server.idle_timeout"`}},
+		{"unknown section", nil, nil, "upstream: :3000\nprobes: []\n", []string{`"probes"`}},
+		{"bad value in file", nil, nil, "upstream: :3000\ndrain:\n  timeout: 5 seconds\n", []string{"drain.timeout", `"5 seconds"`}},
+		{"list for scalar", nil, nil, "upstream: :3000\nlisten: [a, b]\n", []string{"listen", "not a list"}},
+		{"duplicate key", nil, nil, "upstream: :3000\nlisten: :1\nlisten: :2\n", []string{"not valid YAML"}},
+		{"not a mapping", nil, nil, "- a\n- b\n", []string{"top level"}},
+		{"bad value in file, validated", nil, nil, "upstream: :3000\nlisten: nowhere\n", []string{"config file key listen", `"nowhere"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := tc.args
+			if tc.file != "" {
+				args = append([]string{"--config", writeFile(t, tc.file)}, args...)
+			}
+			_, err := loadConfig(args, envOf(tc.env))
+			var ue usageError
+			if !errors.As(err, &ue) {
+				t.Fatalf("error %v is not a usage error (exit 2)", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestMissingConfigFile(t *testing.T) {
+	_, err := loadConfig([]string{"--config", "/nonexistent/tidegate.yaml"}, envOf(nil))
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/tidegate.yaml") || exitCode(err) != 2 {
+		t.Fatalf("missing config file: %v", err)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	if _, err := loadConfig([]string{"--help"}, envOf(nil)); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	var b strings.Builder
+	writeRunUsage(&b)
+	for _, s := range settings() {
+		for _, w := range []string{"--" + s.flag, envName(s.flag), "file key " + s.key} {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("run --help does not mention %s", w)
+			}
+		}
+	}
+}
+
+func TestSettingsTableIsConsistent(t *testing.T) {
+	flags, keys := map[string]bool{}, map[string]bool{}
+	for _, s := range settings() {
+		if flags[s.flag] || keys[s.key] {
+			t.Errorf("setting %s / %s is listed twice", s.flag, s.key)
+		}
+		flags[s.flag], keys[s.key] = true, true
+		if s.usage == "" || s.arg == "" || s.set == nil || s.get == nil {
+			t.Errorf("setting %s is incomplete", s.flag)
+		}
+		// The default must parse, and what get prints must parse back to the
+		// same value, so that /config output can be pasted into a file.
+		var c1, c2 Config
+		if err := s.set(&c1, splitList(s, s.def)); err != nil {
+			t.Errorf("default of %s does not parse: %v", s.flag, err)
+			continue
+		}
+		printed := s.get(&c1)
+		if err := s.set(&c2, splitList(s, printed)); err != nil || s.get(&c2) != printed {
+			t.Errorf("%s: %q does not read back (%v)", s.flag, printed, err)
+		}
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "512": 512, "64KiB": 65536, "1MiB": 1 << 20, "10MB": 10_000_000, "2 GiB": 2 << 30, "7B": 7} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5MiB", "ten", "1TiB", "99999999999GiB"} {
+		if _, err := parseBytes(in); err == nil {
+			t.Errorf("parseBytes(%q) accepted", in)
+		}
+	}
+	if formatBytes(65536) != "64KiB" || formatBytes(1000) != "1000" || formatBytes(3<<30) != "3GiB" {
+		t.Error("formatBytes")
+	}
+}
