@@ -30,7 +30,7 @@ unit:
 
 ## bench: data-path micro-benchmarks (ns/op, allocs/op)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./proxy/ ./test/bench/...
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./proxy/
 
 ## demo: the built-in app behind the sidecar through a SIGTERM
 demo:

@@ -5,7 +5,12 @@
 //
 // Invariants:
 //   - Phases only move forward: starting → serving → draining → closing →
-//     stopping_app → stopped. A phase may be skipped, never revisited.
+//     stopping_app → stopped. A phase may be skipped, never revisited, with
+//     one exception: an explicit undrain (POST /undrain) moves draining back
+//     to serving. Nothing else reopens readiness.
+//   - The app is signalled only after the listeners have closed and what was
+//     in flight has finished or been cut: it never sees a request it cannot
+//     finish.
 //   - The current phase is always exported as tidegate_phase{phase} (1 for the
 //     current one) and readable without blocking the data path.
 //

@@ -126,6 +126,22 @@ func (l *Lifecycle) Advance(to Phase, fields ...zap.Field) bool {
 	return true
 }
 
+// Reopen moves Draining back to Serving (an explicit undrain) and reports
+// whether it did. It is the only way back: from any other phase it refuses.
+func (l *Lifecycle) Reopen() bool {
+	l.mu.Lock()
+	if l.phase != Draining {
+		l.mu.Unlock()
+		return false
+	}
+	l.phase, l.since = Serving, l.now()
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+	l.log.Info("phase changed", zap.Stringer("phase", Serving), zap.Stringer("from", Draining), zap.String("reason", "undrain"))
+	return true
+}
+
 var phaseDesc = prometheus.NewDesc("tidegate_phase",
 	"Lifecycle phase of the sidecar: 1 for the current phase, 0 for the others.",
 	[]string{"phase"}, nil)

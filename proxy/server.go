@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -27,8 +29,15 @@ type ServerOptions struct {
 	IdleTimeout time.Duration
 
 	// MaxHeaderBytes caps the request line plus headers; larger requests get
-	// 431. Zero means 64 KiB.
+	// 431. Zero means 64 KiB. (net/http reads 4 KiB beyond its own limit;
+	// tidegate compensates, so this is the real bound, at least 4 KiB.)
 	MaxHeaderBytes int
+
+	// NewConnGrace is how long, once Shutdown has closed the listener, a
+	// connection that has not sent a request yet may take to send one
+	// before it is closed. net/http itself waits 5s, which holds a drain
+	// hostage to load balancers that pre-open connections. Zero means 500ms.
+	NewConnGrace time.Duration
 
 	// Logger receives the server's own errors (accept failures, bad TLS
 	// handshakes). Nil means no logs.
@@ -37,8 +46,13 @@ type ServerOptions struct {
 
 // Server serves the proxy on one listener and counts its connections.
 type Server struct {
-	srv *http.Server
-	ln  net.Listener
+	srv      *http.Server
+	ln       net.Listener
+	grace    time.Duration
+	draining atomic.Bool
+
+	mu    sync.Mutex
+	fresh map[net.Conn]time.Time // accepted, no request yet; touched once per connection
 }
 
 // Listen binds addr on TCP. The error names the address.
@@ -62,26 +76,47 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	if o.MaxHeaderBytes <= 0 {
 		o.MaxHeaderBytes = 64 << 10
 	}
+	if o.NewConnGrace <= 0 {
+		o.NewConnGrace = 500 * time.Millisecond
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	srv := &http.Server{
-		Handler:           h,
+	s := &Server{ln: ln, grace: o.NewConnGrace, fresh: make(map[net.Conn]time.Time)}
+	s.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s.draining.Load() {
+				// net/http closes the connection after a response that
+				// carries this header.
+				w.Header().Set("Connection", "close")
+			}
+			h.ServeHTTP(w, r)
+		}),
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
 		IdleTimeout:       o.IdleTimeout,
-		MaxHeaderBytes:    o.MaxHeaderBytes,
+		MaxHeaderBytes:    max(o.MaxHeaderBytes-headerSlop, 1),
 		ErrorLog:          zap.NewStdLog(o.Logger),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			switch s {
+		ConnState: func(c net.Conn, cs http.ConnState) {
+			switch cs {
 			case http.StateNew:
 				t.ConnOpened(ProtocolHTTP1)
+				s.mu.Lock()
+				s.fresh[c] = time.Now()
+				s.mu.Unlock()
+				return
 			case http.StateHijacked, http.StateClosed:
 				t.ConnClosed(ProtocolHTTP1)
 			}
+			s.mu.Lock()
+			delete(s.fresh, c) // a no-op after the first request
+			s.mu.Unlock()
 		},
 	}
-	return &Server{srv: srv, ln: ln}
+	return s
 }
+
+// headerSlop is what net/http reads beyond Server.MaxHeaderBytes.
+const headerSlop = 4096
 
 // Addr returns the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
@@ -94,14 +129,53 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// SetKeepAlives turns client keep-alives on or off. Off, idle connections
-// are closed and every response carries "Connection: close".
-func (s *Server) SetKeepAlives(on bool) { s.srv.SetKeepAlivesEnabled(on) }
+// BeginDrain tells clients to move: from now on every response carries
+// "Connection: close", so each keep-alive connection closes right after its
+// next answer. The listener keeps accepting. Idle connections are left open
+// until Shutdown: closing them now, while load balancers have not noticed
+// the drain, races with a request being written to them (golang/go#23829).
+func (s *Server) BeginDrain() { s.draining.Store(true) }
+
+// EndDrain undoes BeginDrain: keep-alive is allowed again.
+func (s *Server) EndDrain() { s.draining.Store(false) }
 
 // Shutdown stops accepting, closes idle connections and waits for active
 // ones until ctx ends; then it returns ctx's error and the rest stay open
-// until Close.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// until Close. Connections that never sent a request are closed after
+// NewConnGrace. Upgraded connections are not waited for: their requests
+// stay counted in the Tracker, which the caller watches.
+func (s *Server) Shutdown(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.srv.Shutdown(ctx) }()
+	tick := time.NewTicker(min(s.grace/2, 100*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+			s.closeStaleFresh()
+		}
+	}
+}
+
+// closeStaleFresh closes connections that have waited longer than the
+// grace for their first request.
+func (s *Server) closeStaleFresh() {
+	cutoff := time.Now().Add(-s.grace)
+	var stale []net.Conn
+	s.mu.Lock()
+	for c, at := range s.fresh {
+		if at.Before(cutoff) {
+			stale = append(stale, c)
+			delete(s.fresh, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range stale {
+		_ = c.Close()
+	}
+}
 
 // Close closes the listener and every connection at once.
 func (s *Server) Close() error { return s.srv.Close() }

@@ -65,13 +65,29 @@ func (s *sidecar) adminHandler() http.Handler {
 	}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.status()) })
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.loaded.effective()) })
+	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+		wait, err := waitParam(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.drainer.Trigger("admin")
+		s.answerDrain(w, r, wait)
+	})
+	mux.HandleFunc("POST /undrain", func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.drainer.Undrain(); err != nil {
+			writeJSONStatus(w, http.StatusConflict, map[string]string{"phase": s.life.Phase().String(), "error": err.Error()})
+			return
+		}
+		writeJSONStatus(w, http.StatusOK, map[string]string{"phase": s.life.Phase().String()})
+	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprint(w, "tidegate admin: /metrics /status /config /debug/pprof/\n")
+		fmt.Fprint(w, "tidegate admin: GET /metrics /status /config /debug/pprof/; POST /drain[?wait=DUR] /undrain\n")
 	})
 	return mux
 }
@@ -83,6 +99,7 @@ type status struct {
 	Uptime     float64           `json:"uptime_seconds"`
 	Upstream   string            `json:"upstream"`
 	Traffic    proxy.Snapshot    `json:"traffic"`
+	App        appStatus         `json:"app"`
 	Build      buildInfo         `json:"build"`
 	Config     map[string]string `json:"config"`
 }
@@ -95,14 +112,35 @@ func (s *sidecar) status() status {
 		Uptime:     time.Since(s.started).Seconds(),
 		Upstream:   s.cfg.Upstream.Address,
 		Traffic:    s.tracker.Snapshot(),
+		App:        s.appStatus(),
 		Build:      s.build,
 		Config:     s.loaded.effective(),
 	}
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+// appStatus is the app's part of /status.
+type appStatus struct {
+	Stop     string `json:"stop"`
+	PID      int    `json:"pid,omitempty"`
+	Running  *bool  `json:"running,omitempty"`
+	Restarts int    `json:"restarts,omitempty"`
+}
+
+func (s *sidecar) appStatus() appStatus {
+	st := appStatus{Stop: s.cfg.App.Stop}
+	if s.child != nil {
+		alive := s.child.Alive()
+		st.PID, st.Running, st.Restarts = s.child.Pid(), &alive, s.child.Restarts()
+	}
+	return st
+}
+
+func writeJSON(w http.ResponseWriter, v any) { writeJSONStatus(w, http.StatusOK, v) }
+
+func writeJSONStatus(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)

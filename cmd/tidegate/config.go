@@ -33,7 +33,26 @@ type Config struct {
 	}
 
 	Drain struct {
+		Delay   time.Duration
+		Quiet   time.Duration
 		Timeout time.Duration
+		Token   string // secret: enables GET /drain on the health listener
+	}
+
+	App struct {
+		Command        []string // after "--": run the app as tidegate's child
+		Stop           string   // auto, child, pid, http, command, none
+		StopSignal     string
+		StopTimeout    time.Duration
+		PID            int
+		PIDFile        string
+		StopURL        string
+		StopCommand    string
+		Restart        string
+		RestartBackoff time.Duration
+		RestartMax     time.Duration
+		RestartLimit   int
+		ReapOrphans    bool
 	}
 
 	ProbeUserAgents []string

@@ -10,14 +10,15 @@ import (
 // request answered, exit 0.
 func TestDemo(t *testing.T) {
 	var out, errOut strings.Builder
-	code := cli([]string{"demo", "--load", "400ms", "--slow", "200ms", "--concurrency", "4"},
+	code := cli([]string{"demo", "--load", "400ms", "--slow", "200ms", "--concurrency", "4", "--drain-delay", "200ms"},
 		env{getenv: func(string) string { return "" }, stdout: &out, stderr: &errOut})
 	if code != 0 {
 		t.Fatalf("demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errOut.String())
 	}
 	for _, want := range []string{
-		"readiness 200", "SIGTERM → sidecar", "readiness 503", "last in-flight request answered",
-		"sidecar stopped (complete)", "requests failed    0", "0 cut",
+		"readiness 200", "SIGTERM → sidecar", "readiness 503", "balancer takes the sidecar out of rotation",
+		"last in-flight request answered", "listeners closed (complete)", "after the last request ended",
+		"requests failed       0", "0 cut",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())

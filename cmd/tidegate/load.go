@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"sort"
@@ -61,6 +62,13 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 		fs.Var(raw[s.flag], s.flag, s.usage)
 	}
 	configPath := fs.String("config", "", "YAML file with settings")
+	var appCmd []string
+	if i := slices.Index(args, "--"); i >= 0 {
+		args, appCmd = args[:i], args[i+1:]
+		if len(appCmd) == 0 {
+			return nil, usagef("nothing after --: give the app's command, as in tidegate run [flags] -- /app/server --port 3000")
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -68,7 +76,12 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 		return nil, usageError{flagHint(err, table)}
 	}
 	if fs.NArg() > 0 {
-		return nil, usagef("unexpected argument %q: tidegate run takes only flags (see tidegate run --help)", fs.Arg(0))
+		if i := len(args) - fs.NArg() - 1; i >= 0 {
+			if name := strings.TrimLeft(args[i], "-"); raw[name] != nil && raw[name].isBool {
+				return nil, usagef("--%s takes its value after '=': write --%s=%s", name, name, fs.Arg(0))
+			}
+		}
+		return nil, usagef("unexpected argument %q: flags come first, and the app's command after -- (see tidegate run --help)", fs.Arg(0))
 	}
 
 	l := &loaded{origin: make(map[string]string, len(table))}
@@ -105,6 +118,7 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 			l.origin[s.key] = "--" + s.flag
 		}
 	}
+	l.cfg.App.Command = appCmd
 	if err := l.validate(table); err != nil {
 		return nil, usageError{err}
 	}
@@ -308,9 +322,55 @@ func (l *loaded) validate(table []setting) error {
 			}
 		}
 	}
+	if c.Drain.Delay > c.Drain.Timeout {
+		return fmt.Errorf("%s %s is longer than %s %s: the drain would be cut before load balancers notice",
+			l.describeKey(table, "drain.delay"), formatDuration(c.Drain.Delay), l.describeKey(table, "drain.timeout"), formatDuration(c.Drain.Timeout))
+	}
+	if err := l.validateApp(table); err != nil {
+		return err
+	}
 	if up, err := proxy.ParseUpstream(c.Upstream.Address); err == nil && up.Network == "tcp" && sameListenAddr(up.Address, c.Listen) {
 		return fmt.Errorf("%s %q is tidegate's own listener %q: requests would loop; point it at the app",
 			l.describeKey(table, "upstream.address"), c.Upstream.Address, c.Listen)
+	}
+	return nil
+}
+
+// validateApp checks that the app stop strategy has what it needs, and
+// resolves "auto".
+func (l *loaded) validateApp(table []setting) error {
+	a := &l.cfg.App
+	stop := l.describeKey(table, "app.stop")
+	if a.Stop == "auto" {
+		a.Stop = "none"
+		if len(a.Command) > 0 {
+			a.Stop = "child"
+		}
+	}
+	if len(a.Command) > 0 && a.Stop != "child" {
+		return fmt.Errorf("%s is %q but an app command follows --: only the child strategy runs a command", stop, a.Stop)
+	}
+	switch a.Stop {
+	case "child":
+		if len(a.Command) == 0 {
+			return fmt.Errorf("%s is child but no app command was given: put it after --, as in tidegate run [flags] -- /app/server", stop)
+		}
+	case "pid":
+		if (a.PID > 0) == (a.PIDFile != "") {
+			return fmt.Errorf("%s is pid: give exactly one of --app-pid or --app-pidfile", stop)
+		}
+	case "http":
+		u, err := url.Parse(a.StopURL)
+		if a.StopURL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s is http: %s %q must be an http:// or https:// URL", stop, l.describeKey(table, "app.stop_url"), a.StopURL)
+		}
+	case "command":
+		if strings.TrimSpace(a.StopCommand) == "" {
+			return fmt.Errorf("%s is command: give the command with --app-stop-command", stop)
+		}
+	}
+	if a.Restart != "never" && a.Stop != "child" {
+		return fmt.Errorf("%s %q needs the child strategy: tidegate can only restart an app it started", l.describeKey(table, "app.restart"), a.Restart)
 	}
 	return nil
 }
@@ -350,7 +410,14 @@ func (l *loaded) describeKey(table []setting, key string) string {
 func (l *loaded) effective() map[string]string {
 	out := make(map[string]string)
 	for _, s := range settings() {
-		out[s.key] = s.get(&l.cfg)
+		v := s.get(&l.cfg)
+		if s.secret && v != "" {
+			v = "<redacted>"
+		}
+		out[s.key] = v
+	}
+	if len(l.cfg.App.Command) > 0 {
+		out["app.command"] = strings.Join(l.cfg.App.Command, " ")
 	}
 	return out
 }
@@ -377,10 +444,11 @@ func editDistance(a, b string) int {
 
 // writeRunUsage prints `tidegate run --help` from the settings table.
 func writeRunUsage(w io.Writer) {
-	fmt.Fprintf(w, `Usage: tidegate run [flags]
+	fmt.Fprintf(w, `Usage: tidegate run [flags] [-- APP_COMMAND ARGS...]
 
 Runs the sidecar: proxies the public listener to the app and serves health and
-admin endpoints. Every flag can also be set by the environment variable shown,
+admin endpoints. With a command after --, tidegate runs the app as its child
+and stops it only after the drain. Every flag can also be set by the environment variable shown,
 or by the key shown in the YAML file given with --config (or TIDEGATE_CONFIG).
 Precedence: flag > environment > file > default.
 

@@ -33,7 +33,7 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("listeners %q %q %q", c.Listen, c.HealthListen, c.AdminListen)
 	}
 	if c.Upstream.DialTimeout != 5*time.Second || c.Upstream.ResponseHeaderTimeout != 60*time.Second ||
-		c.Upstream.IdleTimeout != 60*time.Second || c.Upstream.MaxIdleConns != 1024 || c.Upstream.ExpectContinueTimeout != time.Second {
+		c.Upstream.IdleTimeout != time.Second || c.Upstream.MaxIdleConns != 1024 || c.Upstream.ExpectContinueTimeout != time.Second {
 		t.Errorf("upstream defaults %+v", c.Upstream)
 	}
 	if c.Server.ReadHeaderTimeout != 10*time.Second || c.Server.IdleTimeout != 620*time.Second ||
@@ -184,6 +184,17 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 		{"upstream loops", []string{"--upstream", "127.0.0.1:8080"}, nil, "", []string{"--upstream", "loop"}},
 		{"unknown flag", []string{"--upstrem", ":3000"}, nil, "", []string{"unknown flag --upstrem", "did you mean --upstream?"}},
 		{"positional", []string{"--upstream", ":3000", "extra"}, nil, "", []string{`"extra"`}},
+		{"bool flag with a spaced value", []string{"--upstream", ":3000", "--access-log", "stderr"}, nil, "", []string{"--access-log=stderr"}},
+		{"delay over timeout", []string{"--upstream", ":3000", "--drain-delay", "40s"}, nil, "", []string{"--drain-delay", "40s", "--drain-timeout (default)", "30s"}},
+		{"child without command", []string{"--upstream", ":3000", "--app-stop", "child"}, nil, "", []string{"--app-stop", "no app command", "--"}},
+		{"command with another strategy", []string{"--upstream", ":3000", "--app-stop", "none", "--", "/bin/app"}, nil, "", []string{"only the child strategy"}},
+		{"nothing after --", []string{"--upstream", ":3000", "--"}, nil, "", []string{"nothing after --"}},
+		{"pid without pid", []string{"--upstream", ":3000", "--app-stop", "pid"}, nil, "", []string{"--app-pid", "--app-pidfile"}},
+		{"http without url", []string{"--upstream", ":3000", "--app-stop", "http", "--app-stop-url", "localhost/stop"}, nil, "", []string{"--app-stop-url", `"localhost/stop"`}},
+		{"command without command", []string{"--upstream", ":3000", "--app-stop", "command"}, nil, "", []string{"--app-stop-command"}},
+		{"restart without child", []string{"--upstream", ":3000", "--app-restart", "always"}, nil, "", []string{"--app-restart", "child"}},
+		{"bad signal", []string{"--upstream", ":3000", "--app-stop-signal", "SIGFOO"}, nil, "", []string{"--app-stop-signal", `"SIGFOO"`}},
+		{"bad restart policy", []string{"--upstream", ":3000", "--app-restart", "sometimes"}, nil, "", []string{"--app-restart", `"sometimes"`}},
 		{"unknown key", nil, nil, "upstream: :3000\nserver:\n  idel_timeout: 5s\n", []string{`"server.idel_timeout"`, `did you mean "server.idle_timeout"`}},
 		{"unknown section", nil, nil, "upstream: :3000\nprobes: []\n", []string{`"probes"`}},
 		{"bad value in file", nil, nil, "upstream: :3000\ndrain:\n  timeout: 5 seconds\n", []string{"drain.timeout", `"5 seconds"`}},
@@ -208,6 +219,48 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestAppCommandAndAuto(t *testing.T) {
+	l, err := loadConfig([]string{"--upstream", ":3000", "--", "/app/server", "--port", "3000"}, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.cfg.App.Stop != "child" || strings.Join(l.cfg.App.Command, " ") != "/app/server --port 3000" {
+		t.Fatalf("child mode: stop %q command %q", l.cfg.App.Stop, l.cfg.App.Command)
+	}
+	if eff := l.effective(); eff["app.command"] != "/app/server --port 3000" || eff["app.stop"] != "child" {
+		t.Fatalf("effective config %v", eff)
+	}
+	l, err = loadConfig([]string{"--upstream", ":3000"}, envOf(nil))
+	if err != nil || l.cfg.App.Stop != "none" {
+		t.Fatalf("without a command auto means none: %q %v", l.cfg.App.Stop, err)
+	}
+}
+
+func TestSecretsAreRedacted(t *testing.T) {
+	l, err := loadConfig([]string{"--upstream", ":3000", "--drain-token", "hunter2"}, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.cfg.Drain.Token != "hunter2" {
+		t.Fatal("token not loaded")
+	}
+	for k, v := range l.effective() {
+		if strings.Contains(v, "hunter2") {
+			t.Fatalf("%s shows the secret: %q", k, v)
+		}
+	}
+	if got := l.effective()["drain.token"]; got != "<redacted>" {
+		t.Fatalf("drain.token shows %q", got)
+	}
+}
+
+func TestReapOrphansYAMLFalse(t *testing.T) {
+	l, err := loadConfig([]string{"--config", writeFile(t, "upstream: :3000\napp:\n  reap_orphans: false\n")}, envOf(nil))
+	if err != nil || l.cfg.App.ReapOrphans {
+		t.Fatalf("reap_orphans: false → %v, %v", l.cfg.App.ReapOrphans, err)
 	}
 }
 

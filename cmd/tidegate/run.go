@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"syscall"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tidegate/tidegate/drain"
-	"github.com/tidegate/tidegate/healthz"
 	"github.com/tidegate/tidegate/proxy"
 )
 
@@ -40,6 +38,8 @@ func cli(args []string, e env) int {
 	switch args[0] {
 	case "run":
 		return runCmd(args[1:], e)
+	case "drain":
+		return drainCmd(args[1:], e)
 	case "demo":
 		return demoCmd(args[1:], e)
 	case "version", "--version", "-version":
@@ -60,6 +60,7 @@ func writeUsage(w io.Writer) {
 
 Commands:
   run       run the sidecar in front of an app (tidegate run --help for flags)
+  drain     ask a running sidecar to drain, as SIGTERM would (for exec preStop hooks)
   demo      a built-in app behind the sidecar, under load, through a shutdown
   version   print version, commit and Go version
 `)
@@ -99,7 +100,7 @@ func exitCode(err error) int {
 }
 
 // sidecar is one running tidegate: the composition root that wires the data
-// plane, the lifecycle, health and admin together.
+// plane, the lifecycle and drain, health and admin together.
 type sidecar struct {
 	cfg     *Config
 	loaded  *loaded
@@ -113,17 +114,24 @@ type sidecar struct {
 	handler *proxy.Handler
 	public  *proxy.Server
 	aux     []*auxServer // health and admin listeners, stopped last
+
+	app     drain.App    // how the app is stopped
+	child   *drain.Child // the supervised app, in child mode (set by run)
+	drainer *drain.Drainer
+	appGone chan drain.AppExit // a child that exited on its own for good
 }
 
 // newSidecar builds every part and binds every listener, so that a port in
-// use is reported before anything is served. It serves nothing yet.
+// use is reported before anything is served. It serves nothing and starts
+// no app yet.
 func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err error) {
 	cfg := &l.cfg
 	up, err := proxy.ParseUpstream(cfg.Upstream.Address)
 	if err != nil {
 		return nil, usageError{err}
 	}
-	s := &sidecar{cfg: cfg, loaded: l, log: logs.log, build: build, started: time.Now(), reg: prometheus.NewRegistry()}
+	s := &sidecar{cfg: cfg, loaded: l, log: logs.log, build: build, started: time.Now(),
+		reg: prometheus.NewRegistry(), appGone: make(chan drain.AppExit, 1)}
 
 	if err := s.registerProcessMetrics(); err != nil {
 		return nil, err
@@ -178,12 +186,25 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		Logger:            s.log.Named("public"),
 	})
 
+	if err := s.buildApp(); err != nil {
+		return nil, err
+	}
+	s.drainer, err = drain.New(drain.Options{
+		Delay: cfg.Drain.Delay, Quiet: cfg.Drain.Quiet, Timeout: cfg.Drain.Timeout,
+		AppStopTimeout: cfg.App.StopTimeout,
+		Traffic:        s.tracker,
+		Frontend:       s.public,
+		App:            appRef{s},
+		Lifecycle:      s.life,
+		Registerer:     s.reg,
+		Logger:         s.log.Named("drain"),
+	})
+	if err != nil {
+		return nil, usageError{err}
+	}
+
 	if cfg.HealthListen != off {
-		h, err := s.healthHandler()
-		if err != nil {
-			return nil, err
-		}
-		a, err := newAuxServer("health", cfg.HealthListen, h, s.log)
+		a, err := newAuxServer("health", cfg.HealthListen, s.healthHandler(), s.log)
 		if err != nil {
 			return nil, err
 		}
@@ -199,6 +220,65 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		s.aux = append(s.aux, a)
 	}
 	return s, nil
+}
+
+// buildApp picks how the app will be stopped. The child itself is started
+// by run, once the listeners are bound.
+func (s *sidecar) buildApp() error {
+	a := &s.cfg.App
+	sig, err := drain.ParseSignal(a.StopSignal)
+	if err != nil {
+		return usageError{err}
+	}
+	switch a.Stop {
+	case "pid":
+		s.app = drain.PIDApp{PID: a.PID, PIDFile: a.PIDFile, Signal: sig}
+	case "http":
+		s.app = drain.HTTPApp{URL: a.StopURL, Logger: s.log.Named("app")}
+	case "command":
+		s.app = drain.CommandApp{Command: a.StopCommand, Stdout: os.Stdout, Stderr: os.Stderr}
+	case "child", "none":
+		s.app = drain.NoApp{} // replaced by the child once it runs
+	default:
+		return usagef("app stop strategy %q is unknown", a.Stop)
+	}
+	return nil
+}
+
+// appRef lets the drainer stop whatever app the sidecar has by the time the
+// drain is done (the child is started after the drainer is built).
+type appRef struct{ s *sidecar }
+
+func (r appRef) Strategy() string                       { return r.s.app.Strategy() }
+func (r appRef) Stop(ctx context.Context) drain.AppExit { return r.s.app.Stop(ctx) }
+
+// startApp starts the child in child mode, and the orphan reaper when
+// tidegate is PID 1 or asked to be a subreaper.
+func (s *sidecar) startApp(ctx context.Context) error {
+	a := &s.cfg.App
+	if a.ReapOrphans || os.Getpid() == 1 {
+		if os.Getpid() != 1 {
+			if err := drain.BecomeSubreaper(); err != nil {
+				return err
+			}
+		}
+		go drain.RunReaper(ctx, s.log.Named("reaper"), 500*time.Millisecond, time.Second)
+	}
+	if a.Stop != "child" {
+		return nil
+	}
+	sig, _ := drain.ParseSignal(a.StopSignal)
+	child, err := drain.StartChild(drain.ChildOptions{
+		Command: a.Command, StopSignal: sig,
+		Restart: a.Restart, BackoffInitial: a.RestartBackoff, BackoffMax: a.RestartMax, MaxRestarts: a.RestartLimit,
+		Logger: s.log.Named("app"),
+		OnExit: func(ex drain.AppExit) { s.appGone <- ex },
+	})
+	if err != nil {
+		return err
+	}
+	s.child, s.app = child, child
+	return nil
 }
 
 func (s *sidecar) registerProcessMetrics() error {
@@ -222,113 +302,102 @@ func (s *sidecar) registerProcessMetrics() error {
 	return nil
 }
 
-// healthHandler serves the sidecar's own health until probe aggregation
-// adds the app's checks: ready while serving, started once serving, live
-// while the process answers.
-func (s *sidecar) healthHandler() (http.Handler, error) {
-	phase := func(ok func(drain.Phase) bool) func(context.Context) error {
-		return func(context.Context) error {
-			if p := s.life.Phase(); !ok(p) {
-				return fmt.Errorf("phase is %s", p)
-			}
-			return nil
-		}
+// run serves, starts the app, and waits for a drain trigger; it returns when
+// the drain is done with the exit code and the drain report.
+func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Start the app before serving, so that everything the handlers read is
+	// set; the listeners are bound, so early clients wait in the backlog.
+	code := 0
+	if err := s.startApp(ctx); err != nil {
+		s.log.Error("app did not start", zap.String("reason", "app_start"), zap.Error(err))
+		code = 1
+		s.drainer.Force("app_start_failed")
 	}
-	return healthz.NewHandler(healthz.Options{
-		Readiness: []healthz.Check{{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p == drain.Serving })}},
-		Liveness:  []healthz.Check{{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p != drain.Stopped })}},
-		Startup:   []healthz.Check{{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p >= drain.Serving })}},
-	})
-}
-
-// run serves until a signal arrives or a listener fails, then shuts down.
-// It returns the exit code and the shutdown report.
-func (s *sidecar) run(signals <-chan os.Signal) (int, shutdownReport) {
 	errc := make(chan error, 1+len(s.aux))
 	go func() { errc <- s.public.Serve() }()
 	for _, a := range s.aux {
 		go func() { errc <- a.serve() }()
 	}
 	running := 1 + len(s.aux)
+	defer func() {
+		for _, a := range s.aux {
+			a.shutdown(2 * time.Second)
+		}
+		for ; running > 0; running-- {
+			if err := <-errc; err != nil {
+				s.log.Error("listener failed during shutdown", zap.Error(err))
+			}
+		}
+	}()
+
 	fields := []zap.Field{zap.String("listen", s.public.Addr().String()), zap.String("upstream", s.cfg.Upstream.Address),
-		zap.String("version", s.build.Version)}
+		zap.String("app_stop", s.cfg.App.Stop), zap.String("version", s.build.Version)}
 	for _, a := range s.aux {
 		fields = append(fields, zap.String(a.name+"_listen", a.ln.Addr().String()))
 	}
+	if s.child != nil {
+		fields = append(fields, zap.Int("app_pid", s.child.Pid()))
+	}
 	s.life.Advance(drain.Serving, fields...)
 
-	code, trigger := 0, ""
-	select {
-	case sig := <-signals:
-		trigger = signalName(sig)
-	case err := <-errc:
-		running--
-		s.log.Error("listener failed; shutting down", zap.Error(err))
-		code, trigger = 1, "listener_error"
-	}
-	rep := s.shutdown(trigger, signals)
-	for ; running > 0; running-- {
-		if err := <-errc; err != nil && code == 0 {
-			s.log.Error("listener failed during shutdown", zap.Error(err))
+	reports := make(chan drain.Report, 1)
+	go func() { reports <- s.drainer.Run(ctx) }()
+	var rep drain.Report
+	for done := false; !done; {
+		select {
+		case sig := <-signals:
+			if name := signalName(sig); !s.drainer.Trigger(name) {
+				s.log.Warn("second signal: stopping now", zap.String("reason", name), zap.Int64("inflight", s.tracker.InFlight()))
+				s.drainer.Force(name)
+			}
+		case ex := <-s.appGone:
+			s.log.Error("app exited on its own; draining", zap.String("reason", "app_exit"), zap.String("app", ex.String()))
+			s.drainer.Trigger("app_exit")
+		case err := <-errc:
+			running--
+			if err != nil {
+				s.log.Error("listener failed; draining", zap.String("reason", "listener_error"), zap.Error(err))
+				code = 1
+				s.drainer.Trigger("listener_error")
+			}
+		case rep = <-reports:
+			done = true
 		}
 	}
+	s.handler.CloseIdleConnections()
+	if s.child != nil && code == 0 {
+		code = rep.App.ExitCode()
+	}
+	s.logReport(rep)
 	return code, rep
 }
 
-// shutdownReport is the one line that says how a shutdown went.
-type shutdownReport struct {
-	Trigger           string        `json:"trigger"`
-	Result            string        `json:"result"` // complete, timeout, forced
-	Duration          time.Duration `json:"duration"`
-	InFlightAtTrigger int64         `json:"inflight_at_trigger"`
-	Completed         int64         `json:"completed"` // requests that finished after the trigger
-	Cut               int64         `json:"cut"`       // requests still running at the deadline
-	ConnsAtTrigger    int64         `json:"connections_at_trigger"`
-}
-
-// shutdown fails readiness at once, stops accepting, lets in-flight requests
-// finish until drain.timeout, then cuts what is left. A second signal cuts at
-// once. The full drain (delay, quiet period, stopping the app) builds on this.
-func (s *sidecar) shutdown(trigger string, signals <-chan os.Signal) shutdownReport {
-	start := time.Now()
-	rep := shutdownReport{Trigger: trigger, Result: "complete",
-		InFlightAtTrigger: s.tracker.InFlight(), ConnsAtTrigger: s.tracker.ConnectionsTotal()}
-	reqsAtTrigger := s.tracker.Requests()
-	s.life.Advance(drain.Draining, zap.String("trigger", trigger), zap.Int64("inflight", rep.InFlightAtTrigger))
-
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Drain.Timeout)
-	defer cancel()
-	s.public.SetKeepAlives(false)
-	s.life.Advance(drain.Closing, zap.Int64("inflight", s.tracker.InFlight()))
-	done := make(chan error, 1)
-	go func() { done <- s.public.Shutdown(ctx) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			rep.Result, rep.Cut = "timeout", s.tracker.InFlight()
-			s.log.Warn("shutdown deadline reached; cutting what is left",
-				zap.String("reason", "timeout"), zap.Int64("inflight", rep.Cut), zap.Duration("timeout", s.cfg.Drain.Timeout))
-			_ = s.public.Close()
+func (s *sidecar) logReport(rep drain.Report) {
+	since := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
 		}
-	case sig := <-signals:
-		rep.Result, rep.Cut = "forced", s.tracker.InFlight()
-		s.log.Warn("second signal; stopping now",
-			zap.String("reason", signalName(sig)), zap.Int64("inflight", rep.Cut))
-		_ = s.public.Close()
-		<-done
+		return t.Sub(rep.TriggeredAt).Seconds()
 	}
-	s.handler.CloseIdleConnections()
-	for _, a := range s.aux {
-		a.shutdown(2 * time.Second)
-	}
-	rep.Duration = time.Since(start)
-	rep.Completed = int64(s.tracker.Requests()-reqsAtTrigger) + rep.InFlightAtTrigger - rep.Cut
-	s.life.Advance(drain.Stopped)
 	s.log.Info("drain report",
-		zap.String("trigger", rep.Trigger), zap.String("result", rep.Result), zap.Duration("duration", rep.Duration),
-		zap.Int64("inflight_at_trigger", rep.InFlightAtTrigger), zap.Int64("completed", rep.Completed),
-		zap.Int64("cut", rep.Cut), zap.Int64("connections_at_trigger", rep.ConnsAtTrigger))
-	return rep
+		zap.String("trigger", rep.Trigger),
+		zap.String("result", rep.Result),
+		zap.Duration("duration", rep.Duration()),
+		zap.Float64("closing_after", since(rep.ClosingAt)),
+		zap.Float64("last_request_done_after", since(rep.LastRequestAt)),
+		zap.Float64("app_signalled_after", since(rep.AppStoppingAt)),
+		zap.Int64("inflight_at_trigger", rep.InFlightAtTrigger),
+		zap.Int64("completed", rep.Completed),
+		zap.Int64("cut", rep.Cut),
+		zap.Int64("connections_closed", rep.ConnsClosed),
+		zap.String("app_stop", rep.App.Strategy),
+		zap.String("app_status", rep.App.Status),
+		zap.Int("app_code", rep.App.Code),
+		zap.String("app_signal", rep.App.Signal),
+		zap.String("app_detail", rep.App.Detail),
+	)
 }
 
 func signalName(sig os.Signal) string {

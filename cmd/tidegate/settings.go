@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tidegate/tidegate/drain"
 	"github.com/tidegate/tidegate/proxy"
 )
 
@@ -13,13 +14,14 @@ import (
 // the command-line flags, the TIDEGATE_* environment variables, the YAML
 // file, /config, and `tidegate run --help`, so the four can never disagree.
 type setting struct {
-	flag  string // flag name without dashes; the env var is TIDEGATE_ + upper(flag with - → _)
-	key   string // dotted key in the YAML file
-	usage string // one line for --help
-	def   string // default, in the same syntax as the flag
-	arg   string // what the value looks like, for --help: "ADDR", "DURATION", …
-	list  bool   // repeatable flag; comma-separated env; YAML list
-	bool  bool   // the flag may be given without a value (--access-log)
+	flag   string // flag name without dashes; the env var is TIDEGATE_ + upper(flag with - → _)
+	key    string // dotted key in the YAML file
+	usage  string // one line for --help
+	def    string // default, in the same syntax as the flag
+	arg    string // what the value looks like, for --help: "ADDR", "DURATION", …
+	list   bool   // repeatable flag; comma-separated env; YAML list
+	bool   bool   // the flag may be given without a value (--access-log)
+	secret bool   // redacted in /config and /status
 
 	// set parses vs (one value unless list) into c. Errors describe the
 	// value; the caller adds where it came from.
@@ -88,6 +90,16 @@ func intSetting(flag, key, def, usage string, field func(*Config) *int) setting 
 	}
 }
 
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "true", "on", "yes", "1", "":
+		return true, nil
+	case "false", "off", "no", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not true or false", v)
+}
+
 func oneOf(allowed ...string) func(string) error {
 	return func(v string) error {
 		for _, a := range allowed {
@@ -149,8 +161,8 @@ func settings() []setting {
 		durSetting("upstream-response-header-timeout", "upstream.response_header_timeout", "60s",
 			"bound on waiting for the app's response headers (past it: 504); 0 = none",
 			func(c *Config) *time.Duration { return &c.Upstream.ResponseHeaderTimeout }),
-		durSetting("upstream-idle-timeout", "upstream.idle_timeout", "60s",
-			"close pooled app connections idle this long; keep below the app's keep-alive timeout",
+		durSetting("upstream-idle-timeout", "upstream.idle_timeout", "1s",
+			"close pooled app connections idle this long; keep below the app's own keep-alive timeout (gunicorn 2s, Node 5s)",
 			func(c *Config) *time.Duration { return &c.Upstream.IdleTimeout }),
 		intSetting("upstream-max-idle-conns", "upstream.max_idle_conns", "1024",
 			"idle app connections kept for reuse; at least the expected client concurrency",
@@ -189,9 +201,64 @@ func settings() []setting {
 			get: func(c *Config) string { return strings.Join(c.ProbeUserAgents, ",") },
 		},
 
+		durSetting("drain-delay", "drain.delay", "5s",
+			"after SIGTERM, keep accepting this long so load balancers notice the failed readiness",
+			func(c *Config) *time.Duration { return &c.Drain.Delay }),
+		durSetting("drain-quiet", "drain.quiet", "1s",
+			"after the delay, close once nothing is in flight and no new request came for this long",
+			func(c *Config) *time.Duration { return &c.Drain.Quiet }),
 		durSetting("drain-timeout", "drain.timeout", "30s",
-			"hard bound on shutting down, counted from SIGTERM",
+			"hard bound on the drain, counted from the trigger: what is still in flight then is cut",
 			func(c *Config) *time.Duration { return &c.Drain.Timeout }),
+		{
+			flag: "drain-token", key: "drain.token", def: "", arg: "TOKEN", secret: true,
+			usage: "enables GET /drain?wait= on the health listener for requests with header X-Tidegate-Drain-Token: TOKEN",
+			set:   func(c *Config, vs []string) error { c.Drain.Token = strings.TrimSpace(last(vs)); return nil },
+			get:   func(c *Config) string { return c.Drain.Token },
+		},
+
+		strSetting("app-stop", "app.stop", "auto", "STRATEGY",
+			"how the app is stopped after the drain: child, pid, http, command or none; auto = child if a command follows --, else none",
+			func(c *Config) *string { return &c.App.Stop }, oneOf("auto", "child", "pid", "http", "command", "none")),
+		strSetting("app-stop-signal", "app.stop_signal", "SIGTERM", "SIGNAL",
+			"signal sent to the app (child or pid strategy)",
+			func(c *Config) *string { return &c.App.StopSignal }, func(v string) error { _, err := drain.ParseSignal(v); return err }),
+		durSetting("app-stop-timeout", "app.stop_timeout", "10s",
+			"wait this long for the app to stop; then a child is killed with SIGKILL",
+			func(c *Config) *time.Duration { return &c.App.StopTimeout }),
+		intSetting("app-pid", "app.pid", "0", "signal this pid (pid strategy; a shared process namespace)",
+			func(c *Config) *int { return &c.App.PID }),
+		strSetting("app-pidfile", "app.pidfile", "", "FILE",
+			"read the app's pid from this file when stopping it (pid strategy)",
+			func(c *Config) *string { return &c.App.PIDFile }, nil),
+		strSetting("app-stop-url", "app.stop_url", "", "URL",
+			"POST here to stop the app (http strategy)",
+			func(c *Config) *string { return &c.App.StopURL }, nil),
+		strSetting("app-stop-command", "app.stop_command", "", "CMD",
+			"run this shell command to stop the app (command strategy)",
+			func(c *Config) *string { return &c.App.StopCommand }, nil),
+		strSetting("app-restart", "app.restart", "never", "POLICY",
+			"restart a child that exits on its own: never, on-failure or always",
+			func(c *Config) *string { return &c.App.Restart }, oneOf("never", "on-failure", "always")),
+		durSetting("app-restart-backoff", "app.restart_backoff", "500ms",
+			"first wait before a restart; doubles each time, with ±20% jitter",
+			func(c *Config) *time.Duration { return &c.App.RestartBackoff }),
+		durSetting("app-restart-max-backoff", "app.restart_max_backoff", "30s",
+			"longest wait between restarts; a run longer than this resets the backoff",
+			func(c *Config) *time.Duration { return &c.App.RestartMax }),
+		intSetting("app-restart-limit", "app.restart_limit", "5",
+			"consecutive quick crashes restarted before tidegate gives up (crash loop) and exits",
+			func(c *Config) *int { return &c.App.RestartLimit }),
+		{
+			flag: "reap-orphans", key: "app.reap_orphans", def: "false", arg: "BOOL", bool: true,
+			usage: "become a child subreaper and reap orphaned processes (always on when tidegate is PID 1)",
+			set: func(c *Config, vs []string) error {
+				b, err := parseBool(last(vs))
+				c.App.ReapOrphans = b
+				return err
+			},
+			get: func(c *Config) string { return strconv.FormatBool(c.App.ReapOrphans) },
+		},
 
 		strSetting("log-level", "log.level", "info", "LEVEL",
 			"debug, info, warn or error",
