@@ -67,7 +67,28 @@ func ParseUpstream(s string) (Upstream, error) {
 	if host == "" {
 		host = "127.0.0.1"
 	}
+	if !validHost(host) {
+		return Upstream{}, fmt.Errorf("upstream %q: host %q is neither an IP address nor a host name", s, host)
+	}
 	return Upstream{Network: "tcp", Address: net.JoinHostPort(host, strconv.Itoa(port))}, nil
+}
+
+// validHost accepts an IP address or a DNS name (letters, digits, '-', '_'
+// and dots).
+func validHost(h string) bool {
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	if len(h) > 253 {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // SplitHostPort splits host:port and checks that the port is a number from 0

@@ -32,6 +32,8 @@ func TestParseUpstream(t *testing.T) {
 		{"http://app:80/api", "no path"},
 		{"unix://relative.sock", "absolute"},
 		{"127.0.0.1:http", `port "http"`},
+		{" :1", "neither an IP address nor a host name"},
+		{"app%zz:80", "neither"},
 	} {
 		_, err := ParseUpstream(tc.in)
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), tc.in) {
