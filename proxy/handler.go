@@ -367,6 +367,12 @@ type recorder struct {
 }
 
 func (r *recorder) WriteHeader(code int) {
+	if code == http.StatusContinue {
+		// Not relayed: net/http sends its own 100 Continue when the
+		// transport starts reading the body, which it does right after
+		// the app's 100. Relaying the app's too would send two.
+		return
+	}
 	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		r.status = code
 	}

@@ -85,12 +85,12 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	s := &Server{ln: ln, grace: o.NewConnGrace, fresh: make(map[net.Conn]time.Time)}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if s.draining.Load() {
-				// net/http closes the connection after a response that
-				// carries this header.
+			dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
+			h.ServeHTTP(dw, r)
+			if !dw.wrote && s.draining.Load() {
+				// Nothing written: net/http sends the header after we return.
 				w.Header().Set("Connection", "close")
 			}
-			h.ServeHTTP(w, r)
 		}),
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
 		IdleTimeout:       o.IdleTimeout,
@@ -114,6 +114,34 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	}
 	return s
 }
+
+// drainWriter adds "Connection: close" to a response whose header is
+// written while the server drains, whenever the request arrived; net/http
+// then closes the connection after the response.
+type drainWriter struct {
+	http.ResponseWriter
+	draining *atomic.Bool
+	wrote    bool
+}
+
+func (w *drainWriter) WriteHeader(code int) {
+	if !w.wrote && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		w.wrote = true
+		if code != http.StatusSwitchingProtocols && w.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *drainWriter) Write(p []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // headerSlop is what net/http reads beyond Server.MaxHeaderBytes.
 const headerSlop = 4096

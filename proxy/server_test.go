@@ -100,6 +100,36 @@ func TestDrainModeAnswersWithConnectionClose(t *testing.T) {
 	}
 }
 
+// A request that started before the drain and answers during it must carry
+// Connection: close too.
+func TestDrainReachesRequestsAlreadyInFlight(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	s, _ := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		_, _ = w.Write([]byte("done"))
+	}), ServerOptions{})
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	s.BeginDrain()
+	close(release)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !resp.Close {
+		t.Fatal("a request in flight at the drain got a keep-alive response")
+	}
+}
+
 func TestMaxHeaderBytesIsExact(t *testing.T) {
 	s, _ := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), ServerOptions{MaxHeaderBytes: 8 << 10})
 	send := func(n int) int {

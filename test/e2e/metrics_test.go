@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tidegate/tidegate/test/fakeapp"
+)
+
+// TestMetrics: the admin listener's /metrics moves with the traffic.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	app := fakeapp.Start(t)
+	tg := start(t, "--upstream", app.Addr)
+	admin := newClient(t)
+
+	before := scrape(t, admin, tg)
+	if v, ok := before.get("tidegate_build_info", "version", stampVersion, "commit", stampCommit); !ok || v != 1 {
+		t.Errorf("tidegate_build_info{version=%q,commit=%q} = %v (present %v), want 1", stampVersion, stampCommit, v, ok)
+	}
+	for _, phase := range []string{"starting", "serving", "draining", "closing", "stopping_app", "stopped"} {
+		want := 0.0
+		if phase == "serving" {
+			want = 1
+		}
+		if v, ok := before.get("tidegate_phase", "phase", phase); !ok || v != want {
+			t.Errorf("tidegate_phase{phase=%q} = %v (present %v), want %v", phase, v, ok, want)
+		}
+	}
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
+		if v, ok := before.get(name); !ok || v <= 0 {
+			t.Errorf("%s = %v (present %v), want > 0", name, v, ok)
+		}
+	}
+	for _, reason := range []string{"connect_refused", "connect_timeout", "response_timeout", "upstream_reset"} {
+		if v, ok := before.get("tidegate_upstream_errors_total", "reason", reason); !ok || v != 0 {
+			t.Errorf("tidegate_upstream_errors_total{reason=%q} = %v (present %v), want 0 from the start", reason, v, ok)
+		}
+	}
+	if v, ok := before.get("tidegate_inflight_requests"); !ok || v != 0 {
+		t.Errorf("tidegate_inflight_requests = %v (present %v), want 0", v, ok)
+	}
+	if v, ok := before.get("tidegate_connections_active", "protocol", "http1"); !ok || v != 0 {
+		t.Errorf("tidegate_connections_active{protocol=http1} = %v (present %v), want 0", v, ok)
+	}
+
+	c := newClient(t)
+	const n = 7
+	for range n {
+		if resp, body := get(t, c, tg.URL("/status?code=200")); resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d %s", resp.StatusCode, body)
+		}
+	}
+	// A request is counted as its handler returns, a moment after the
+	// client has the whole response.
+	var after metrics
+	eventually(t, waitTimeout, "the requests counted", func() (bool, string) {
+		after = scrape(t, admin, tg)
+		dReq := after.value("tidegate_requests_total", "code", "200", "method", "GET") -
+			before.value("tidegate_requests_total", "code", "200", "method", "GET")
+		dDur := after.value("tidegate_request_duration_seconds_count") - before.value("tidegate_request_duration_seconds_count")
+		return dReq == n && dDur == n, fmt.Sprintf(
+			"tidegate_requests_total{code=200,method=GET} grew by %v and tidegate_request_duration_seconds_count by %v, want %d",
+			dReq, dDur, n)
+	})
+	if v := after.value("tidegate_request_duration_seconds_bucket", "le", "+Inf"); v != after.value("tidegate_request_duration_seconds_count") {
+		t.Errorf("duration histogram +Inf bucket %v != count %v", v, after.value("tidegate_request_duration_seconds_count"))
+	}
+	// c keeps its one keep-alive connection open.
+	if v := after.value("tidegate_connections_active", "protocol", "http1"); v != 1 {
+		t.Errorf("tidegate_connections_active{protocol=http1} = %v with one keep-alive connection open, want 1", v)
+	}
+
+	// A request in flight shows in the gauge until it ends.
+	hc := newClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tg.URL("/hang"), nil)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := hc.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	recv(t, app.HangStarted(), waitTimeout, "the app receiving /hang")
+	during := scrape(t, admin, tg)
+	if v := during.value("tidegate_inflight_requests"); v != 1 {
+		t.Errorf("tidegate_inflight_requests = %v while /hang is open, want 1", v)
+	}
+	if v := during.value("tidegate_connections_active", "protocol", "http1"); v != 2 {
+		t.Errorf("tidegate_connections_active{protocol=http1} = %v with two connections open, want 2", v)
+	}
+	cancel()
+	recv(t, errc, waitTimeout, "the cancelled /hang to end")
+	metricEventually(t, admin, tg, 0, "tidegate_inflight_requests")
+	c.CloseIdleConnections()
+	hc.CloseIdleConnections()
+	metricEventually(t, admin, tg, 0, "tidegate_connections_active", "protocol", "http1")
+}
+
+// TestConnectionPool: 1,000 concurrent keep-alive clients get every answer,
+// and tidegate reuses its connections to the app instead of opening one per
+// request. Not parallel: it wants the machine to itself.
+func TestConnectionPool(t *testing.T) {
+	app := fakeapp.Start(t)
+	tg := start(t, "--upstream", app.Addr)
+	admin := newClient(t)
+
+	const clients, perClient = 1000, 3
+	url := tg.URL("/status?code=200")
+	var (
+		failed   atomic.Int64
+		errOnce  sync.Once
+		firstErr string
+		wg       sync.WaitGroup
+	)
+	fail := func(msg string) {
+		failed.Add(1)
+		errOnce.Do(func() { firstErr = msg })
+	}
+	transports := make([]*http.Transport, clients)
+	defer func() {
+		for _, tr := range transports {
+			tr.CloseIdleConnections()
+		}
+	}()
+	gate := make(chan struct{})
+	for i := range clients {
+		tr := &http.Transport{
+			Proxy:               nil,
+			MaxConnsPerHost:     1,
+			MaxIdleConnsPerHost: 1,
+			DisableCompression:  true,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+		}
+		transports[i] = tr
+		c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+		wg.Go(func() {
+			<-gate
+			for range perClient {
+				resp, err := c.Get(url)
+				if err != nil {
+					fail(err.Error())
+					continue
+				}
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK {
+					fail(resp.Status)
+				}
+			}
+		})
+	}
+	began := time.Now()
+	close(gate)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%d clients × %d requests did not finish within 60s", clients, perClient)
+	}
+	t.Logf("%d requests from %d concurrent clients in %s; app accepted %d connections, %d still open",
+		clients*perClient, clients, time.Since(began), app.ConnsAccepted(), app.ConnsOpen())
+
+	if n := failed.Load(); n != 0 {
+		t.Errorf("%d of %d requests failed; first: %s", n, clients*perClient, firstErr)
+	}
+	if n := app.Requests("/status"); n != clients*perClient {
+		t.Errorf("the app answered %d requests, want %d", n, clients*perClient)
+	}
+	if n := app.ConnsAccepted(); n > clients+clients/10 {
+		t.Errorf("tidegate opened %d connections to the app for %d requests from %d clients: want at most %d (reuse)",
+			n, clients*perClient, clients, clients+clients/10)
+	}
+	// Every client still holds its keep-alive connection.
+	if v := scrape(t, admin, tg).value("tidegate_connections_active", "protocol", "http1"); v != clients {
+		t.Errorf("tidegate_connections_active{protocol=http1} = %v with %d keep-alive clients, want %d", v, clients, clients)
+	}
+	for _, tr := range transports {
+		tr.CloseIdleConnections()
+	}
+	metricEventually(t, admin, tg, 0, "tidegate_connections_active", "protocol", "http1")
+}
