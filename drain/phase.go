@@ -112,9 +112,21 @@ func (l *Lifecycle) Advance(to Phase, fields ...zap.Field) bool {
 	if to < 0 || to >= numPhases {
 		return false
 	}
+	return l.move(func(from Phase) bool { return to > from }, to, fields)
+}
+
+// Reopen moves Draining back to Serving (an explicit undrain) and reports
+// whether it did. It is the only way back: from any other phase it refuses.
+func (l *Lifecycle) Reopen() bool {
+	return l.move(func(from Phase) bool { return from == Draining }, Serving, []zap.Field{zap.String("reason", "undrain")})
+}
+
+// move sets the phase to to if allowed(current) holds, wakes Changed
+// waiters and logs the change.
+func (l *Lifecycle) move(allowed func(from Phase) bool, to Phase, fields []zap.Field) bool {
 	l.mu.Lock()
 	from := l.phase
-	if to <= from {
+	if !allowed(from) {
 		l.mu.Unlock()
 		return false
 	}
@@ -123,22 +135,6 @@ func (l *Lifecycle) Advance(to Phase, fields ...zap.Field) bool {
 	l.changed = make(chan struct{})
 	l.mu.Unlock()
 	l.log.Info("phase changed", append([]zap.Field{zap.Stringer("phase", to), zap.Stringer("from", from)}, fields...)...)
-	return true
-}
-
-// Reopen moves Draining back to Serving (an explicit undrain) and reports
-// whether it did. It is the only way back: from any other phase it refuses.
-func (l *Lifecycle) Reopen() bool {
-	l.mu.Lock()
-	if l.phase != Draining {
-		l.mu.Unlock()
-		return false
-	}
-	l.phase, l.since = Serving, l.now()
-	close(l.changed)
-	l.changed = make(chan struct{})
-	l.mu.Unlock()
-	l.log.Info("phase changed", zap.Stringer("phase", Serving), zap.Stringer("from", Draining), zap.String("reason", "undrain"))
 	return true
 }
 

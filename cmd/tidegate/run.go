@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"syscall"
 	"time"
@@ -203,16 +204,14 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		return nil, usageError{err}
 	}
 
-	if cfg.HealthListen != off {
-		a, err := newAuxServer("health", cfg.HealthListen, s.healthHandler(), s.log)
-		if err != nil {
-			return nil, err
+	for _, aux := range []struct {
+		name, addr string
+		handler    func() http.Handler
+	}{{"health", cfg.HealthListen, s.healthHandler}, {"admin", cfg.AdminListen, s.adminHandler}} {
+		if aux.addr == off {
+			continue
 		}
-		bound = append(bound, a.ln)
-		s.aux = append(s.aux, a)
-	}
-	if cfg.AdminListen != off {
-		a, err := newAuxServer("admin", cfg.AdminListen, s.adminHandler(), s.log)
+		a, err := newAuxServer(aux.name, aux.addr, aux.handler(), s.log)
 		if err != nil {
 			return nil, err
 		}
