@@ -71,9 +71,16 @@ func benchProxy(b *testing.B, access *zap.Logger) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	front := httptest.NewServer(h)
-	b.Cleanup(func() { front.Close(); h.CloseIdleConnections() })
-	benchGet(b, benchClient(b), front.URL)
+	// The real public server: hardening, connection accounting, drain writer.
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := NewServer(ln, h, tr, ServerOptions{})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve() }()
+	b.Cleanup(func() { _ = srv.Close(); <-served; h.CloseIdleConnections() })
+	benchGet(b, benchClient(b), "http://"+ln.Addr().String()+"/")
 }
 
 // BenchmarkProxyHTTP1 is a 1 KiB GET through tidegate with metrics on and
