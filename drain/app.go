@@ -54,7 +54,8 @@ func (e AppExit) String() string {
 }
 
 // ExitCode is the code tidegate should exit with for this outcome when it
-// supervises the app: the child's own code, or 128+signal as a shell does.
+// supervises the app: the child's own code, 128+signal as a shell does, or
+// non-zero when the app could not be run at all.
 func (e AppExit) ExitCode() int {
 	switch e.Status {
 	case "exited":
@@ -62,6 +63,11 @@ func (e AppExit) ExitCode() int {
 	case "signaled", "killed":
 		if s, err := ParseSignal(e.Signal); err == nil {
 			return 128 + int(s)
+		}
+		return 1
+	case "failed":
+		if e.Code != 0 {
+			return e.Code
 		}
 		return 1
 	}

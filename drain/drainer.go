@@ -105,6 +105,8 @@ type Drainer struct {
 	force     chan struct{} // closed by Force
 	forced    bool
 	forceWhy  string
+	expedite  chan struct{} // closed by Expedite
+	expedited bool
 
 	drains   *prometheus.CounterVec
 	duration prometheus.Histogram
@@ -136,6 +138,7 @@ func New(o Options) (*Drainer, error) {
 		triggered: make(chan struct{}),
 		undrain:   make(chan struct{}),
 		force:     make(chan struct{}),
+		expedite:  make(chan struct{}),
 		drains: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tidegate_drains_total",
 			Help: "Drains, by trigger (SIGTERM, SIGINT, admin, prestop, app_exit, …) and result (complete, timeout, forced).",
@@ -184,6 +187,21 @@ func (d *Drainer) Force(reason string) {
 	if !d.forced {
 		d.forced, d.forceWhy = true, reason
 		close(d.force)
+	}
+}
+
+// Expedite triggers the drain (if needed) and skips its delay and quiet
+// period: the listeners close as soon as nothing is in flight, and nothing
+// is cut before the deadline. For an app that died: there is nothing to
+// keep serving, and a refused connection is safer for a load balancer to
+// retry than a 502.
+func (d *Drainer) Expedite(reason string) {
+	d.Trigger(reason)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.expedited {
+		d.expedited = true
+		close(d.expedite)
 	}
 }
 
@@ -241,6 +259,7 @@ func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
 	o := d.o
 	d.mu.Lock()
 	rep.Trigger = d.trigger
+	expedite := d.expedite
 	d.mu.Unlock()
 	rep.TriggeredAt = time.Now()
 	rep.InFlightAtTrigger = o.Traffic.InFlight()
@@ -257,9 +276,11 @@ func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
 	defer timeout.Stop()
 	poll := time.NewTicker(o.PollInterval)
 	defer poll.Stop()
-	delayed, result := o.Delay == 0, ""
+	delayed, quiet, result := o.Delay == 0, o.Quiet, ""
 	for result == "" {
 		select {
+		case <-expedite:
+			delayed, quiet, expedite = true, 0, nil // a nil channel: this case fires once
 		case <-undrain:
 			o.Frontend.EndDrain()
 			return rep, false
@@ -272,7 +293,7 @@ func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
 			log.Info("drain delay over; closing once idle", zap.Int64("inflight", o.Traffic.InFlight()))
 		case <-poll.C:
 		}
-		if result == "" && delayed && o.Traffic.InFlight() == 0 && time.Since(o.Traffic.LastActivity()) >= o.Quiet {
+		if result == "" && delayed && o.Traffic.InFlight() == 0 && time.Since(o.Traffic.LastActivity()) >= quiet {
 			result = "complete"
 		}
 	}
@@ -286,24 +307,31 @@ func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
 	if result == "forced" {
 		cancel()
 	}
+	// Shutdown closes the listeners and idle connections and returns once
+	// no connection is serving a request; upgraded connections (WebSocket,
+	// CONNECT), which it does not see, stay counted in flight: wait for
+	// those too, until the deadline.
 	done := make(chan error, 1)
 	go func() { done <- o.Frontend.Shutdown(ctx) }()
 	var err error
+	returned := false
 	select {
 	case err = <-done:
+		returned = true
 	case <-d.force:
-		cancel()
-		err = <-done
-		result = "forced"
+		result, err = "forced", errForced
 	}
-	if err == nil && o.Traffic.InFlight() > 0 {
-		// The listeners are closed, but upgraded connections (WebSocket,
-		// CONNECT) are invisible to Shutdown: wait for them until the
-		// deadline too.
+	if err == nil {
 		err = d.waitInFlight(ctx)
 	}
-	cancel()
+	if errors.Is(err, errForced) {
+		result = "forced"
+	}
 	if err != nil {
+		cancel()
+		if !returned {
+			<-done
+		}
 		rep.Cut = o.Traffic.InFlight()
 		if result == "complete" {
 			result = "timeout"
@@ -319,7 +347,7 @@ func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
 		d.waitIdle(time.Second)
 	}
 	rep.Result = result
-	rep.LastRequestAt = time.Now()
+	rep.LastRequestAt = time.Now() // in-flight reached zero, or the cut
 	rep.Completed = int64(o.Traffic.Requests()-reqsAtTrigger) + rep.InFlightAtTrigger - rep.Cut
 	d.cut.Add(float64(rep.Cut))
 	d.duration.Observe(rep.LastRequestAt.Sub(rep.TriggeredAt).Seconds())
@@ -330,14 +358,17 @@ func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), o.AppStopTimeout)
 	rep.App = o.App.Stop(stopCtx)
 	stopCancel()
+	cancel()
 	rep.StoppedAt = time.Now()
 	o.Lifecycle.Advance(Stopped, zap.String("app", rep.App.String()))
 	return rep, true
 }
 
+// errForced is waitInFlight's answer to a second signal.
+var errForced = errors.New("forced")
+
 // waitInFlight waits for in-flight to reach zero until ctx ends or a
-// force; it returns ctx's error (or context.Canceled when forced) if it did
-// not.
+// force; it returns ctx's error or errForced if it did not.
 func (d *Drainer) waitInFlight(ctx context.Context) error {
 	tick := time.NewTicker(d.o.PollInterval)
 	defer tick.Stop()
@@ -346,7 +377,7 @@ func (d *Drainer) waitInFlight(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-d.force:
-			return context.Canceled
+			return errForced
 		case <-tick.C:
 		}
 	}

@@ -338,6 +338,27 @@ func TestWaitsForUpgradedConnectionsShutdownIgnores(t *testing.T) {
 	})
 }
 
+// An app that died: skip the delay and quiet period, but cut nothing.
+func TestExpediteSkipsDelayButNotInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, 5*time.Second, 2*time.Second, 30*time.Second)
+		r.traffic.request(time.Second)
+		reports := r.run()
+		start := time.Now()
+		r.d.Expedite("app_exit")
+		rep := <-reports
+		if d := rep.ClosingAt.Sub(start); d < time.Second || d > time.Second+10*time.Millisecond {
+			t.Fatalf("closed after %s, want when the 1s request ended (no delay, no quiet)", d)
+		}
+		if rep.Trigger != "app_exit" || rep.Result != "complete" || rep.Cut != 0 {
+			t.Fatalf("report %+v", rep)
+		}
+		if err := r.d.Undrain(); !errors.Is(err, ErrTooLate) {
+			t.Fatalf("undrain of an expedited drain: %v", err)
+		}
+	})
+}
+
 func TestTriggerIsIdempotent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := newRig(t, 0, 0, time.Second)

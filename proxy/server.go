@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -47,12 +48,13 @@ type ServerOptions struct {
 // Server serves the proxy on one listener and counts its connections.
 type Server struct {
 	srv      *http.Server
-	ln       net.Listener
+	ln       *trackedListener
 	grace    time.Duration
 	draining atomic.Bool
+	busy     atomic.Int64 // connections that are new or serving a request
 
 	mu    sync.Mutex
-	fresh map[net.Conn]time.Time // accepted, no request yet; touched once per connection
+	fresh map[*trackedConn]time.Time // accepted, no request yet; touched once per connection
 }
 
 // Listen binds addr on TCP. The error names the address.
@@ -82,7 +84,7 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	s := &Server{ln: ln, grace: o.NewConnGrace, fresh: make(map[net.Conn]time.Time)}
+	s := &Server{ln: &trackedListener{Listener: ln}, grace: o.NewConnGrace, fresh: make(map[*trackedConn]time.Time)}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
@@ -96,23 +98,93 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		IdleTimeout:       o.IdleTimeout,
 		MaxHeaderBytes:    max(o.MaxHeaderBytes-headerSlop, 1),
 		ErrorLog:          zap.NewStdLog(o.Logger),
-		ConnState: func(c net.Conn, cs http.ConnState) {
-			switch cs {
-			case http.StateNew:
-				t.ConnOpened(ProtocolHTTP1)
-				s.mu.Lock()
-				s.fresh[c] = time.Now()
-				s.mu.Unlock()
+		ConnState: func(nc net.Conn, cs http.ConnState) {
+			c, ok := nc.(*trackedConn)
+			if !ok {
 				return
-			case http.StateHijacked, http.StateClosed:
-				t.ConnClosed(ProtocolHTTP1)
 			}
-			s.mu.Lock()
-			delete(s.fresh, c) // a no-op after the first request
-			s.mu.Unlock()
+			s.transition(c, cs, t)
 		},
 	}
 	return s
+}
+
+// transition accounts for one connection state change: two atomic
+// operations per request, and the fresh-set lock once per connection.
+func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
+	from := http.ConnState(c.state.Swap(int32(to)))
+	wasBusy := from == http.StateNew || from == http.StateActive
+	isBusy := to == http.StateNew || to == http.StateActive
+	switch {
+	case to == http.StateNew:
+		// from is the zero value, StateNew itself: counted below.
+		t.ConnOpened(ProtocolHTTP1)
+		s.busy.Add(1)
+		s.mu.Lock()
+		s.fresh[c] = time.Now()
+		s.mu.Unlock()
+		return
+	case wasBusy && !isBusy:
+		s.busy.Add(-1)
+	case !wasBusy && isBusy:
+		s.busy.Add(1)
+	}
+	if from == http.StateNew {
+		s.mu.Lock()
+		delete(s.fresh, c)
+		s.mu.Unlock()
+	}
+	if to == http.StateHijacked || to == http.StateClosed {
+		t.ConnClosed(ProtocolHTTP1)
+	}
+}
+
+// trackedListener hands out trackedConns and remembers being closed; Close
+// may be called more than once.
+type trackedListener struct {
+	net.Listener
+	once   sync.Once
+	closed atomic.Bool
+	err    error
+}
+
+func (l *trackedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &trackedConn{Conn: c}, nil
+}
+
+func (l *trackedListener) Close() error {
+	l.once.Do(func() {
+		l.closed.Store(true)
+		l.err = l.Listener.Close()
+	})
+	return l.err
+}
+
+// trackedConn carries its last http.ConnState, so that state changes are
+// counted without a shared map. It passes on the optional methods net/http
+// looks for on a connection: CloseWrite (a rejected request's response is
+// read before the close, not reset) and ReadFrom (sendfile/splice).
+type trackedConn struct {
+	net.Conn
+	state atomic.Int32 // http.ConnState; 0 is StateNew
+}
+
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
 }
 
 // drainWriter adds "Connection: close" to a response whose header is
@@ -167,22 +239,38 @@ func (s *Server) BeginDrain() { s.draining.Store(true) }
 // EndDrain undoes BeginDrain: keep-alive is allowed again.
 func (s *Server) EndDrain() { s.draining.Store(false) }
 
-// Shutdown stops accepting, closes idle connections and waits for active
-// ones until ctx ends; then it returns ctx's error and the rest stay open
-// until Close. Connections that never sent a request are closed after
-// NewConnGrace. Upgraded connections are not waited for: their requests
-// stay counted in the Tracker, which the caller watches.
+// Shutdown stops accepting, closes idle connections and waits for the
+// others until ctx ends; then it returns ctx's error and the rest stay open
+// until Close. It returns as soon as no connection is serving a request
+// (net/http's own Shutdown may notice up to 500ms later), and closes
+// connections that sent no request within NewConnGrace (net/http would wait
+// 5s). Upgraded connections are not waited for: their requests stay counted
+// in the Tracker, which the caller watches.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// Canceling sctx wakes net/http's Shutdown from its backoff sleep.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- s.srv.Shutdown(ctx) }()
-	tick := time.NewTicker(min(s.grace/2, 100*time.Millisecond))
+	go func() { done <- s.srv.Shutdown(sctx) }()
+	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case err := <-done:
 			return err
 		case <-tick.C:
-			s.closeStaleFresh()
+		}
+		s.closeStaleFresh()
+		// net/http closes the listener first (after marking itself shut
+		// down, so Serve returns ErrServerClosed rather than an error).
+		if s.ln.closed.Load() && s.busy.Load() == 0 {
+			// The listener is closed and nothing is being read or served:
+			// what is left is idle, and net/http is closing it. Close
+			// finishes that now.
+			_ = s.srv.Close()
+			cancel()
+			<-done
+			return nil
 		}
 	}
 }
@@ -191,7 +279,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // grace for their first request.
 func (s *Server) closeStaleFresh() {
 	cutoff := time.Now().Add(-s.grace)
-	var stale []net.Conn
+	var stale []*trackedConn
 	s.mu.Lock()
 	for c, at := range s.fresh {
 		if at.Before(cutoff) {

@@ -155,4 +155,52 @@ func TestMaxHeaderBytesIsExact(t *testing.T) {
 	if code := send(9 << 10); code != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("9 KiB of headers over an 8 KiB limit: %d, want 431", code)
 	}
+	// Far over the limit, the client is still writing when the server
+	// answers: the 431 must still be readable (half-close, not reset).
+	for range 5 {
+		if code := send(256 << 10); code != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("256 KiB of headers: %d, want 431", code)
+		}
+	}
+}
+
+// TestShutdownReturnsWhenTheLastRequestEnds: net/http's own Shutdown polls
+// with a backoff of up to 500ms; the app must not wait for that poll.
+func TestShutdownReturnsWhenTheLastRequestEnds(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	s, _ := startServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+	}), ServerOptions{})
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	done := make(chan time.Time, 1)
+	go func() {
+		if err := s.Shutdown(context.Background()); err != nil {
+			t.Error(err)
+		}
+		done <- time.Now()
+	}()
+	timer := time.NewTimer(1200 * time.Millisecond) // long enough for net/http's poll to back off to 500ms
+	<-timer.C
+	select {
+	case <-done:
+		t.Fatal("Shutdown returned while a request was being served")
+	default:
+	}
+	released := time.Now()
+	close(release)
+	if d := (<-done).Sub(released); d > 100*time.Millisecond {
+		t.Fatalf("Shutdown returned %s after the last request ended", d)
+	}
+	if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+		t.Fatalf("the last response was lost: %v", err)
+	}
 }

@@ -80,13 +80,18 @@ func (s *sidecar) healthHandler() http.Handler {
 // answers 200 once the drain has reached stopping_app, or 504 when the wait
 // runs out. Without a configured token the endpoint is off (404).
 func (s *sidecar) preStopDrain(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet { // the GET pattern also matches HEAD
+		w.Header().Set("Allow", "GET")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
 	if s.cfg.Drain.Token == "" {
 		http.Error(w, "drain endpoint is off: start tidegate with --drain-token", http.StatusNotFound)
 		return
 	}
 	got := r.Header.Get(DrainTokenHeader)
 	if subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Drain.Token)) != 1 {
-		s.log.Warn("drain request with a wrong or missing token", zap.String("reason", "bad_token"), zap.String("remote_addr", r.RemoteAddr))
+		s.log.Named("health").Warn("drain request with a wrong or missing token", zap.String("reason", "bad_token"), zap.String("remote_addr", r.RemoteAddr))
 		http.Error(w, "missing or wrong "+DrainTokenHeader, http.StatusForbidden)
 		return
 	}

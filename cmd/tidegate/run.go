@@ -344,20 +344,28 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 	reports := make(chan drain.Report, 1)
 	go func() { reports <- s.drainer.Run(ctx) }()
 	var rep drain.Report
+	log := s.log.Named("lifecycle")
+	signalled := false // a second signal stops now; a preStop drain racing the first one must not count
 	for done := false; !done; {
 		select {
 		case sig := <-signals:
-			if name := signalName(sig); !s.drainer.Trigger(name) {
-				s.log.Warn("second signal: stopping now", zap.String("reason", name), zap.Int64("inflight", s.tracker.InFlight()))
+			name := signalName(sig)
+			if signalled {
+				log.Warn("second signal: stopping now", zap.String("reason", name), zap.Int64("inflight", s.tracker.InFlight()))
 				s.drainer.Force(name)
+				continue
+			}
+			signalled = true
+			if !s.drainer.Trigger(name) {
+				log.Info("signal during a drain already under way", zap.String("reason", name))
 			}
 		case ex := <-s.appGone:
-			s.log.Error("app exited on its own; draining", zap.String("reason", "app_exit"), zap.String("app", ex.String()))
-			s.drainer.Trigger("app_exit")
+			log.Error("app exited on its own; draining without delay", zap.String("reason", "app_exit"), zap.String("app", ex.String()))
+			s.drainer.Expedite("app_exit")
 		case err := <-errc:
 			running--
 			if err != nil {
-				s.log.Error("listener failed; draining", zap.String("reason", "listener_error"), zap.Error(err))
+				log.Error("listener failed; draining", zap.String("reason", "listener_error"), zap.Error(err))
 				code = 1
 				s.drainer.Trigger("listener_error")
 			}
@@ -380,7 +388,7 @@ func (s *sidecar) logReport(rep drain.Report) {
 		}
 		return t.Sub(rep.TriggeredAt).Seconds()
 	}
-	s.log.Info("drain report",
+	s.log.Named("drain").Info("drain report",
 		zap.String("trigger", rep.Trigger),
 		zap.String("result", rep.Result),
 		zap.Duration("duration", rep.Duration()),
