@@ -325,3 +325,19 @@ func TestParseBytes(t *testing.T) {
 		t.Error("formatBytes")
 	}
 }
+
+// TestREADMEDocumentsEverySetting keeps the configuration reference honest.
+func TestREADMEDocumentsEverySetting(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	for _, s := range settings() {
+		for _, want := range []string{"--" + s.flag, envName(s.flag), s.key} {
+			if !strings.Contains(readme, want) {
+				t.Errorf("README.md does not mention %s", want)
+			}
+		}
+	}
+}
