@@ -26,6 +26,12 @@ type Check struct {
 	// Func returns nil when the condition holds, else an error whose text
 	// is the reason shown to the operator.
 	Func func(ctx context.Context) error
+	// Container is the app container the check belongs to; empty for the
+	// sidecar's own checks. Informational.
+	Container string
+	// Info, if set, describes the check's target and freshness for ?verbose
+	// and JSON ("http://127.0.0.1:3000/ready, last 2.1s ago").
+	Info func() string
 }
 
 // Options lists the checks behind each endpoint. An endpoint with no checks
@@ -34,12 +40,18 @@ type Options struct {
 	Readiness []Check // /readyz
 	Liveness  []Check // /livez
 	Startup   []Check // /startupz
+
+	// Apps are served at /app-health/<name>/readyz, /livez and /startupz:
+	// one container's own probes, for the kubelet probes of that container.
+	// Their own Apps field is ignored.
+	Apps map[string]Options
 }
 
 // endpoint is one of /readyz, /livez, /startupz.
 type endpoint struct {
 	name   string // "readyz"
 	checks []Check
+	prefix string // "" or "/app-health/<container>"
 }
 
 // NewHandler returns the handler for the three endpoints and their per-check
@@ -50,21 +62,37 @@ type endpoint struct {
 // "Accept: application/json", a JSON object {"status","checks":[...]}.
 func NewHandler(o Options) (http.Handler, error) {
 	mux := http.NewServeMux()
-	for _, ep := range []endpoint{{"readyz", o.Readiness}, {"livez", o.Liveness}, {"startupz", o.Startup}} {
+	if err := mount(mux, "", o); err != nil {
+		return nil, err
+	}
+	for name, app := range o.Apps {
+		if name == "" || strings.ContainsAny(name, "/ ") {
+			return nil, fmt.Errorf("healthz: app name %q: give a name without '/' or spaces", name)
+		}
+		if err := mount(mux, "/app-health/"+name, app); err != nil {
+			return nil, err
+		}
+	}
+	return mux, nil
+}
+
+// mount serves o's three endpoints under prefix.
+func mount(mux *http.ServeMux, prefix string, o Options) error {
+	for _, ep := range []endpoint{{"readyz", o.Readiness, prefix}, {"livez", o.Liveness, prefix}, {"startupz", o.Startup, prefix}} {
 		seen := map[string]bool{}
 		for _, c := range ep.checks {
-			if c.Name == "" || strings.Contains(c.Name, "/") || c.Func == nil {
-				return nil, fmt.Errorf("healthz: %s check %q: a check needs a name without '/' and a func", ep.name, c.Name)
+			if c.Name == "" || c.Func == nil {
+				return fmt.Errorf("healthz: %s check %q: a check needs a name and a func", ep.name, c.Name)
 			}
 			if seen[c.Name] {
-				return nil, fmt.Errorf("healthz: %s check %q is listed twice", ep.name, c.Name)
+				return fmt.Errorf("healthz: %s check %q is listed twice", ep.name, c.Name)
 			}
 			seen[c.Name] = true
 		}
-		mux.Handle("/"+ep.name, ep)
-		mux.Handle("/"+ep.name+"/", ep)
+		mux.Handle(prefix+"/"+ep.name, ep)
+		mux.Handle(prefix+"/"+ep.name+"/", ep)
 	}
-	return mux, nil
+	return nil
 }
 
 // Result is one check's outcome, as JSON.
@@ -72,6 +100,7 @@ type Result struct {
 	Name   string `json:"name"`
 	OK     bool   `json:"ok"`
 	Reason string `json:"reason,omitempty"`
+	Info   string `json:"info,omitempty"`
 }
 
 // Report is an endpoint's outcome, as JSON.
@@ -87,7 +116,7 @@ func (ep endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	checks := ep.checks
-	if sub := strings.TrimPrefix(r.URL.Path, "/"+ep.name+"/"); sub != r.URL.Path && sub != "" {
+	if sub := strings.TrimPrefix(r.URL.Path, ep.prefix+"/"+ep.name+"/"); sub != r.URL.Path && sub != "" {
 		checks = nil
 		for _, c := range ep.checks {
 			if c.Name == sub {
@@ -102,6 +131,9 @@ func (ep endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rep := Report{Status: "ok", Checks: make([]Result, 0, len(checks))}
 	for _, c := range checks {
 		res := Result{Name: c.Name, OK: true}
+		if c.Info != nil {
+			res.Info = c.Info()
+		}
 		if err := c.Func(r.Context()); err != nil {
 			res.OK, res.Reason = false, err.Error()
 			rep.Status = "failed"
@@ -126,11 +158,15 @@ func (ep endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, verbose := r.URL.Query()["verbose"]
 	var b strings.Builder
 	for _, res := range rep.Checks {
+		info := ""
+		if verbose && res.Info != "" {
+			info = " (" + res.Info + ")"
+		}
 		switch {
 		case res.OK && verbose:
-			fmt.Fprintf(&b, "[+]%s ok\n", res.Name)
+			fmt.Fprintf(&b, "[+]%s ok%s\n", res.Name, info)
 		case !res.OK:
-			fmt.Fprintf(&b, "[-]%s failed: %s\n", res.Name, res.Reason)
+			fmt.Fprintf(&b, "[-]%s failed: %s%s\n", res.Name, res.Reason, info)
 		}
 	}
 	if rep.Status == "ok" && !verbose {
