@@ -52,6 +52,10 @@ type LifecycleOptions struct {
 	Logger *zap.Logger
 	// Now is the clock. Nil means time.Now.
 	Now func() time.Time
+	// OnChange, if set, is called after every phase change, synchronously
+	// and outside the lock, before Advance or Reopen returns: for state
+	// that must follow the phase at once (the gRPC health latch).
+	OnChange func(from, to Phase)
 }
 
 // Lifecycle holds the current phase and when it was entered. It is safe for
@@ -62,14 +66,15 @@ type Lifecycle struct {
 	since   time.Time
 	changed chan struct{} // closed and replaced on every change
 
-	now func() time.Time
-	log *zap.Logger
+	now      func() time.Time
+	log      *zap.Logger
+	onChange func(from, to Phase)
 }
 
 // NewLifecycle returns a Lifecycle in phase Starting and registers
 // tidegate_phase (1 for the current phase, 0 for the others).
 func NewLifecycle(o LifecycleOptions) (*Lifecycle, error) {
-	l := &Lifecycle{now: o.Now, log: o.Logger, changed: make(chan struct{})}
+	l := &Lifecycle{now: o.Now, log: o.Logger, onChange: o.OnChange, changed: make(chan struct{})}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -135,6 +140,9 @@ func (l *Lifecycle) move(allowed func(from Phase) bool, to Phase, fields []zap.F
 	l.changed = make(chan struct{})
 	l.mu.Unlock()
 	l.log.Info("phase changed", append([]zap.Field{zap.Stringer("phase", to), zap.Stringer("from", from)}, fields...)...)
+	if l.onChange != nil {
+		l.onChange(from, to)
+	}
 	return true
 }
 

@@ -173,7 +173,7 @@ func (r *runner) check(started func() bool) Check {
 		Info: func() string {
 			st := r.status()
 			if !st.Probed {
-				return st.Target + ", not probed yet"
+				return st.Target
 			}
 			return fmt.Sprintf("%s, last %s ago", st.Target, time.Since(st.LastAt).Round(time.Millisecond))
 		},

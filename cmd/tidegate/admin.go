@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/tidegate/tidegate/healthz"
 	"github.com/tidegate/tidegate/proxy"
 )
 
@@ -25,20 +26,29 @@ type auxServer struct {
 	log  *zap.Logger
 }
 
-func newAuxServer(name, addr string, h http.Handler, log *zap.Logger) (*auxServer, error) {
+func newAuxServer(name, addr string, h http.Handler, log *zap.Logger, h2c bool) (*auxServer, error) {
 	ln, err := proxy.Listen(addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listener: %w", name, err)
 	}
 	log = log.Named(name)
-	return &auxServer{name: name, ln: ln, log: log, srv: &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          zap.NewStdLog(log),
-	}}, nil
+	}
+	if h2c {
+		// HTTP/2 with prior knowledge beside HTTP/1.1, for gRPC health
+		// clients. No ReadTimeout: a gRPC Watch stream is long-lived.
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+	} else {
+		srv.ReadTimeout = 10 * time.Second
+	}
+	return &auxServer{name: name, ln: ln, log: log, srv: srv}, nil
 }
 
 func (a *auxServer) serve() error {
@@ -100,6 +110,7 @@ type status struct {
 	Upstream   string            `json:"upstream"`
 	Traffic    proxy.Snapshot    `json:"traffic"`
 	App        appStatus         `json:"app"`
+	Probes     []healthz.Status  `json:"probes"`
 	Build      buildInfo         `json:"build"`
 	Config     map[string]string `json:"config"`
 }
@@ -113,6 +124,7 @@ func (s *sidecar) status() status {
 		Upstream:   s.cfg.Upstream.Address,
 		Traffic:    s.tracker.Snapshot(),
 		App:        s.appStatus(),
+		Probes:     s.probes.Statuses(),
 		Build:      s.build,
 		Config:     s.loaded.effective(),
 	}

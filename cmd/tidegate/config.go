@@ -57,6 +57,18 @@ type Config struct {
 
 	ProbeUserAgents []string
 
+	// Probe holds the flag shorthands for the app's probes; the YAML
+	// "probes" list (Kubernetes schema) is kept apart, in loaded.fileProbes.
+	Probe struct {
+		Readiness, Liveness, Startup []string // probe URLs
+		Period, Timeout              time.Duration
+		FailureThreshold             int
+		SuccessThreshold             int
+	}
+	HoldUntilReady   time.Duration
+	GateUnready      bool
+	GRPCHealthListen string // "off" or an address for a gRPC-only health listener
+
 	Log struct {
 		Level  string
 		Format string

@@ -21,12 +21,13 @@ const DrainTokenHeader = "X-Tidegate-Drain-Token"
 // maxDrainWait bounds ?wait= so that a hook cannot hold a handler forever.
 const maxDrainWait = 10 * time.Minute
 
-// healthHandler serves /readyz, /livez, /startupz from the lifecycle and the
-// app, plus GET /drain for preStop hooks.
+// healthHandler serves /readyz, /livez, /startupz from the lifecycle, the
+// app and its probes, /app-health/<container>/… per container, GET /drain
+// for preStop hooks, and the gRPC health service over h2c.
 //
-//	ready:   serving (not draining) and, in child mode, the app running
-//	live:    not stopped and, in child mode, the app running or restarting
-//	started: past starting
+//	ready:   serving (not draining), the child running, every readiness probe passing
+//	live:    not stopped, the child not gone for good, every liveness probe passing
+//	started: every startup probe has passed
 func (s *sidecar) healthHandler() http.Handler {
 	phase := func(ok func(drain.Phase) bool) func(context.Context) error {
 		return func(context.Context) error {
@@ -55,24 +56,33 @@ func (s *sidecar) healthHandler() http.Handler {
 		}
 		return nil
 	}
+	apps := map[string]healthz.Options{}
+	for _, c := range s.probes.Containers() {
+		apps[c] = healthz.Options{
+			Readiness: s.probes.Checks(healthz.Readiness, c),
+			Liveness:  s.probes.Checks(healthz.Liveness, c),
+			Startup:   s.probes.Checks(healthz.Startup, c),
+		}
+	}
 	h, err := healthz.NewHandler(healthz.Options{
-		Readiness: []healthz.Check{
+		Readiness: append([]healthz.Check{
 			{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p == drain.Serving })},
 			{Name: "app", Func: appRunning},
-		},
-		Liveness: []healthz.Check{
+		}, s.probes.Checks(healthz.Readiness, "")...),
+		Liveness: append([]healthz.Check{
 			{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p != drain.Stopped })},
 			{Name: "app", Func: appNotGone},
-		},
-		Startup: []healthz.Check{{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p >= drain.Serving })}},
+		}, s.probes.Checks(healthz.Liveness, "")...),
+		Startup: s.probes.Checks(healthz.Startup, ""),
+		Apps:    apps,
 	})
 	if err != nil {
-		panic(err) // the check names above are constants: a bug, not input
+		panic(err) // names are constants or validated probe names: a bug, not input
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
 	mux.HandleFunc("GET /drain", s.preStopDrain)
-	return mux
+	return withGRPC(s.grpcSrv, mux)
 }
 
 // preStopDrain is GET /drain?wait=DUR on the health listener, for an

@@ -16,6 +16,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/tidegate/tidegate/healthz"
 	"github.com/tidegate/tidegate/proxy"
 )
 
@@ -43,8 +44,10 @@ func (r *rawFlag) IsBoolFlag() bool   { return r.isBool }
 
 // loaded is a Config and where each of its values came from.
 type loaded struct {
-	cfg    Config
-	origin map[string]string // setting key → "--flag", "TIDEGATE_X", "config file F", "default"
+	cfg        Config
+	origin     map[string]string // setting key → "--flag", "TIDEGATE_X", "config file F", "default"
+	fileProbes []healthz.Spec    // the YAML "probes" list
+	probes     []healthz.Spec    // every probe, validated
 }
 
 // loadConfig builds the effective Config of `tidegate run` from args, the
@@ -188,6 +191,12 @@ func (l *loaded) applyMap(byKey map[string]setting, prefix string, m map[string]
 			}
 		}
 		switch sub, isMap := v.(map[string]any); {
+		case key == "probes":
+			specs, err := parseProbeList(v)
+			if err != nil {
+				return err
+			}
+			l.fileProbes = specs
 		case isSetting:
 			vals, err := yamlValues(v, s.list)
 			if err == nil {
@@ -313,7 +322,8 @@ func (l *loaded) validate(table []setting) error {
 		return fmt.Errorf("%s: %s is more than the 16MiB a header block may take", l.describeKey(table, "server.max_header_bytes"), formatBytes(c.Server.MaxHeaderBytes))
 	}
 	type listener struct{ key, addr string }
-	ls := []listener{{"listen", c.Listen}, {"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen}}
+	ls := []listener{{"listen", c.Listen}, {"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen},
+		{"grpc_health_listen", c.GRPCHealthListen}}
 	for i, a := range ls {
 		for _, b := range ls[i+1:] {
 			if a.addr != off && b.addr != off && sameListenAddr(a.addr, b.addr) {
@@ -329,6 +339,11 @@ func (l *loaded) validate(table []setting) error {
 	if err := l.validateApp(table); err != nil {
 		return err
 	}
+	probes, err := l.probeSpecs()
+	if err != nil {
+		return err
+	}
+	l.probes = probes
 	if up, err := proxy.ParseUpstream(c.Upstream.Address); err == nil && up.Network == "tcp" && sameListenAddr(up.Address, c.Listen) {
 		return fmt.Errorf("%s %q is tidegate's own listener %q: requests would loop; point it at the app",
 			l.describeKey(table, "upstream.address"), c.Upstream.Address, c.Listen)
@@ -418,6 +433,13 @@ func (l *loaded) effective() map[string]string {
 	}
 	if len(l.cfg.App.Command) > 0 {
 		out["app.command"] = strings.Join(l.cfg.App.Command, " ")
+	}
+	if len(l.fileProbes) > 0 {
+		targets := make([]string, 0, len(l.fileProbes))
+		for _, p := range l.fileProbes {
+			targets = append(targets, string(p.Kind)+" "+p.Target())
+		}
+		out["probes"] = strings.Join(targets, "; ")
 	}
 	return out
 }

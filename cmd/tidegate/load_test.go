@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tidegate/tidegate/healthz"
 )
 
 func envOf(kv map[string]string) func(string) string {
@@ -196,7 +198,15 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 		{"bad signal", []string{"--upstream", ":3000", "--app-stop-signal", "SIGFOO"}, nil, "", []string{"--app-stop-signal", `"SIGFOO"`}},
 		{"bad restart policy", []string{"--upstream", ":3000", "--app-restart", "sometimes"}, nil, "", []string{"--app-restart", `"sometimes"`}},
 		{"unknown key", nil, nil, "upstream: :3000\nserver:\n  idel_timeout: 5s\n", []string{`"server.idel_timeout"`, `did you mean "server.idle_timeout"`}},
-		{"unknown section", nil, nil, "upstream: :3000\nprobes: []\n", []string{`"probes"`}},
+		{"unknown section", nil, nil, "upstream: :3000\nfrobnicate: {a: 1}\n", []string{`"frobnicate"`}},
+		{"probe named port", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {httpGet: {path: /r, port: http}}\n", []string{"probes[0]", `named port`}},
+		{"probe unknown field", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {httpGett: {port: 1}}\n", []string{"probes[0]", `"httpGett"`}},
+		{"probe liveness success threshold", nil, nil, "upstream: :3000\nprobes:\n- livenessProbe: {tcpSocket: {port: 3000}, successThreshold: 2}\n", []string{"app/liveness", "successThreshold is 2"}},
+		{"probe port out of range", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {tcpSocket: {port: 70000}}\n", []string{"app/readiness", "tcpSocket.port 70000"}},
+		{"probe empty entry", nil, nil, "upstream: :3000\nprobes:\n- container: app\n", []string{"probes[0]", "no readinessProbe"}},
+		{"probe bad scheme flag", []string{"--upstream", ":3000", "--readiness", "ftp://127.0.0.1:21/"}, nil, "", []string{"--readiness", `scheme "ftp"`}},
+		{"probe no port flag", []string{"--upstream", ":3000", "--liveness", "http://127.0.0.1/healthz"}, nil, "", []string{"--liveness", "give a port"}},
+		{"probe threshold zero", []string{"--upstream", ":3000", "--probe-failure-threshold", "0"}, nil, "", []string{"--probe-failure-threshold", "less than 1"}},
 		{"bad value in file", nil, nil, "upstream: :3000\ndrain:\n  timeout: 5 seconds\n", []string{"drain.timeout", `"5 seconds"`}},
 		{"list for scalar", nil, nil, "upstream: :3000\nlisten: [a, b]\n", []string{"listen", "not a list"}},
 		{"duplicate key", nil, nil, "upstream: :3000\nlisten: :1\nlisten: :2\n", []string{"not valid YAML"}},
@@ -261,6 +271,59 @@ func TestReapOrphansYAMLFalse(t *testing.T) {
 	l, err := loadConfig([]string{"--config", writeFile(t, "upstream: :3000\napp:\n  reap_orphans: false\n")}, envOf(nil))
 	if err != nil || l.cfg.App.ReapOrphans {
 		t.Fatalf("reap_orphans: false → %v, %v", l.cfg.App.ReapOrphans, err)
+	}
+}
+
+func TestProbesFromFileAndFlags(t *testing.T) {
+	file := writeFile(t, `
+upstream: :3000
+probes:
+  - container: web
+    readinessProbe:
+      httpGet:
+        path: /ready
+        port: "3000"
+        scheme: HTTP
+        httpHeaders: [{name: X-Probe, value: tidegate}]
+      initialDelaySeconds: 2
+      periodSeconds: 5
+      timeoutSeconds: 2
+      failureThreshold: 4
+      successThreshold: 2
+    livenessProbe:
+      tcpSocket: {port: 3000}
+      terminationGracePeriodSeconds: 30
+    startupProbe:
+      grpc: {port: 9000, service: web}
+  - readinessProbe:
+      exec: {command: [cat, /tmp/ready]}
+`)
+	l, err := loadConfig([]string{"--config", file, "--readiness", "http://localhost:3000/healthz?full=1",
+		"--liveness", "exec:test -f /tmp/alive", "--probe-period", "3s", "--probe-failure-threshold", "5"}, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.probes) != 6 {
+		t.Fatalf("%d probes, want 6", len(l.probes))
+	}
+	r := l.probes[0]
+	if r.Container != "web" || r.Kind != healthz.Readiness || r.HTTPGet == nil || r.HTTPGet.Port != 3000 || r.HTTPGet.Path != "/ready" ||
+		r.HTTPGet.Headers.Get("X-Probe") != "tidegate" || r.InitialDelay != 2*time.Second || r.Period != 5*time.Second ||
+		r.Timeout != 2*time.Second || r.FailureThreshold != 4 || r.SuccessThreshold != 2 {
+		t.Fatalf("pasted readiness probe: %+v %+v", r, r.HTTPGet)
+	}
+	if l.probes[1].TCPSocket == nil || l.probes[2].GRPC == nil || l.probes[2].GRPC.Service != "web" || l.probes[2].Kind != healthz.Startup {
+		t.Fatalf("liveness/startup: %+v %+v", l.probes[1], l.probes[2])
+	}
+	if e := l.probes[3]; e.Exec == nil || strings.Join(e.Exec.Command, " ") != "cat /tmp/ready" || e.Container != "" {
+		t.Fatalf("exec probe: %+v", e)
+	}
+	f := l.probes[4]
+	if f.HTTPGet == nil || f.HTTPGet.Host != "127.0.0.1" || f.HTTPGet.Path != "/healthz?full=1" || f.Period != 3*time.Second || f.FailureThreshold != 5 {
+		t.Fatalf("flag readiness probe: %+v %+v", f, f.HTTPGet)
+	}
+	if e := l.probes[5]; e.Exec == nil || e.Kind != healthz.Liveness || strings.Join(e.Exec.Command, " ") != "test -f /tmp/alive" || e.SuccessThreshold != 1 {
+		t.Fatalf("flag liveness probe: %+v", e)
 	}
 }
 

@@ -15,8 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/tidegate/tidegate/drain"
+	"github.com/tidegate/tidegate/healthz"
 	"github.com/tidegate/tidegate/proxy"
 )
 
@@ -120,6 +122,11 @@ type sidecar struct {
 	child   *drain.Child // the supervised app, in child mode (set by run)
 	drainer *drain.Drainer
 	appGone chan drain.AppExit // a child that exited on its own for good
+
+	probes     *healthz.Set
+	grpcHealth *healthz.GRPCHealth
+	grpcSrv    *grpc.Server // grpc.health.v1, on the health listener (h2c)
+	grpcLn     net.Listener // --grpc-health-listen, or nil
 }
 
 // newSidecar builds every part and binds every listener, so that a port in
@@ -137,7 +144,8 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	if err := s.registerProcessMetrics(); err != nil {
 		return nil, err
 	}
-	s.life, err = drain.NewLifecycle(drain.LifecycleOptions{Registerer: s.reg, Logger: s.log.Named("lifecycle")})
+	s.life, err = drain.NewLifecycle(drain.LifecycleOptions{Registerer: s.reg, Logger: s.log.Named("lifecycle"),
+		OnChange: s.phaseChanged})
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +174,21 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		return nil, usageError{err}
 	}
 
+	if err := s.buildApp(); err != nil {
+		return nil, err
+	}
+	s.probes, err = healthz.NewSet(l.probes, healthz.SetOptions{Registerer: s.reg, Logger: s.log, Version: build.Version})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	s.grpcHealth = healthz.NewGRPCHealth(s.probes.Containers()...)
+	s.grpcSrv = grpc.NewServer()
+	s.grpcHealth.Register(s.grpcSrv)
+	gated, err := newGate(s, s.handler)
+	if err != nil {
+		return nil, fmt.Errorf("register gate metrics: %w", err)
+	}
+
 	// Bind everything before serving anything; on failure release what was bound.
 	var bound []net.Listener
 	defer func() {
@@ -180,16 +203,13 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		return nil, err
 	}
 	bound = append(bound, ln)
-	s.public = proxy.NewServer(ln, s.handler, s.tracker, proxy.ServerOptions{
+	s.public = proxy.NewServer(ln, gated, s.tracker, proxy.ServerOptions{
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 		Logger:            s.log.Named("public"),
 	})
 
-	if err := s.buildApp(); err != nil {
-		return nil, err
-	}
 	s.drainer, err = drain.New(drain.Options{
 		Delay: cfg.Drain.Delay, Quiet: cfg.Drain.Quiet, Timeout: cfg.Drain.Timeout,
 		AppStopTimeout: cfg.App.StopTimeout,
@@ -207,16 +227,24 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	for _, aux := range []struct {
 		name, addr string
 		handler    func() http.Handler
-	}{{"health", cfg.HealthListen, s.healthHandler}, {"admin", cfg.AdminListen, s.adminHandler}} {
+		h2c        bool
+	}{{"health", cfg.HealthListen, s.healthHandler, true}, {"admin", cfg.AdminListen, s.adminHandler, false}} {
 		if aux.addr == off {
 			continue
 		}
-		a, err := newAuxServer(aux.name, aux.addr, aux.handler(), s.log)
+		a, err := newAuxServer(aux.name, aux.addr, aux.handler(), s.log, aux.h2c)
 		if err != nil {
 			return nil, err
 		}
 		bound = append(bound, a.ln)
 		s.aux = append(s.aux, a)
+	}
+	if cfg.GRPCHealthListen != off {
+		s.grpcLn, err = proxy.Listen(cfg.GRPCHealthListen)
+		if err != nil {
+			return nil, fmt.Errorf("gRPC health listener: %w", err)
+		}
+		bound = append(bound, s.grpcLn)
 	}
 	return s, nil
 }
@@ -314,13 +342,39 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		code = 1
 		s.drainer.Force("app_start_failed")
 	}
-	errc := make(chan error, 1+len(s.aux))
+	fields := []zap.Field{zap.String("listen", s.public.Addr().String()), zap.String("upstream", s.cfg.Upstream.Address),
+		zap.String("app_stop", s.cfg.App.Stop), zap.String("version", s.build.Version)}
+	for _, a := range s.aux {
+		fields = append(fields, zap.String(a.name+"_listen", a.ln.Addr().String()))
+	}
+	if s.child != nil {
+		fields = append(fields, zap.Int("app_pid", s.child.Pid()))
+	}
+	if !s.probes.Empty() {
+		fields = append(fields, zap.Int("probes", len(s.probes.Statuses())))
+		s.log.Named("lifecycle").Info("waiting for the app's probes before serving", zap.String("phase", drain.Starting.String()))
+	}
+	// Decide readiness once before serving, so that without probes the very
+	// first request is already proxied; the watcher takes over from here.
+	if s.appReady() {
+		s.life.Advance(drain.Serving, fields...)
+	}
+	errc := make(chan error, 2+len(s.aux))
 	go func() { errc <- s.public.Serve() }()
 	for _, a := range s.aux {
 		go func() { errc <- a.serve() }()
 	}
 	running := 1 + len(s.aux)
+	if s.grpcLn != nil {
+		running++
+		go func() { errc <- s.grpcSrv.Serve(s.grpcLn) }()
+	}
+	probesDone := make(chan struct{})
+	go func() { s.probes.Run(ctx); close(probesDone) }()
 	defer func() {
+		cancel() // stop the probes and the readiness watcher
+		<-probesDone
+		s.grpcSrv.Stop() // ends Watch streams, on its own listener and on the health listener
 		for _, a := range s.aux {
 			a.shutdown(2 * time.Second)
 		}
@@ -331,15 +385,9 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		}
 	}()
 
-	fields := []zap.Field{zap.String("listen", s.public.Addr().String()), zap.String("upstream", s.cfg.Upstream.Address),
-		zap.String("app_stop", s.cfg.App.Stop), zap.String("version", s.build.Version)}
-	for _, a := range s.aux {
-		fields = append(fields, zap.String(a.name+"_listen", a.ln.Addr().String()))
-	}
-	if s.child != nil {
-		fields = append(fields, zap.Int("app_pid", s.child.Pid()))
-	}
-	s.life.Advance(drain.Serving, fields...)
+	watchDone := make(chan struct{})
+	go func() { s.watchReadiness(ctx, fields); close(watchDone) }()
+	defer func() { cancel(); <-watchDone }()
 
 	reports := make(chan drain.Report, 1)
 	go func() { reports <- s.drainer.Run(ctx) }()

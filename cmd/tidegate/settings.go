@@ -90,6 +90,43 @@ func intSetting(flag, key, def, usage string, field func(*Config) *int) setting 
 	}
 }
 
+func boolSetting(flag, key, usage string, field func(*Config) *bool) setting {
+	return setting{flag: flag, key: key, def: "false", arg: "BOOL", bool: true, usage: usage,
+		set: func(c *Config, vs []string) error {
+			b, err := parseBool(last(vs))
+			*field(c) = b
+			return err
+		},
+		get: func(c *Config) string { return strconv.FormatBool(*field(c)) },
+	}
+}
+
+func minIntSetting(flag, key, def string, lo int, usage string, field func(*Config) *int) setting {
+	s := intSetting(flag, key, def, usage, field)
+	s.check = func(c *Config) error {
+		if n := *field(c); n < lo {
+			return fmt.Errorf("%d is less than %d", n, lo)
+		}
+		return nil
+	}
+	return s
+}
+
+func probeURLSetting(flag, key, usage string, field func(*Config) *[]string) setting {
+	return setting{flag: flag, key: key, def: "", arg: "URL", list: true, usage: usage,
+		set: func(c *Config, vs []string) error {
+			*field(c) = (*field(c))[:0]
+			for _, v := range vs {
+				if v = strings.TrimSpace(v); v != "" {
+					*field(c) = append(*field(c), v)
+				}
+			}
+			return nil
+		},
+		get: func(c *Config) string { return strings.Join(*field(c), ",") },
+	}
+}
+
 func parseBool(v string) (bool, error) {
 	switch strings.ToLower(strings.TrimSpace(v)) {
 	case "true", "on", "yes", "1", "":
@@ -201,6 +238,30 @@ func settings() []setting {
 			get: func(c *Config) string { return strings.Join(c.ProbeUserAgents, ",") },
 		},
 
+		probeURLSetting("readiness", "probe.readiness", "readiness probe of the app, repeatable: http://host:port/path, https://…, tcp://host:port, grpc://host:port[/service] or exec:command args",
+			func(c *Config) *[]string { return &c.Probe.Readiness }),
+		probeURLSetting("liveness", "probe.liveness", "liveness probe of the app, repeatable; same forms as --readiness",
+			func(c *Config) *[]string { return &c.Probe.Liveness }),
+		probeURLSetting("startup", "probe.startup", "startup probe of the app (gates readiness and liveness until it passes); same forms",
+			func(c *Config) *[]string { return &c.Probe.Startup }),
+		durSetting("probe-period", "probe.period", "10s", "how often the flag probes run (periodSeconds)",
+			func(c *Config) *time.Duration { return &c.Probe.Period }),
+		durSetting("probe-timeout", "probe.timeout", "1s", "bound on one attempt of a flag probe (timeoutSeconds)",
+			func(c *Config) *time.Duration { return &c.Probe.Timeout }),
+		minIntSetting("probe-failure-threshold", "probe.failure_threshold", "3", 1, "consecutive failures that fail a flag probe (failureThreshold)",
+			func(c *Config) *int { return &c.Probe.FailureThreshold }),
+		minIntSetting("probe-success-threshold", "probe.success_threshold", "1", 1, "consecutive successes that pass a flag readiness probe (successThreshold; always 1 for liveness and startup)",
+			func(c *Config) *int { return &c.Probe.SuccessThreshold }),
+		durSetting("hold-until-ready", "hold_until_ready", "0s",
+			"hold requests that arrive before the app is first ready up to this long; 0 answers them 503 with Retry-After",
+			func(c *Config) *time.Duration { return &c.HoldUntilReady }),
+		boolSetting("gate-unready", "gate_unready",
+			"answer 503 at once while readiness fails after start-up, instead of forwarding to the app",
+			func(c *Config) *bool { return &c.GateUnready }),
+		strSetting("grpc-health-listen", "grpc_health_listen", "off", "ADDR",
+			"a separate listener for the grpc.health.v1 service (it is also on the health listener, over h2c), or off",
+			func(c *Config) *string { return &c.GRPCHealthListen }, listenAddr(true)),
+
 		durSetting("drain-delay", "drain.delay", "5s",
 			"after SIGTERM, keep accepting this long so load balancers notice the failed readiness",
 			func(c *Config) *time.Duration { return &c.Drain.Delay }),
@@ -249,16 +310,9 @@ func settings() []setting {
 		intSetting("app-restart-limit", "app.restart_limit", "5",
 			"consecutive quick crashes restarted before tidegate gives up (crash loop) and exits",
 			func(c *Config) *int { return &c.App.RestartLimit }),
-		{
-			flag: "reap-orphans", key: "app.reap_orphans", def: "false", arg: "BOOL", bool: true,
-			usage: "become a child subreaper and reap orphaned processes (always on when tidegate is PID 1)",
-			set: func(c *Config, vs []string) error {
-				b, err := parseBool(last(vs))
-				c.App.ReapOrphans = b
-				return err
-			},
-			get: func(c *Config) string { return strconv.FormatBool(c.App.ReapOrphans) },
-		},
+		boolSetting("reap-orphans", "app.reap_orphans",
+			"become a child subreaper and reap orphaned processes (always on when tidegate is PID 1)",
+			func(c *Config) *bool { return &c.App.ReapOrphans }),
 
 		strSetting("log-level", "log.level", "info", "LEVEL",
 			"debug, info, warn or error",

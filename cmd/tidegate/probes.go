@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidegate/tidegate/healthz"
+)
+
+// containerProbes is one entry of the YAML "probes" list: a container's
+// probes in the Kubernetes schema, so that a pod's probes can be pasted in.
+//
+//	probes:
+//	  - container: app            # optional, default "app"
+//	    readinessProbe:
+//	      httpGet: {path: /ready, port: 3000}
+//	      periodSeconds: 5
+//	    livenessProbe:
+//	      tcpSocket: {port: 3000}
+type containerProbes struct {
+	Container      string    `json:"container"`
+	ReadinessProbe *k8sProbe `json:"readinessProbe"`
+	LivenessProbe  *k8sProbe `json:"livenessProbe"`
+	StartupProbe   *k8sProbe `json:"startupProbe"`
+}
+
+// k8sProbe is Kubernetes' core/v1 Probe, as far as tidegate runs it.
+type k8sProbe struct {
+	Exec *struct {
+		Command []string `json:"command"`
+	} `json:"exec"`
+	HTTPGet *struct {
+		Path        string    `json:"path"`
+		Port        portValue `json:"port"`
+		Host        string    `json:"host"`
+		Scheme      string    `json:"scheme"`
+		HTTPHeaders []struct {
+			Name  string `json:"name"`
+			Value string `json:"value"`
+		} `json:"httpHeaders"`
+	} `json:"httpGet"`
+	TCPSocket *struct {
+		Port portValue `json:"port"`
+		Host string    `json:"host"`
+	} `json:"tcpSocket"`
+	GRPC *struct {
+		Port    int     `json:"port"`
+		Service *string `json:"service"`
+	} `json:"grpc"`
+	InitialDelaySeconds int `json:"initialDelaySeconds"`
+	TimeoutSeconds      int `json:"timeoutSeconds"`
+	PeriodSeconds       int `json:"periodSeconds"`
+	SuccessThreshold    int `json:"successThreshold"`
+	FailureThreshold    int `json:"failureThreshold"`
+	// Accepted so that a pod's probe pastes in; the kubelet's business.
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds"`
+}
+
+// portValue is Kubernetes' IntOrString port. tidegate does not see the pod
+// spec, so a named port is an error unless it is a number in quotes.
+type portValue int
+
+func (p *portValue) UnmarshalJSON(b []byte) error {
+	var n int
+	if err := json.Unmarshal(b, &n); err == nil {
+		*p = portValue(n)
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("port %s is neither a number nor a string", b)
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("port %q is a named port: give the number (tidegate does not see the pod spec)", s)
+	}
+	*p = portValue(n)
+	return nil
+}
+
+func secs(n int) time.Duration { return time.Duration(n) * time.Second }
+
+func (p *k8sProbe) spec(container string, kind healthz.Kind) healthz.Spec {
+	s := healthz.Spec{Container: container, Kind: kind,
+		InitialDelay: secs(p.InitialDelaySeconds), Period: secs(p.PeriodSeconds), Timeout: secs(p.TimeoutSeconds),
+		SuccessThreshold: p.SuccessThreshold, FailureThreshold: p.FailureThreshold}
+	if p.Exec != nil {
+		s.Exec = &healthz.ExecAction{Command: p.Exec.Command}
+	}
+	if h := p.HTTPGet; h != nil {
+		hdr := http.Header{}
+		for _, kv := range h.HTTPHeaders {
+			hdr.Add(kv.Name, kv.Value)
+		}
+		s.HTTPGet = &healthz.HTTPGetAction{Scheme: h.Scheme, Host: h.Host, Port: int(h.Port), Path: h.Path, Headers: hdr}
+	}
+	if t := p.TCPSocket; t != nil {
+		s.TCPSocket = &healthz.TCPSocketAction{Host: t.Host, Port: int(t.Port)}
+	}
+	if g := p.GRPC; g != nil {
+		s.GRPC = &healthz.GRPCAction{Port: g.Port}
+		if g.Service != nil {
+			s.GRPC.Service = *g.Service
+		}
+	}
+	return s
+}
+
+// parseProbeList decodes the YAML "probes" list (already turned into
+// JSON-like values), strictly: an unknown field is an error.
+func parseProbeList(v any) ([]healthz.Spec, error) {
+	items, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("probes: want a list of containers, like - {container: app, readinessProbe: {...}}")
+	}
+	var specs []healthz.Spec
+	for i, it := range items {
+		raw, err := json.Marshal(it)
+		if err != nil {
+			return nil, fmt.Errorf("probes[%d]: %w", i, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		var cp containerProbes
+		if err := dec.Decode(&cp); err != nil {
+			return nil, fmt.Errorf("probes[%d]: %w", i, err)
+		}
+		if cp.ReadinessProbe == nil && cp.LivenessProbe == nil && cp.StartupProbe == nil {
+			return nil, fmt.Errorf("probes[%d]: no readinessProbe, livenessProbe or startupProbe", i)
+		}
+		for _, kp := range []struct {
+			p    *k8sProbe
+			kind healthz.Kind
+		}{{cp.ReadinessProbe, healthz.Readiness}, {cp.LivenessProbe, healthz.Liveness}, {cp.StartupProbe, healthz.Startup}} {
+			if kp.p != nil {
+				specs = append(specs, kp.p.spec(cp.Container, kp.kind))
+			}
+		}
+	}
+	return specs, nil
+}
+
+// parseProbeURL turns a flag shorthand into a probe action:
+//
+//	http://host:port/path  https://host:port/path  tcp://host:port
+//	grpc://host:port[/service]  exec:command args
+func parseProbeURL(kind healthz.Kind, raw string) (healthz.Spec, error) {
+	s := healthz.Spec{Kind: kind}
+	if cmd, ok := strings.CutPrefix(raw, "exec:"); ok {
+		s.Exec = &healthz.ExecAction{Command: strings.Fields(cmd)}
+		return s, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return s, fmt.Errorf("%q is not a probe URL: %w", raw, err)
+	}
+	host, port := u.Hostname(), u.Port()
+	p, err := strconv.Atoi(port)
+	if err != nil && u.Scheme != "exec" {
+		return s, fmt.Errorf("%q: give a port, as in http://127.0.0.1:3000/healthz", raw)
+	}
+	if host == "localhost" || host == "" {
+		host = "127.0.0.1"
+	}
+	switch u.Scheme {
+	case "http", "https":
+		path := u.EscapedPath()
+		if u.RawQuery != "" {
+			path += "?" + u.RawQuery
+		}
+		s.HTTPGet = &healthz.HTTPGetAction{Scheme: u.Scheme, Host: host, Port: p, Path: path}
+	case "tcp":
+		s.TCPSocket = &healthz.TCPSocketAction{Host: host, Port: p}
+	case "grpc":
+		s.GRPC = &healthz.GRPCAction{Host: host, Port: p, Service: strings.TrimPrefix(u.Path, "/")}
+	default:
+		return s, fmt.Errorf("%q: scheme %q is not one of http, https, tcp, grpc or exec:", raw, u.Scheme)
+	}
+	if net.ParseIP(host) == nil && strings.ContainsAny(host, " /") {
+		return s, fmt.Errorf("%q: host %q is not a host", raw, host)
+	}
+	return s, nil
+}
+
+// probeSpecs builds every probe from the flag shorthands and the YAML list,
+// and validates them with the same rules the runner uses.
+func (l *loaded) probeSpecs() ([]healthz.Spec, error) {
+	c := &l.cfg
+	specs := append([]healthz.Spec(nil), l.fileProbes...)
+	for _, k := range []struct {
+		kind healthz.Kind
+		urls []string
+		flag string
+	}{{healthz.Readiness, c.Probe.Readiness, "--readiness"}, {healthz.Liveness, c.Probe.Liveness, "--liveness"}, {healthz.Startup, c.Probe.Startup, "--startup"}} {
+		for _, raw := range k.urls {
+			s, err := parseProbeURL(k.kind, raw)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", k.flag, err)
+			}
+			s.Period, s.Timeout = c.Probe.Period, c.Probe.Timeout
+			s.FailureThreshold, s.SuccessThreshold = c.Probe.FailureThreshold, c.Probe.SuccessThreshold
+			if k.kind != healthz.Readiness {
+				s.SuccessThreshold = 1 // as Kubernetes requires; --probe-success-threshold is for readiness
+			}
+			specs = append(specs, s)
+		}
+	}
+	if _, err := healthz.NewSet(specs, healthz.SetOptions{}); err != nil {
+		return nil, err
+	}
+	return specs, nil
+}
