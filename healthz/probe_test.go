@@ -2,6 +2,7 @@ package healthz
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -133,6 +134,16 @@ func TestHTTPThresholdsCountedExactly(t *testing.T) {
 	if got := testutil.ToFloat64(r.m.transitions.WithLabelValues("test", "readiness")); got != 3 {
 		t.Fatalf("transitions %v, want 3 (ready, unready, ready)", got)
 	}
+	if got := testutil.ToFloat64(r.m.up.WithLabelValues("test", "readiness")); got != 1 {
+		t.Fatalf("tidegate_probe_up %v, want 1", got)
+	}
+	a.code.Store(500)
+	for range 3 {
+		r.attempt(ctx)
+	}
+	if got := testutil.ToFloat64(r.m.up.WithLabelValues("test", "readiness")); got != 0 {
+		t.Fatalf("tidegate_probe_up %v after 3 failures, want 0", got)
+	}
 }
 
 func TestLivenessStartsHealthyAndRecoversOnOneSuccess(t *testing.T) {
@@ -181,6 +192,16 @@ func TestHTTPSemantics(t *testing.T) {
 	r := testRunner(t, Spec{Kind: Readiness, HTTPGet: &HTTPGetAction{Port: a.port(), Path: "/loop"}})
 	if out := once(t, r); out.OK || !strings.Contains(out.Reason, "10 redirects") {
 		t.Errorf("redirect loop: %+v", out)
+	}
+}
+
+func TestHTTPSProbeDoesNotVerify(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	r := testRunner(t, Spec{Kind: Readiness, HTTPGet: &HTTPGetAction{Scheme: "HTTPS", Port: port, Path: "/"}})
+	if out := once(t, r); !out.OK {
+		t.Fatalf("https probe against a self-signed certificate: %+v", out)
 	}
 }
 
@@ -461,6 +482,21 @@ func TestVerboseAndJSONShowProbeDetail(t *testing.T) {
 	}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/readyz", nil)
+	req.Header.Set("Accept", "application/json")
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if rep.Status != "failed" || len(rep.Checks) != 1 || rep.Checks[0].Name != "app/readiness" || rep.Checks[0].OK ||
+		rep.Checks[0].Reason != "HTTP 500 (1 in a row)" || !strings.Contains(rep.Checks[0].Info, "/health, last ") {
+		t.Fatalf("JSON report %+v", rep)
+	}
 	for _, path := range []string{"/readyz?verbose", "/app-health/app/readyz?verbose", "/readyz/app/readiness?verbose"} {
 		resp, err := srv.Client().Get(srv.URL + path)
 		if err != nil {

@@ -191,3 +191,24 @@ func TestDrainLatchesReadinessNotLiveness(t *testing.T) {
 	}
 	waitReport(t, reports)
 }
+
+func TestSeparateGRPCHealthListener(t *testing.T) {
+	app := newFlippable(t)
+	app.healthy.Store(true)
+	sc, sig, reports := startSidecar(t, app.Server, "--readiness", app.URL+"/health", "--probe-period", "20ms",
+		"--grpc-health-listen", "127.0.0.1:0", "--drain-delay", "0s")
+	conn, err := grpc.NewClient(sc.grpcLn.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	hc := healthpb.NewHealthClient(conn)
+	eventually(t, "SERVING on --grpc-health-listen", func() bool {
+		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "app"})
+		return err == nil && r.Status == healthpb.HealthCheckResponse_SERVING
+	})
+	sig <- syscall.SIGTERM
+	waitReport(t, reports)
+}
