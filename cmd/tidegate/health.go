@@ -26,7 +26,7 @@ const maxDrainWait = 10 * time.Minute
 // for preStop hooks, and the gRPC health service over h2c.
 //
 //	ready:   serving (not draining), the child running, every readiness probe passing
-//	live:    not stopped, the child not gone for good, every liveness probe passing
+//	live:    the child not gone for good, every liveness probe passing (never the drain)
 //	started: every startup probe has passed
 func (s *sidecar) healthHandler() http.Handler {
 	phase := func(ok func(drain.Phase) bool) func(context.Context) error {
@@ -69,8 +69,8 @@ func (s *sidecar) healthHandler() http.Handler {
 			{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p == drain.Serving })},
 			{Name: "app", Func: appRunning},
 		}, s.probes.Checks(healthz.Readiness, "")...),
+		// No lifecycle check: a drain never fails liveness, up to the exit.
 		Liveness: append([]healthz.Check{
-			{Name: "lifecycle", Func: phase(func(p drain.Phase) bool { return p != drain.Stopped })},
 			{Name: "app", Func: appNotGone},
 		}, s.probes.Checks(healthz.Liveness, "")...),
 		Startup: s.probes.Checks(healthz.Startup, ""),

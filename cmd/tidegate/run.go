@@ -91,6 +91,9 @@ func runCmd(args []string, e env) int {
 		return exitCode(err)
 	}
 	code, _ := sc.run(e.signals)
+	if sc.startErr != nil {
+		fmt.Fprintf(e.stderr, "tidegate: %v\n", sc.startErr)
+	}
 	return code
 }
 
@@ -127,6 +130,7 @@ type sidecar struct {
 	grpcHealth *healthz.GRPCHealth
 	grpcSrv    *grpc.Server // grpc.health.v1, on the health listener (h2c)
 	grpcLn     net.Listener // --grpc-health-listen, or nil
+	startErr   error        // why the app could not be started, for stderr
 }
 
 // newSidecar builds every part and binds every listener, so that a port in
@@ -279,6 +283,18 @@ type appRef struct{ s *sidecar }
 func (r appRef) Strategy() string                       { return r.s.app.Strategy() }
 func (r appRef) Stop(ctx context.Context) drain.AppExit { return r.s.app.Stop(ctx) }
 
+// failedApp stands for an app that could not be started: the drain report
+// says so instead of naming a strategy that never ran.
+type failedApp struct {
+	strategy string
+	err      error
+}
+
+func (f failedApp) Strategy() string { return f.strategy }
+func (f failedApp) Stop(context.Context) drain.AppExit {
+	return drain.AppExit{Strategy: f.strategy, Status: "failed", Code: 1, Detail: f.err.Error()}
+}
+
 // startApp starts the child in child mode, and the orphan reaper when
 // tidegate is PID 1 or asked to be a subreaper.
 func (s *sidecar) startApp(ctx context.Context) error {
@@ -339,7 +355,8 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 	code := 0
 	if err := s.startApp(ctx); err != nil {
 		s.log.Error("app did not start", zap.String("reason", "app_start"), zap.Error(err))
-		code = 1
+		code, s.startErr = 1, err
+		s.app = failedApp{strategy: s.cfg.App.Stop, err: err}
 		s.drainer.Force("app_start_failed")
 	}
 	fields := []zap.Field{zap.String("listen", s.public.Addr().String()), zap.String("upstream", s.cfg.Upstream.Address),

@@ -7,6 +7,13 @@
 // With TIDEGATE_E2E_RACE=1 the binary under test is built with the race
 // detector too, and any data race it reports fails the test that ran it.
 //
+// TestMain also builds test/fakeapp/cmd/fakeapp, the controllable app as a
+// real process, for the tests of the lifecycle: tidegate supervises it as
+// its child, or stops it by pid, HTTP or command. TestRollingRestart runs
+// Debian's haproxy (/usr/sbin/haproxy) in front of two instances; without
+// it that test is skipped, unless TIDEGATE_REQUIRE_TOOLS=1 makes a missing
+// tool a failure.
+//
 // Rules the suite keeps: traffic stays on 127.0.0.1; nothing waits with
 // sleeps (tests wait on channels or poll with a deadline); every loop is
 // bounded in count and time; every child process is killed by the test's

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -148,8 +149,16 @@ func startEnv(t *testing.T, env []string, args ...string) *tidegate {
 // reported a data race or a panic, and prints its output if the test failed.
 func launch(t *testing.T, env []string, args ...string) *tidegate {
 	t.Helper()
+	return launchProgram(t, env, binary, args...)
+}
+
+// launchProgram is launch for a program that runs tidegate in turn (such as
+// unshare): the logs are tidegate's, the process and its exit code the
+// program's.
+func launchProgram(t *testing.T, env []string, program string, args ...string) *tidegate {
+	t.Helper()
 	tg := &tidegate{t: t, stdout: newLogBuf(), stderr: newLogBuf(), exited: make(chan struct{})}
-	tg.cmd = exec.Command(binary, args...)
+	tg.cmd = exec.Command(program, args...)
 	tg.cmd.Env = baseEnv(env...)
 	tg.cmd.Stdout = tg.stdout
 	tg.cmd.Stderr = tg.stderr
@@ -170,7 +179,7 @@ func launch(t *testing.T, env []string, args ...string) *tidegate {
 			select {
 			case <-tg.exited:
 			case <-time.After(exitTimeout):
-				t.Errorf("tidegate pid %d did not exit after SIGKILL", tg.cmd.Process.Pid)
+				t.Errorf("%s pid %d did not exit after SIGKILL", program, tg.cmd.Process.Pid)
 			}
 		}
 		errOut := tg.stderr.String()
@@ -181,8 +190,8 @@ func launch(t *testing.T, env []string, args ...string) *tidegate {
 			t.Errorf("tidegate panicked or printed a stack trace")
 		}
 		if t.Failed() {
-			t.Logf("tidegate %s\n--- stdout ---\n%s\n--- stderr ---\n%s",
-				strings.Join(args, " "), tail(tg.stdout.String(), 16<<10), tail(errOut, 16<<10))
+			t.Logf("%s %s\n--- stdout ---\n%s\n--- stderr ---\n%s",
+				filepath.Base(program), strings.Join(args, " "), tail(tg.stdout.String(), 16<<10), tail(errOut, 16<<10))
 		}
 	})
 	return tg
@@ -208,11 +217,25 @@ func (tg *tidegate) waitLog(timeout time.Duration, what string, match func(map[s
 }
 
 func (tg *tidegate) findLog(timeout time.Duration, match func(map[string]any) bool) (map[string]any, error) {
+	m, err := findLine(tg.stdout, tg.exited, timeout, match)
+	if errors.Is(err, errExited) {
+		return nil, fmt.Errorf("tidegate exited with code %d first", tg.code)
+	}
+	return m, err
+}
+
+// errExited is findLine's error when the process exited without printing
+// the line.
+var errExited = errors.New("the process exited first")
+
+// findLine waits for a JSON line in buf for which match is true, until
+// timeout or until exited is closed (buf is then complete).
+func findLine(buf *logBuf, exited <-chan struct{}, timeout time.Duration, match func(map[string]any) bool) (map[string]any, error) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	seen := 0
 	for {
-		lines, changed := tg.stdout.from(seen)
+		lines, changed := buf.from(seen)
 		seen += len(lines)
 		for _, l := range lines {
 			if m, ok := parseJSONLine(l); ok && match(m) {
@@ -221,15 +244,15 @@ func (tg *tidegate) findLog(timeout time.Duration, match func(map[string]any) bo
 		}
 		select {
 		case <-changed:
-		case <-tg.exited:
+		case <-exited:
 			// The output is complete once exited is closed: one last look.
-			lines, _ := tg.stdout.from(seen)
+			lines, _ := buf.from(seen)
 			for _, l := range lines {
 				if m, ok := parseJSONLine(l); ok && match(m) {
 					return m, nil
 				}
 			}
-			return nil, fmt.Errorf("tidegate exited with code %d first", tg.code)
+			return nil, errExited
 		case <-deadline.C:
 			return nil, fmt.Errorf("not logged within %s", timeout)
 		}

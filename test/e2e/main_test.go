@@ -16,6 +16,10 @@ import (
 // binary is the path of the binary under test, built once by TestMain.
 var binary string
 
+// fakeappBinary is the path of test/fakeapp/cmd/fakeapp, the controllable
+// app as a real process, built once by TestMain next to binary.
+var fakeappBinary string
+
 // The version and commit stamped into the binary, the way the Makefile does.
 const (
 	stampVersion = "v0.0.0-e2e"
@@ -48,7 +52,9 @@ func TestMain(m *testing.M) {
 // one.
 const raceBinaryEnv = "TIDEGATE_E2E_RACE"
 
-// build compiles ./cmd/tidegate from the repository root into dir.
+// build compiles ./cmd/tidegate and ./test/fakeapp/cmd/fakeapp from the
+// repository root into dir. The fakeapp is never built with -race: it is a
+// peer, not the code under test.
 func build(dir string) error {
 	root, err := repoRoot()
 	if err != nil {
@@ -66,6 +72,13 @@ func build(dir string) error {
 	}
 	args = append(args, "./cmd/tidegate")
 	cmd := exec.Command(goTool, args...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	fakeappBinary = filepath.Join(dir, "fakeapp")
+	args = []string{"build", "-o", fakeappBinary, "./test/fakeapp/cmd/fakeapp"}
+	cmd = exec.Command(goTool, args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)

@@ -115,7 +115,9 @@ func TestConnectionPool(t *testing.T) {
 	tg := start(t, "--upstream", app.Addr)
 	admin := newClient(t)
 
-	const clients, perClient = 1000, 3
+	// Without reuse the app would see one connection per request (5,000);
+	// with it, about one per client. The bound leaves room for a loaded CI.
+	const clients, perClient = 1000, 5
 	url := tg.URL("/status?code=200")
 	var (
 		failed   atomic.Int64
@@ -178,9 +180,9 @@ func TestConnectionPool(t *testing.T) {
 	if n := app.Requests("/status"); n != clients*perClient {
 		t.Errorf("the app answered %d requests, want %d", n, clients*perClient)
 	}
-	if n := app.ConnsAccepted(); n > clients+clients/10 {
+	if n := app.ConnsAccepted(); n > clients*3/2 {
 		t.Errorf("tidegate opened %d connections to the app for %d requests from %d clients: want at most %d (reuse)",
-			n, clients*perClient, clients, clients+clients/10)
+			n, clients*perClient, clients, clients*3/2)
 	}
 	// Every client still holds its keep-alive connection.
 	if v := scrape(t, admin, tg).value("tidegate_connections_active", "protocol", "http1"); v != clients {

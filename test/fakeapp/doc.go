@@ -27,4 +27,7 @@
 // App is closed, so that closing the server never hangs; every report is a
 // non-blocking send on a small buffered channel, so that a test that does not
 // listen never stalls the app.
+//
+// The same app as a real process, which tidegate can supervise, signal and
+// restart, is the command in cmd/fakeapp.
 package fakeapp

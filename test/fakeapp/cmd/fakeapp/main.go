@@ -1,0 +1,346 @@
+// Command fakeapp is the controllable app of tidegate's end-to-end tests as
+// a real process: tidegate can supervise it as its child, stop it by pid,
+// by HTTP or by a command, and a load balancer can front it directly (the
+// "app alone" baseline).
+//
+// Usage:
+//
+//	fakeapp --listen 127.0.0.1:PORT [--id NAME] [--record FILE] [--on-term graceful|exit|ignore]
+//	        [--exit-code N] [--crash-after DUR] [--orphan] [--orphan-life DUR] [--pidfile FILE]
+//
+// Endpoints:
+//
+//	/                fast: "ok NAME"
+//	/slow?d=DUR      answers after DUR (gives up when the request is cancelled)
+//	/healthz /readyz 200 while serving, 503 once stopping (for a load balancer's checks)
+//	POST /stop       graceful stop, as on SIGTERM with --on-term graceful (the http stop strategy)
+//	anything else    the in-process fakeapp (/status, /hang, /echo, …)
+//
+// Every response carries "X-Instance: NAME", so a test behind a load
+// balancer can tell which process answered.
+//
+// With --record, one JSON line per event is appended to FILE, each written
+// with one write(2): {"event":"request_start"|"request_end"|"signal"|"stop"|
+// "listening"|"orphan"|"crash","path":…,"t":unix_nanos,"signal":"SIGTERM",
+// "pid":…}. A signal is recorded the moment it is received, before anything
+// is done about it. On stdout fakeapp prints the "listening" event (with the
+// bound address) and the "orphan" event, whether or not it records.
+//
+// On SIGTERM or SIGINT (--on-term): graceful stops accepting, finishes what
+// is in flight (at most 30s) and exits with --exit-code; exit exits 0 at once
+// like a naive app; ignore keeps running. --crash-after makes it exit 3 on its
+// own. --orphan starts a grandchild (sleep, for --orphan-life) through a
+// shell that exits at once, so that the grandchild is re-parented to the
+// nearest subreaper. fakeapp exits by itself (code 1) if its parent dies, so
+// that a killed test never leaves it behind.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tidegate/tidegate/test/fakeapp"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+type options struct {
+	listen     string
+	id         string
+	record     string
+	onTerm     string
+	exitCode   int
+	crashAfter time.Duration
+	orphan     bool
+	orphanLife time.Duration
+	pidfile    string
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("fakeapp", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "address to listen on")
+	fs.StringVar(&o.id, "id", "", "instance name, sent as X-Instance on every response")
+	fs.StringVar(&o.record, "record", "", "append one JSON line per event to this file")
+	fs.StringVar(&o.onTerm, "on-term", "graceful", "on SIGTERM/SIGINT: graceful, exit or ignore")
+	fs.IntVar(&o.exitCode, "exit-code", 0, "exit code after a graceful stop")
+	fs.DurationVar(&o.crashAfter, "crash-after", 0, "exit 3 on its own after this long (0: never)")
+	fs.BoolVar(&o.orphan, "orphan", false, "start a grandchild that is orphaned at once")
+	fs.DurationVar(&o.orphanLife, "orphan-life", time.Second, "how long the orphaned grandchild lives")
+	fs.StringVar(&o.pidfile, "pidfile", "", "write the pid to this file once listening")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	switch o.onTerm {
+	case "graceful", "exit", "ignore":
+	default:
+		return o, fmt.Errorf("--on-term %q: want graceful, exit or ignore", o.onTerm)
+	}
+	if o.id == "" {
+		o.id = "pid" + strconv.Itoa(os.Getpid())
+	}
+	return o, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "fakeapp:", err)
+		return 2
+	}
+	rec, err := newRecorder(o.record, stdout)
+	if err != nil {
+		fmt.Fprintln(stderr, "fakeapp:", err)
+		return 1
+	}
+	defer rec.close()
+
+	// Catch signals before anything else, so that none is missed.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go watchParent(os.Getppid())
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		fmt.Fprintln(stderr, "fakeapp:", err)
+		return 1
+	}
+	a := &app{o: o, rec: rec, lib: fakeapp.New(), stopping: make(chan struct{}), stopped: make(chan struct{})}
+	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
+	if o.pidfile != "" {
+		if err := writeFileAtomic(o.pidfile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
+			fmt.Fprintln(stderr, "fakeapp:", err)
+			return 1
+		}
+	}
+	rec.event(event{Event: "listening", Addr: ln.Addr().String(), PID: os.Getpid(), ID: o.id}, true)
+	if o.orphan {
+		pid, err := spawnOrphan(o.orphanLife)
+		if err != nil {
+			fmt.Fprintln(stderr, "fakeapp:", err)
+			return 1
+		}
+		rec.event(event{Event: "orphan", PID: pid}, true)
+	}
+	if o.crashAfter > 0 {
+		time.AfterFunc(o.crashAfter, func() {
+			rec.event(event{Event: "crash"}, false)
+			os.Exit(3)
+		})
+	}
+
+	go func() {
+		for sig := range sigs {
+			rec.event(event{Event: "signal", Signal: signalName(sig)}, false)
+			switch o.onTerm {
+			case "exit":
+				os.Exit(0)
+			case "graceful":
+				a.stop()
+			}
+		}
+	}()
+
+	if err := a.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintln(stderr, "fakeapp:", err)
+		return 1
+	}
+	<-a.stopped
+	return o.exitCode
+}
+
+// app is the HTTP side of fakeapp.
+type app struct {
+	o   options
+	rec *recorder
+	lib *fakeapp.App
+	srv *http.Server
+
+	once     sync.Once
+	stopping chan struct{} // closed when the graceful stop begins
+	stopped  chan struct{} // closed when it is done
+}
+
+// stop begins the graceful stop once: stop accepting, finish what is in
+// flight (bounded), then close a.stopped.
+func (a *app) stop() {
+	a.once.Do(func() {
+		close(a.stopping)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := a.srv.Shutdown(ctx); err != nil {
+				a.lib.Close()
+				_ = a.srv.Close()
+			}
+			close(a.stopped)
+		}()
+	})
+}
+
+func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Instance", a.o.id)
+	switch r.URL.Path {
+	case "/healthz", "/readyz":
+		select {
+		case <-a.stopping:
+			http.Error(w, "stopping", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ok")
+		}
+		return
+	}
+	a.rec.event(event{Event: "request_start", Path: r.URL.Path}, false)
+	defer a.rec.event(event{Event: "request_end", Path: r.URL.Path}, false)
+	switch r.URL.Path {
+	case "/":
+		fmt.Fprintf(w, "ok %s\n", a.o.id)
+	case "/slow":
+		d, err := time.ParseDuration(r.URL.Query().Get("d"))
+		if err != nil {
+			http.Error(w, "d: want a duration", http.StatusBadRequest)
+			return
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			fmt.Fprintf(w, "slept %s\n", d)
+		case <-r.Context().Done():
+		}
+	case "/stop":
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			http.Error(w, "POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		a.rec.event(event{Event: "stop"}, false)
+		fmt.Fprintln(w, "stopping")
+		a.stop()
+	default:
+		a.lib.ServeHTTP(w, r)
+	}
+}
+
+// event is one line of the record file.
+type event struct {
+	Event  string `json:"event"`
+	Path   string `json:"path,omitempty"`
+	T      int64  `json:"t"`
+	Signal string `json:"signal,omitempty"`
+	PID    int    `json:"pid,omitempty"`
+	Addr   string `json:"addr,omitempty"`
+	ID     string `json:"id,omitempty"`
+}
+
+// recorder appends events to the record file, one write per line.
+type recorder struct {
+	mu     sync.Mutex
+	f      *os.File // nil without --record
+	stdout io.Writer
+}
+
+func newRecorder(path string, stdout io.Writer) (*recorder, error) {
+	r := &recorder{stdout: stdout}
+	if path == "" {
+		return r, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open record file: %w", err)
+	}
+	r.f = f
+	return r, nil
+}
+
+// event stamps e with the time now and records it; print also writes it to
+// stdout.
+func (r *recorder) event(e event, print bool) {
+	e.T = time.Now().UnixNano()
+	b, _ := json.Marshal(e)
+	b = append(b, '\n')
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.f != nil {
+		_, _ = r.f.Write(b)
+	}
+	if print {
+		_, _ = r.stdout.Write(b)
+	}
+}
+
+func (r *recorder) close() {
+	if r.f != nil {
+		_ = r.f.Close()
+	}
+}
+
+// spawnOrphan starts `sleep` in the background of a shell that exits at
+// once, and returns the sleep's pid: an orphan from its first moment.
+func spawnOrphan(life time.Duration) (int, error) {
+	script := fmt.Sprintf("sleep %.3f </dev/null >/dev/null 2>&1 & echo $!", life.Seconds())
+	out, err := exec.Command("/bin/sh", "-c", script).Output()
+	if err != nil {
+		return 0, fmt.Errorf("spawn orphan: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		return 0, fmt.Errorf("spawn orphan: the shell printed %q, not a pid", out)
+	}
+	return pid, nil
+}
+
+// watchParent exits when the parent goes away (fakeapp is re-parented), so
+// that an app whose tidegate was killed does not linger.
+func watchParent(ppid int) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for range t.C {
+		if os.Getppid() != ppid {
+			fmt.Fprintln(os.Stderr, "fakeapp: parent is gone; exiting")
+			os.Exit(1)
+		}
+	}
+}
+
+func writeFileAtomic(path, content string) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write pid file: %w", err)
+	}
+	return nil
+}
+
+func signalName(sig os.Signal) string {
+	switch sig {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return sig.String()
+}
