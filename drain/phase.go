@@ -61,10 +61,11 @@ type LifecycleOptions struct {
 // Lifecycle holds the current phase and when it was entered. It is safe for
 // concurrent use. Readers that need to react to a change wait on Changed.
 type Lifecycle struct {
-	mu      sync.Mutex
-	phase   Phase
-	since   time.Time
-	changed chan struct{} // closed and replaced on every change
+	mu          sync.Mutex
+	phase       Phase
+	since       time.Time
+	changed     chan struct{} // closed and replaced on every change
+	beforeDrain Phase         // where an undrain returns to: starting or serving
 
 	now      func() time.Time
 	log      *zap.Logger
@@ -120,10 +121,14 @@ func (l *Lifecycle) Advance(to Phase, fields ...zap.Field) bool {
 	return l.move(func(from Phase) bool { return to > from }, to, fields)
 }
 
-// Reopen moves Draining back to Serving (an explicit undrain) and reports
-// whether it did. It is the only way back: from any other phase it refuses.
+// Reopen moves Draining back to the phase it came from, Starting or Serving
+// (an explicit undrain), and reports whether it did. It is the only way
+// back: from any other phase it refuses.
 func (l *Lifecycle) Reopen() bool {
-	return l.move(func(from Phase) bool { return from == Draining }, Serving, []zap.Field{zap.String("reason", "undrain")})
+	l.mu.Lock()
+	back := l.beforeDrain
+	l.mu.Unlock()
+	return l.move(func(from Phase) bool { return from == Draining }, back, []zap.Field{zap.String("reason", "undrain")})
 }
 
 // move sets the phase to to if allowed(current) holds, wakes Changed
@@ -134,6 +139,9 @@ func (l *Lifecycle) move(allowed func(from Phase) bool, to Phase, fields []zap.F
 	if !allowed(from) {
 		l.mu.Unlock()
 		return false
+	}
+	if to == Draining {
+		l.beforeDrain = from
 	}
 	l.phase, l.since = to, l.now()
 	close(l.changed)

@@ -92,3 +92,23 @@ func TestRegisterTwiceFails(t *testing.T) {
 		t.Fatal("a second lifecycle registered tidegate_phase twice without error")
 	}
 }
+
+func TestReopenReturnsWhereTheDrainStarted(t *testing.T) {
+	l, err := NewLifecycle(LifecycleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Advance(Draining) // a drain before the app was ever ready
+	if !l.Reopen() || l.Phase() != Starting {
+		t.Fatalf("undrain from a drain begun while starting: %s, want starting", l.Phase())
+	}
+	l.Advance(Serving)
+	l.Advance(Draining)
+	if !l.Reopen() || l.Phase() != Serving {
+		t.Fatalf("undrain: %s, want serving", l.Phase())
+	}
+	l.Advance(Closing)
+	if l.Reopen() {
+		t.Fatal("reopened after closing")
+	}
+}

@@ -20,8 +20,9 @@ import (
 
 // Check is one named health condition.
 type Check struct {
-	// Name identifies the check in verbose output and in /readyz/<name>.
-	// It must be unique within an endpoint and contain no '/'.
+	// Name identifies the check in verbose output and in /readyz/<name>
+	// (probe checks are named <container>/<kind>, like app/readiness). It
+	// must be unique within an endpoint.
 	Name string
 	// Func returns nil when the condition holds, else an error whose text
 	// is the reason shown to the operator.

@@ -118,8 +118,8 @@ func (s Spec) Target() string {
 	return "none"
 }
 
-// withDefaults fills zero fields with Kubernetes' defaults.
-func (s Spec) withDefaults() Spec {
+// WithDefaults returns s with zero fields set to Kubernetes' defaults.
+func (s Spec) WithDefaults() Spec {
 	if s.Container == "" {
 		s.Container = "app"
 	}

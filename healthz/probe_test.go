@@ -75,7 +75,7 @@ func (a *app) port() int { return a.Listener.Addr().(*net.TCPAddr).Port }
 
 func testRunner(t *testing.T, s Spec) *runner {
 	t.Helper()
-	s = s.withDefaults()
+	s = s.WithDefaults()
 	if s.Name == "" {
 		s.Name = "test"
 	}
@@ -348,6 +348,15 @@ func TestGRPCWatchSeesTheDrainForGood(t *testing.T) {
 	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil || resp.Status != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("Check after Drain and Set(true): %v, %v", resp, err)
+	}
+	g.Undrain() // stays NOT_SERVING until Set: no SERVING flash
+	resp, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "app"})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("Check app after Undrain: %v, %v", resp, err)
+	}
+	g.Set("", true)
+	if m, err := stream.Recv(); err != nil || m.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Watch after Undrain and Set(true): %v %v", m, err)
 	}
 }
 

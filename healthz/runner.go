@@ -23,6 +23,8 @@ type Status struct {
 	LastAt    time.Time `json:"last_at,omitzero"`
 	Successes int       `json:"consecutive_successes"`
 	Failures  int       `json:"consecutive_failures"`
+
+	everPassed bool
 }
 
 // runner probes one Spec on its schedule and keeps its state. Handlers
@@ -119,6 +121,12 @@ func (r *runner) apply(out Outcome, at time.Time) bool {
 		}
 	}
 	now := st.Healthy
+	// A probe that has never passed fails without a transition: say so
+	// once, so that an operator can see why start-up is stuck.
+	firstFailure := !out.OK && !was && st.Failures == 1 && !st.everPassed
+	if now {
+		st.everPassed = true
+	}
 	first := now && r.spec.Kind == Startup && !isClosed(r.passed)
 	if first {
 		close(r.passed)
@@ -127,6 +135,10 @@ func (r *runner) apply(out Outcome, at time.Time) bool {
 	failures := st.Failures
 	r.mu.Unlock()
 
+	if firstFailure {
+		r.log.Info("probe not passing yet", zap.String("kind", string(r.spec.Kind)), zap.String("target", r.spec.Target()),
+			zap.String("reason", reason))
+	}
 	if now != was {
 		r.m.up.WithLabelValues(r.spec.Name, string(r.spec.Kind)).Set(b2f(now))
 		r.m.transitions.WithLabelValues(r.spec.Name, string(r.spec.Kind)).Inc()

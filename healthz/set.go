@@ -50,7 +50,7 @@ func NewSet(specs []Spec, o SetOptions) (*Set, error) {
 	names := map[string]bool{}
 	counts := map[string]int{}
 	for i, spec := range specs {
-		spec = spec.withDefaults()
+		spec = spec.WithDefaults()
 		if spec.Name == "" {
 			base := spec.Container + "/" + string(spec.Kind)
 			counts[base]++

@@ -437,7 +437,7 @@ func (l *loaded) effective() map[string]string {
 	if len(l.fileProbes) > 0 {
 		targets := make([]string, 0, len(l.fileProbes))
 		for _, p := range l.fileProbes {
-			targets = append(targets, string(p.Kind)+" "+p.Target())
+			targets = append(targets, string(p.Kind)+" "+p.WithDefaults().Target())
 		}
 		out["probes"] = strings.Join(targets, "; ")
 	}

@@ -212,3 +212,34 @@ func TestSeparateGRPCHealthListener(t *testing.T) {
 	sig <- syscall.SIGTERM
 	waitReport(t, reports)
 }
+
+// An undrain of a drain begun before the app was ever ready goes back to
+// starting: the gate still answers for the app.
+func TestUndrainDuringStartKeepsTheGate(t *testing.T) {
+	app := newFlippable(t)
+	sc, sig, reports := startSidecar(t, app.Server, "--readiness", app.URL+"/health", "--probe-period", "20ms",
+		"--drain-delay", "5s", "--drain-timeout", "10s")
+	admin := "http://" + sc.aux[1].ln.Addr().String()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	for _, path := range []string{"/drain", "/undrain"} {
+		resp, err := c.Post(admin+path, "text/plain", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			t.Fatalf("POST %s: %d", path, resp.StatusCode)
+		}
+	}
+	if p := sc.life.Phase(); p != drain.Starting {
+		t.Fatalf("after drain and undrain while starting: phase %s, want starting", p)
+	}
+	if code, _, body := get(t, "http://"+sc.public.Addr().String()+"/"); code != 503 || !strings.Contains(body, "not ready yet") {
+		t.Fatalf("after the undrain: %d %q, want the start gate's 503", code, body)
+	}
+	app.healthy.Store(true)
+	eventually(t, "phase serving", func() bool { return sc.life.Phase() == drain.Serving })
+	sig <- syscall.SIGTERM
+	sig <- syscall.SIGTERM
+	waitReport(t, reports)
+}

@@ -58,7 +58,7 @@ func (s *sidecar) phaseChanged(from, to drain.Phase) {
 	switch {
 	case to == drain.Draining:
 		s.grpcHealth.Drain()
-	case from == drain.Draining && to == drain.Serving: // an undrain
+	case from == drain.Draining: // an undrain: the watcher sets the real statuses
 		s.grpcHealth.Undrain()
 	}
 }

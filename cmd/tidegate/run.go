@@ -369,12 +369,14 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 	}
 	if !s.probes.Empty() {
 		fields = append(fields, zap.Int("probes", len(s.probes.Statuses())))
-		s.log.Named("lifecycle").Info("waiting for the app's probes before serving", zap.String("phase", drain.Starting.String()))
 	}
 	// Decide readiness once before serving, so that without probes the very
 	// first request is already proxied; the watcher takes over from here.
 	if s.appReady() {
 		s.life.Advance(drain.Serving, fields...)
+	} else {
+		s.log.Named("lifecycle").Info("waiting for the app's startup and readiness probes before serving",
+			zap.String("phase", drain.Starting.String()))
 	}
 	errc := make(chan error, 2+len(s.aux))
 	go func() { errc <- s.public.Serve() }()
