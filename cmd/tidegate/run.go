@@ -475,11 +475,8 @@ func (s *sidecar) logReport(rep drain.Report) {
 }
 
 func signalName(sig os.Signal) string {
-	switch sig {
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
+	if s, ok := sig.(syscall.Signal); ok {
+		return drain.SignalName(s)
 	}
 	return sig.String()
 }
