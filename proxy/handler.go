@@ -40,9 +40,13 @@ type Options struct {
 	// NewTransport(Upstream, TransportOptions).
 	Transport http.RoundTripper
 
-	// TransportOptions tunes the default Transport; ignored when Transport
-	// is set.
+	// TransportOptions tunes the default transports; ignored when
+	// Transport is set.
 	TransportOptions TransportOptions
+
+	// Protocol says how requests reach the app; ignored when Transport is
+	// set. Empty means UpstreamHTTP1.
+	Protocol UpstreamProtocol
 
 	// MaxBodyBytes caps request bodies: larger ones get 413, before the app
 	// sees the request when Content-Length announces the size, else as soon
@@ -115,7 +119,16 @@ func NewHandler(o Options) (*Handler, error) {
 		now:       o.Now,
 	}
 	if h.transport == nil {
-		h.transport = NewTransport(o.Upstream, o.TransportOptions)
+		switch o.Protocol {
+		case "", UpstreamHTTP1:
+			h.transport = NewTransport(o.Upstream, o.TransportOptions)
+		case UpstreamH2C, UpstreamAuto:
+			h.transport = router{mode: o.Protocol,
+				h1:  NewTransport(o.Upstream, o.TransportOptions),
+				h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
+		default:
+			return nil, fmt.Errorf("proxy: upstream protocol %q: want %q, %q or %q", o.Protocol, UpstreamHTTP1, UpstreamH2C, UpstreamAuto)
+		}
 	}
 	if h.log == nil {
 		h.log = zap.NewNop()
@@ -155,6 +168,7 @@ func (h *Handler) CloseIdleConnections() {
 // reqState travels with a request through the ReverseProxy hooks.
 type reqState struct {
 	id       string
+	h2       bool      // the client spoke HTTP/2
 	sent     time.Time // request handed to the transport
 	headers  time.Time // app's response headers received
 	failure  *failure
@@ -174,7 +188,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.tracker.RequestStarted(h.tracker.IsProbe(r.UserAgent()))
 	defer h.tracker.RequestDone()
 
-	st := &reqState{id: r.Header.Get(RequestIDHeader)}
+	st := &reqState{id: r.Header.Get(RequestIDHeader), h2: r.ProtoMajor == 2}
 	if !validRequestID(st.id) {
 		st.id = newRequestID()
 		r.Header.Set(RequestIDHeader, st.id)
@@ -386,6 +400,17 @@ func (r *recorder) Write(p []byte) (int, error) {
 	n, err := r.ResponseWriter.Write(p)
 	r.bytes += int64(n)
 	return n, err
+}
+
+// FlushError flushes, except the headers of a gRPC response before any
+// message: ReverseProxy flushes headers from a timer goroutine, and for a
+// gRPC error (trailers-only: grpc-status in the only HEADERS frame) that
+// races the handler's end, leaving the status in non-final headers.
+func (r *recorder) FlushError() error {
+	if r.bytes == 0 && isGRPC(r.Header().Get("Content-Type")) {
+		return nil
+	}
+	return http.NewResponseController(r.ResponseWriter).Flush()
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

@@ -34,6 +34,10 @@ type ServerOptions struct {
 	// tidegate compensates, so this is the real bound, at least 4 KiB.)
 	MaxHeaderBytes int
 
+	// DisableH2C turns off HTTP/2 with prior knowledge (h2c) on the
+	// listener. The zero value serves HTTP/1.1 and h2c on the same port.
+	DisableH2C bool
+
 	// NewConnGrace is how long, once Shutdown has closed the listener, a
 	// connection that has not sent a request yet may take to send one
 	// before it is closed. net/http itself waits 5s, which holds a drain
@@ -66,8 +70,8 @@ func Listen(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// NewServer returns a Server that will serve h on ln, counting each client
-// connection in t as HTTP/1.1.
+// NewServer returns a Server that will serve h on ln (HTTP/1.1 and, unless
+// disabled, h2c), counting each client connection in t by protocol.
 func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Server {
 	if o.ReadHeaderTimeout <= 0 {
 		o.ReadHeaderTimeout = 10 * time.Second
@@ -87,6 +91,13 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	s := &Server{ln: &trackedListener{Listener: ln}, grace: o.NewConnGrace, fresh: make(map[*trackedConn]time.Time)}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.ProtoMajor == 2 {
+				if c, ok := r.Context().Value(connKey{}).(*trackedConn); ok && c.proto.CompareAndSwap(int32(ProtocolHTTP1), int32(ProtocolH2C)) {
+					t.ConnMoved(ProtocolHTTP1, ProtocolH2C)
+				}
+			}
+			// "Connection: close" also tells HTTP/2 clients to move: net/http
+			// answers it with a GOAWAY and closes the connection when idle.
 			dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
 			h.ServeHTTP(dw, r)
 			if !dw.wrote && s.draining.Load() {
@@ -98,6 +109,9 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		IdleTimeout:       o.IdleTimeout,
 		MaxHeaderBytes:    max(o.MaxHeaderBytes-headerSlop, 1),
 		ErrorLog:          zap.NewStdLog(o.Logger),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 		ConnState: func(nc net.Conn, cs http.ConnState) {
 			c, ok := nc.(*trackedConn)
 			if !ok {
@@ -106,8 +120,14 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 			s.transition(c, cs, t)
 		},
 	}
+	s.srv.Protocols = new(http.Protocols)
+	s.srv.Protocols.SetHTTP1(true)
+	s.srv.Protocols.SetUnencryptedHTTP2(!o.DisableH2C)
 	return s
 }
+
+// connKey finds a request's connection in its context.
+type connKey struct{}
 
 // transition accounts for one connection state change: two atomic
 // operations per request, and the fresh-set lock once per connection.
@@ -135,7 +155,7 @@ func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
 		s.mu.Unlock()
 	}
 	if to == http.StateHijacked || to == http.StateClosed {
-		t.ConnClosed(ProtocolHTTP1)
+		t.ConnClosed(Protocol(c.proto.Load()))
 	}
 }
 
@@ -171,6 +191,7 @@ func (l *trackedListener) Close() error {
 type trackedConn struct {
 	net.Conn
 	state atomic.Int32 // http.ConnState; 0 is StateNew
+	proto atomic.Int32 // Protocol: HTTP/1.1 until an HTTP/2 request shows otherwise
 }
 
 func (c *trackedConn) CloseWrite() error {

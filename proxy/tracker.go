@@ -14,11 +14,13 @@ type Protocol uint8
 // are added here; the tracker sizes its counters from numProtocols.
 const (
 	ProtocolHTTP1 Protocol = iota
+	ProtocolH2C            // HTTP/2 over cleartext, prior knowledge
 	numProtocols
 )
 
 var protocolNames = [numProtocols]string{
 	ProtocolHTTP1: "http1",
+	ProtocolH2C:   "h2c",
 }
 
 func (p Protocol) String() string {
@@ -151,6 +153,15 @@ func (t *Tracker) ConnOpened(p Protocol) {
 func (t *Tracker) ConnClosed(p Protocol) {
 	if p < numProtocols {
 		t.conns[p].Add(-1)
+	}
+}
+
+// ConnMoved records that an open connection turned out to speak to, not
+// from (an HTTP/2 connection is counted as HTTP/1.1 until its first request).
+func (t *Tracker) ConnMoved(from, to Protocol) {
+	if from < numProtocols && to < numProtocols && from != to {
+		t.conns[to].Add(1)
+		t.conns[from].Add(-1)
 	}
 }
 

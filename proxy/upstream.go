@@ -173,6 +173,60 @@ func NewTransport(up Upstream, o TransportOptions) *http.Transport {
 	}
 }
 
+// UpstreamProtocol says how requests reach the app.
+type UpstreamProtocol string
+
+// The upstream protocols.
+const (
+	UpstreamHTTP1 UpstreamProtocol = "http1" // HTTP/1.1 for every request
+	UpstreamH2C   UpstreamProtocol = "h2c"   // HTTP/2 with prior knowledge for every request
+	// UpstreamAuto sends gRPC requests that arrived over HTTP/2 over h2c,
+	// and everything else over HTTP/1.1.
+	UpstreamAuto UpstreamProtocol = "auto"
+)
+
+// NewH2CTransport is NewTransport speaking HTTP/2 with prior knowledge
+// (h2c) to the app: one connection carries many concurrent streams.
+func NewH2CTransport(up Upstream, o TransportOptions) *http.Transport {
+	tr := NewTransport(up, o)
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return tr
+}
+
+// router picks the transport for each request.
+type router struct {
+	mode    UpstreamProtocol
+	h1, h2c http.RoundTripper
+}
+
+func (rt router) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch rt.mode {
+	case UpstreamH2C:
+		return rt.h2c.RoundTrip(req)
+	case UpstreamAuto:
+		if st := stateOf(req.Context()); st != nil && st.h2 && isGRPC(req.Header.Get("Content-Type")) {
+			return rt.h2c.RoundTrip(req)
+		}
+	}
+	return rt.h1.RoundTrip(req)
+}
+
+func (rt router) CloseIdleConnections() {
+	for _, t := range []http.RoundTripper{rt.h1, rt.h2c} {
+		if c, ok := t.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+	}
+}
+
+// isGRPC reports whether a content type is gRPC's (application/grpc,
+// application/grpc+proto, application/grpc-web is not: it is HTTP/1-friendly).
+func isGRPC(ct string) bool {
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
+}
+
 // targetHost is the host part of the URL the transport dials. For unix
 // sockets it is a placeholder; the dialer ignores it.
 func (u Upstream) targetHost() string {

@@ -17,6 +17,7 @@ type Config struct {
 
 	Upstream struct {
 		Address               string
+		Protocol              string
 		DialTimeout           time.Duration
 		ResponseHeaderTimeout time.Duration
 		IdleTimeout           time.Duration

@@ -160,6 +160,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	}
 	s.handler, err = proxy.NewHandler(proxy.Options{
 		Upstream: up,
+		Protocol: proxy.UpstreamProtocol(cfg.Upstream.Protocol),
 		TransportOptions: proxy.TransportOptions{
 			DialTimeout:           cfg.Upstream.DialTimeout,
 			ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,

@@ -192,6 +192,9 @@ func settings() []setting {
 			"admin listener (/metrics, /status, /config, /debug/pprof/), or off",
 			func(c *Config) *string { return &c.AdminListen }, listenAddr(true)),
 
+		strSetting("upstream-protocol", "upstream.protocol", "auto", "PROTO",
+			"how requests reach the app: http1, h2c (HTTP/2 with prior knowledge), or auto (h2c for gRPC that arrived over HTTP/2, else http1)",
+			func(c *Config) *string { return &c.Upstream.Protocol }, oneOf("auto", "http1", "h2c")),
 		durSetting("upstream-dial-timeout", "upstream.dial_timeout", "5s",
 			"bound on connecting to the app (past it: 504)",
 			func(c *Config) *time.Duration { return &c.Upstream.DialTimeout }),

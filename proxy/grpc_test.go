@@ -1,0 +1,259 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// testService implements the four RPC kinds of grpc-go's interop
+// TestService, plus errors with trailers and deadline reporting.
+type testService struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func payload(n int32) *testpb.Payload {
+	return &testpb.Payload{Body: []byte(strings.Repeat("p", int(n)))}
+}
+
+func (testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if st := req.GetResponseStatus(); st != nil && st.GetCode() != 0 {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-detail", "from-the-app"))
+		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+	}
+	msg := ""
+	if d, ok := ctx.Deadline(); ok {
+		msg = "deadline in " + time.Until(d).Round(time.Second).String()
+	}
+	return &testpb.SimpleResponse{Payload: payload(req.GetResponseSize()), Username: msg}, nil
+}
+
+func (testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	for _, p := range req.GetResponseParameters() {
+		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: payload(p.GetSize())}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (testService) StreamingInputCall(s grpc.ClientStreamingServer[testpb.StreamingInputCallRequest, testpb.StreamingInputCallResponse]) error {
+	var total int32
+	for {
+		m, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return s.SendAndClose(&testpb.StreamingInputCallResponse{AggregatedPayloadSize: total})
+		}
+		if err != nil {
+			return err
+		}
+		total += int32(len(m.GetPayload().GetBody()))
+	}
+}
+
+func (testService) FullDuplexCall(s grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+	for {
+		m, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, p := range m.GetResponseParameters() {
+			if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: payload(p.GetSize())}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// grpcRig is a grpc-go server behind tidegate's public server.
+type grpcRig struct {
+	tracker  *Tracker
+	front    *Server
+	client   testpb.TestServiceClient
+	accepted *atomic.Int32 // client connections accepted by tidegate
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int32
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+func newGRPCRig(t *testing.T, protocol UpstreamProtocol) *grpcRig {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	testpb.RegisterTestServiceServer(gs, testService{})
+	gsDone := make(chan struct{})
+	go func() { _ = gs.Serve(ln); close(gsDone) }()
+
+	up, _ := ParseUpstream(ln.Addr().String())
+	r := &grpcRig{tracker: NewTracker(TrackerOptions{}), accepted: new(atomic.Int32)}
+	m, err := NewMetrics(prometheus.NewRegistry(), r.tracker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHandler(Options{Upstream: up, Protocol: protocol, Tracker: r.tracker, Metrics: m,
+		TransportOptions: TransportOptions{IdleConnTimeout: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.front = NewServer(countingListener{fln, r.accepted}, h, r.tracker, ServerOptions{})
+	served := make(chan error, 1)
+	go func() { served <- r.front.Serve() }()
+	conn, err := grpc.NewClient(fln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.client = testpb.NewTestServiceClient(conn)
+	t.Cleanup(func() {
+		conn.Close()
+		_ = r.front.Close()
+		<-served
+		h.CloseIdleConnections()
+		gs.Stop()
+		<-gsDone
+		waitFor(t, func() bool { return r.tracker.ConnectionsTotal() == 0 })
+	})
+	return r
+}
+
+func TestGRPCAllFourKindsThroughTheProxy(t *testing.T) {
+	for _, proto := range []UpstreamProtocol{UpstreamAuto, UpstreamH2C} {
+		t.Run(string(proto), func(t *testing.T) {
+			r := newGRPCRig(t, proto)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+
+			// Unary, with a large (4 MiB - 1 KiB) response and the deadline
+			// propagated in grpc-timeout.
+			resp, err := r.client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 4<<20 - 1024})
+			if err != nil {
+				t.Fatalf("unary: %v", err)
+			}
+			if len(resp.GetPayload().GetBody()) != 4<<20-1024 || !strings.HasPrefix(resp.GetUsername(), "deadline in ") {
+				t.Fatalf("unary: %d bytes, %q", len(resp.GetPayload().GetBody()), resp.GetUsername())
+			}
+
+			// Server streaming.
+			ss, err := r.client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+				ResponseParameters: []*testpb.ResponseParameters{{Size: 10}, {Size: 20}, {Size: 30}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []int{10, 20, 30} {
+				m, err := ss.Recv()
+				if err != nil || len(m.GetPayload().GetBody()) != want {
+					t.Fatalf("server stream: %v, %v", m, err)
+				}
+			}
+			if _, err := ss.Recv(); !errors.Is(err, io.EOF) {
+				t.Fatalf("server stream end: %v", err)
+			}
+
+			// Client streaming.
+			cs, err := r.client.StreamingInputCall(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []int32{100, 200, 300} {
+				if err := cs.Send(&testpb.StreamingInputCallRequest{Payload: payload(n)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if res, err := cs.CloseAndRecv(); err != nil || res.GetAggregatedPayloadSize() != 600 {
+				t.Fatalf("client stream: %v, %v", res, err)
+			}
+
+			// Bidi: each reply arrives before the next message is sent.
+			bs, err := r.client.FullDuplexCall(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := int32(1); i <= 3; i++ {
+				if err := bs.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: i}}}); err != nil {
+					t.Fatal(err)
+				}
+				m, err := bs.Recv()
+				if err != nil || len(m.GetPayload().GetBody()) != int(i) {
+					t.Fatalf("bidi %d: %v, %v", i, m, err)
+				}
+			}
+			if err := bs.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := bs.Recv(); !errors.Is(err, io.EOF) {
+				t.Fatalf("bidi end: %v", err)
+			}
+
+			// A gRPC error keeps its status and trailers.
+			var trailer metadata.MD
+			_, err = r.client.UnaryCall(ctx, &testpb.SimpleRequest{ResponseStatus: &testpb.EchoStatus{Code: int32(codes.FailedPrecondition), Message: "not now"}},
+				grpc.Trailer(&trailer))
+			if st := status.Convert(err); st.Code() != codes.FailedPrecondition || st.Message() != "not now" || trailer.Get("x-detail")[0] != "from-the-app" {
+				t.Fatalf("error: %v, trailer %v", err, trailer)
+			}
+
+			if n := r.tracker.Connections(ProtocolH2C); n != 1 {
+				t.Fatalf("h2c connections %d, want the client's 1", n)
+			}
+			waitFor(t, func() bool { return r.tracker.InFlight() == 0 })
+		})
+	}
+}
+
+// The drain tells an HTTP/2 client to move: the response during the drain
+// carries a GOAWAY, the stream completes, and the next RPC opens a new
+// connection.
+func TestGRPCDrainMovesTheClient(t *testing.T) {
+	r := newGRPCRig(t, UpstreamAuto)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.client.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	r.front.BeginDrain()
+	for i := range 20 {
+		if _, err := r.client.UnaryCall(ctx, &testpb.SimpleRequest{}); err != nil {
+			t.Fatalf("RPC %d during the drain: %v", i, err)
+		}
+	}
+	if r.tracker.Requests() != 21 {
+		t.Fatalf("%d requests proxied, want 21", r.tracker.Requests())
+	}
+	// Before the drain one connection carried everything; during it every
+	// response said GOAWAY, so the client kept opening new ones.
+	if n := r.accepted.Load(); n < 10 {
+		t.Fatalf("the client used %d connections for 20 RPCs during the drain: it was not told to move", n)
+	}
+}
