@@ -15,12 +15,14 @@ type Protocol uint8
 const (
 	ProtocolHTTP1 Protocol = iota
 	ProtocolH2C            // HTTP/2 over cleartext, prior knowledge
+	ProtocolTCP            // raw TCP listeners
 	numProtocols
 )
 
 var protocolNames = [numProtocols]string{
 	ProtocolHTTP1: "http1",
 	ProtocolH2C:   "h2c",
+	ProtocolTCP:   "tcp",
 }
 
 func (p Protocol) String() string {

@@ -1,0 +1,188 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// TCPOptions configures a TCPServer.
+type TCPOptions struct {
+	// DialTimeout bounds connecting to the app. Zero means 5s.
+	DialTimeout time.Duration
+	// Logger receives connection errors at debug level and dial failures at
+	// warn. Nil means no logs.
+	Logger *zap.Logger
+}
+
+// TCPServer proxies raw TCP connections to the app, bytes both ways with
+// half-close. Each connection is counted in the Tracker as one request in
+// flight and one connection of protocol "tcp", for its whole life.
+//
+// Drain semantics: a raw byte stream has no way to tell a client to move, so
+// BeginDrain changes nothing; Shutdown stops accepting and waits for the
+// connections to end by themselves until its context ends; Close cuts them.
+type TCPServer struct {
+	ln      *trackedListener
+	up      Upstream
+	tracker *Tracker
+	log     *zap.Logger
+	dialer  net.Dialer
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // client and app sides of live sessions
+	closed bool
+	wg     sync.WaitGroup // sessions
+}
+
+// NewTCPServer returns a TCPServer that will proxy connections accepted on
+// ln to up.
+func NewTCPServer(ln net.Listener, up Upstream, t *Tracker, o TCPOptions) *TCPServer {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	return &TCPServer{ln: &trackedListener{Listener: ln}, up: up, tracker: t, log: o.Logger,
+		dialer: net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}, conns: map[net.Conn]struct{}{}}
+}
+
+// Addr returns the listening address.
+func (s *TCPServer) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until Shutdown or Close; then it returns nil.
+func (s *TCPServer) Serve() error {
+	var backoff time.Duration
+	for {
+		c, err := s.ln.Listener.Accept()
+		if err != nil {
+			if s.ln.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() { // EMFILE and friends: back off, as net/http does
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; backing off", zap.Error(err), zap.Duration("backoff", backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)
+		}
+		backoff = 0
+		if !s.track(c) {
+			_ = c.Close()
+			continue
+		}
+		s.wg.Go(func() { s.session(c) })
+	}
+}
+
+// track registers a live conn; false once the server is closed.
+func (s *TCPServer) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *TCPServer) untrack(cs ...net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range cs {
+		delete(s.conns, c)
+	}
+}
+
+func (s *TCPServer) session(client net.Conn) {
+	s.tracker.ConnOpened(ProtocolTCP)
+	s.tracker.RequestStarted(false)
+	defer func() {
+		s.tracker.RequestDone()
+		s.tracker.ConnClosed(ProtocolTCP)
+	}()
+	defer client.Close()
+	defer s.untrack(client)
+
+	network := "tcp"
+	if s.up.Network == "unix" {
+		network = "unix"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.dialer.Timeout)
+	app, err := s.dialer.DialContext(ctx, network, s.up.Address)
+	cancel()
+	if err != nil {
+		s.log.Warn("tcp: dial upstream failed", zap.String("reason", string(classify(context.Background(), err).reason)),
+			zap.String("remote_addr", client.RemoteAddr().String()), zap.Error(err))
+		return
+	}
+	if !s.track(app) {
+		_ = app.Close()
+		return
+	}
+	defer app.Close()
+	defer s.untrack(app)
+
+	done := make(chan struct{}, 2)
+	pipe := func(dst, src net.Conn) {
+		_, err := io.Copy(dst, src)
+		if err == nil {
+			// src said EOF: pass the half-close on, keep the other way open.
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				_ = cw.CloseWrite()
+			}
+		} else {
+			// An error on either side ends the session.
+			s.log.Debug("tcp: session ended by error", zap.Error(err))
+			_ = dst.Close()
+			_ = src.Close()
+		}
+		done <- struct{}{}
+	}
+	go pipe(app, client)
+	go pipe(client, app)
+	<-done
+	<-done
+}
+
+// BeginDrain does nothing: a raw TCP stream cannot be told to move.
+func (s *TCPServer) BeginDrain() {}
+
+// EndDrain does nothing.
+func (s *TCPServer) EndDrain() {}
+
+// Shutdown stops accepting and waits for the sessions to end until ctx
+// ends; then it returns ctx's error and the sessions stay open until Close.
+func (s *TCPServer) Shutdown(ctx context.Context) error {
+	_ = s.ln.Close()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close stops accepting, cuts every session and waits for them to unwind.
+func (s *TCPServer) Close() error {
+	err := s.ln.Close()
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return err
+}
