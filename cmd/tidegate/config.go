@@ -11,9 +11,10 @@ import (
 // setting of the table in settings.go, which says its flag, env var, YAML
 // key and default; Config itself holds only values.
 type Config struct {
-	Listen       string
-	HealthListen string // "off" disables the health listener
-	AdminListen  string // "off" disables the admin listener
+	Listen       []string // public listeners; see listeners for the resolved list
+	Protocol     []string // by position with Listen; one applies to all
+	HealthListen string   // "off" disables the health listener
+	AdminListen  string   // "off" disables the admin listener
 
 	Upstream struct {
 		Address               string
@@ -75,6 +76,15 @@ type Config struct {
 		Format string
 	}
 	AccessLog string // "off", "stdout", "stderr" or a file path
+}
+
+// listenerSpec is one public listener, from --listen/--protocol or the YAML
+// "listeners" list.
+type listenerSpec struct {
+	Name     string `json:"name"`
+	Address  string `json:"address"`
+	Protocol string `json:"protocol"` // http (HTTP/1.1 and h2c) or tcp
+	Upstream string `json:"upstream"` // empty: the global upstream
 }
 
 // off is the value that disables an optional listener or the access log.

@@ -86,7 +86,7 @@ func demoCmd(args []string, e env) int {
 		code, rep := sc.run(sig)
 		done <- result{code, rep}
 	}()
-	public := "http://" + sc.public.Addr().String()
+	public := "http://" + sc.publicAddr()
 	readyz := "http://" + sc.aux[0].ln.Addr().String() + "/readyz"
 
 	fmt.Fprintf(out, "tidegate demo\n  app      %s (\"/\" takes 2ms, \"/slow\" %s)\n  sidecar  %s → app (drain delay %s, quiet %s)\n  balancer checks %s every %s\n\n",

@@ -44,10 +44,12 @@ func (r *rawFlag) IsBoolFlag() bool   { return r.isBool }
 
 // loaded is a Config and where each of its values came from.
 type loaded struct {
-	cfg        Config
-	origin     map[string]string // setting key → "--flag", "TIDEGATE_X", "config file F", "default"
-	fileProbes []healthz.Spec    // the YAML "probes" list
-	probes     []healthz.Spec    // every probe, validated
+	cfg           Config
+	origin        map[string]string // setting key → "--flag", "TIDEGATE_X", "config file F", "default"
+	fileProbes    []healthz.Spec    // the YAML "probes" list
+	probes        []healthz.Spec    // every probe, validated
+	fileListeners []listenerSpec    // the YAML "listeners" list
+	listeners     []listenerSpec    // every public listener, validated
 }
 
 // loadConfig builds the effective Config of `tidegate run` from args, the
@@ -191,6 +193,12 @@ func (l *loaded) applyMap(byKey map[string]setting, prefix string, m map[string]
 			}
 		}
 		switch sub, isMap := v.(map[string]any); {
+		case key == "listeners":
+			specs, err := parseListenerList(v)
+			if err != nil {
+				return err
+			}
+			l.fileListeners = specs
 		case key == "probes":
 			specs, err := parseProbeList(v)
 			if err != nil {
@@ -321,14 +329,23 @@ func (l *loaded) validate(table []setting) error {
 	if c.Server.MaxHeaderBytes > 16<<20 {
 		return fmt.Errorf("%s: %s is more than the 16MiB a header block may take", l.describeKey(table, "server.max_header_bytes"), formatBytes(c.Server.MaxHeaderBytes))
 	}
+	labels, err := l.resolveListeners(table)
+	if err != nil {
+		return err
+	}
 	type listener struct{ key, addr string }
-	ls := []listener{{"listen", c.Listen}, {"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen},
-		{"grpc_health_listen", c.GRPCHealthListen}}
+	var ls []listener
+	for i, pl := range l.listeners {
+		ls = append(ls, listener{labels[i], pl.Address})
+	}
+	for _, x := range []listener{{"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen}, {"grpc_health_listen", c.GRPCHealthListen}} {
+		x.key = l.describeKey(table, x.key)
+		ls = append(ls, x)
+	}
 	for i, a := range ls {
 		for _, b := range ls[i+1:] {
 			if a.addr != off && b.addr != off && sameListenAddr(a.addr, b.addr) {
-				return fmt.Errorf("%s and %s are both %q: each listener needs its own port",
-					l.describeKey(table, a.key), l.describeKey(table, b.key), a.addr)
+				return fmt.Errorf("%s and %s are both %q: each listener needs its own port", a.key, b.key, a.addr)
 			}
 		}
 	}
@@ -339,16 +356,122 @@ func (l *loaded) validate(table []setting) error {
 	if err := l.validateApp(table); err != nil {
 		return err
 	}
-	probes, err := l.probeSpecs()
-	if err != nil {
+	if l.probes, err = l.probeSpecs(); err != nil {
 		return err
 	}
-	l.probes = probes
-	if up, err := proxy.ParseUpstream(c.Upstream.Address); err == nil && up.Network == "tcp" && sameListenAddr(up.Address, c.Listen) {
-		return fmt.Errorf("%s %q is tidegate's own listener %q: requests would loop; point it at the app",
-			l.describeKey(table, "upstream.address"), c.Upstream.Address, c.Listen)
-	}
 	return nil
+}
+
+// resolveListeners decides the public listeners: --listen/--protocol from
+// flags or env win over a YAML listeners list, which wins over the listen
+// key and the default. Each gets a name, a protocol and an upstream. It
+// returns, per listener, where it came from, for error messages.
+func (l *loaded) resolveListeners(table []setting) ([]string, error) {
+	c := &l.cfg
+	listenFrom := l.describeKey(table, "listen")
+	fromCLI := strings.HasPrefix(l.origin["listen"], "--") || strings.HasPrefix(l.origin["listen"], "TIDEGATE_")
+	var labels []string
+	switch {
+	case len(l.fileListeners) > 0 && !fromCLI:
+		if l.origin["listen"] == "config file" || l.origin["protocol"] == "config file" {
+			return nil, fmt.Errorf("config file: give either listen/protocol or a listeners list, not both")
+		}
+		l.listeners = append([]listenerSpec(nil), l.fileListeners...)
+		for i := range l.listeners {
+			labels = append(labels, fmt.Sprintf("config file listeners[%d]", i))
+		}
+	default:
+		if len(c.Listen) == 0 {
+			return nil, fmt.Errorf("%s: no public listener: give an address, like :8080", listenFrom)
+		}
+		if len(c.Protocol) != 1 && len(c.Protocol) != len(c.Listen) {
+			return nil, fmt.Errorf("%d %s values for %d %s addresses: give one for all, or one per address",
+				len(c.Protocol), l.describeKey(table, "protocol"), len(c.Listen), listenFrom)
+		}
+		l.listeners = nil
+		for i, addr := range c.Listen {
+			proto := c.Protocol[0]
+			if len(c.Protocol) > 1 {
+				proto = c.Protocol[i]
+			}
+			l.listeners = append(l.listeners, listenerSpec{Address: addr, Protocol: proto})
+			labels = append(labels, listenFrom)
+		}
+	}
+	names := map[string]bool{}
+	for i := range l.listeners {
+		pl, label := &l.listeners[i], labels[i]
+		if pl.Protocol == "" {
+			pl.Protocol = "http"
+		}
+		if pl.Name == "" {
+			pl.Name = pl.Protocol + "-" + fmt.Sprint(i+1)
+			if len(l.listeners) == 1 {
+				pl.Name = "public"
+			}
+		}
+		if names[pl.Name] {
+			return nil, fmt.Errorf("%s: listener name %q is used twice", label, pl.Name)
+		}
+		names[pl.Name] = true
+		if err := oneOf("http", "tcp")(pl.Protocol); err != nil {
+			return nil, fmt.Errorf("%s: protocol %w", label, err)
+		}
+		if err := listenAddr(false)(pl.Address); err != nil {
+			return nil, fmt.Errorf("%s: %w", label, err)
+		}
+		upFrom := label + " upstream"
+		if pl.Upstream == "" {
+			pl.Upstream, upFrom = c.Upstream.Address, l.describeKey(table, "upstream.address")
+		}
+		if pl.Upstream == "" {
+			return nil, fmt.Errorf("%s: no upstream: tell tidegate where the app listens with --upstream host:port (or TIDEGATE_UPSTREAM, or upstream: in the config file)", upFrom)
+		}
+		up, err := proxy.ParseUpstream(pl.Upstream)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", upFrom, err)
+		}
+		for _, other := range l.listeners {
+			if up.Network == "tcp" && sameListenAddr(up.Address, other.Address) {
+				return nil, fmt.Errorf("%s %q is tidegate's own listener %q: requests would loop; point it at the app",
+					upFrom, pl.Upstream, other.Address)
+			}
+		}
+	}
+	if c.Upstream.Address != "" {
+		if _, err := proxy.ParseUpstream(c.Upstream.Address); err != nil {
+			return nil, fmt.Errorf("%s: %w", l.describeKey(table, "upstream.address"), err)
+		}
+	}
+	return labels, nil
+}
+
+// parseListenerList decodes the YAML listeners list strictly.
+func parseListenerList(v any) ([]listenerSpec, error) {
+	items, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("listeners: want a list, like - {name: web, address: \":8080\", protocol: http}")
+	}
+	var out []listenerSpec
+	for i, it := range items {
+		if m, ok := it.(map[string]any); ok {
+			if _, ok := m["tls"]; ok {
+				return nil, fmt.Errorf("listeners[%d]: tls is not supported yet: terminate TLS in front of tidegate", i)
+			}
+		}
+		raw, err := json.Marshal(it)
+		if err != nil {
+			return nil, fmt.Errorf("listeners[%d]: %w", i, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		var ls listenerSpec
+		if err := dec.Decode(&ls); err != nil {
+			return nil, fmt.Errorf("listeners[%d]: %w", i, err)
+		}
+		out = append(out, ls)
+	}
+	return out, nil
 }
 
 // validateApp checks that the app stop strategy has what it needs, and
@@ -433,6 +556,13 @@ func (l *loaded) effective() map[string]string {
 	}
 	if len(l.cfg.App.Command) > 0 {
 		out["app.command"] = strings.Join(l.cfg.App.Command, " ")
+	}
+	if len(l.listeners) > 1 || (len(l.listeners) == 1 && (l.listeners[0].Protocol != "http" || l.listeners[0].Upstream != l.cfg.Upstream.Address)) {
+		parts := make([]string, 0, len(l.listeners))
+		for _, pl := range l.listeners {
+			parts = append(parts, fmt.Sprintf("%s=%s://%s→%s", pl.Name, pl.Protocol, pl.Address, pl.Upstream))
+		}
+		out["listeners"] = strings.Join(parts, "; ")
 	}
 	if len(l.fileProbes) > 0 {
 		targets := make([]string, 0, len(l.fileProbes))

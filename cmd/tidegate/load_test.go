@@ -31,7 +31,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := l.cfg
-	if c.Listen != ":8080" || c.HealthListen != ":8081" || c.AdminListen != "127.0.0.1:9901" {
+	if len(c.Listen) != 1 || c.Listen[0] != ":8080" || len(l.listeners) != 1 || l.listeners[0] != (listenerSpec{Name: "public", Address: ":8080", Protocol: "http", Upstream: "127.0.0.1:3000"}) || c.HealthListen != ":8081" || c.AdminListen != "127.0.0.1:9901" {
 		t.Errorf("listeners %q %q %q", c.Listen, c.HealthListen, c.AdminListen)
 	}
 	if c.Upstream.DialTimeout != 5*time.Second || c.Upstream.ResponseHeaderTimeout != 60*time.Second ||
@@ -199,6 +199,13 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 		{"bad restart policy", []string{"--upstream", ":3000", "--app-restart", "sometimes"}, nil, "", []string{"--app-restart", `"sometimes"`}},
 		{"unknown key", nil, nil, "upstream: :3000\nserver:\n  idel_timeout: 5s\n", []string{`"server.idel_timeout"`, `did you mean "server.idle_timeout"`}},
 		{"unknown section", nil, nil, "upstream: :3000\nfrobnicate: {a: 1}\n", []string{`"frobnicate"`}},
+		{"protocol count", []string{"--upstream", ":3000", "--listen", ":1", "--listen", ":2", "--listen", ":4", "--protocol", "http", "--protocol", "tcp"}, nil, "", []string{"2 --protocol values for 3 --listen"}},
+		{"bad protocol", []string{"--upstream", ":3000", "--protocol", "udp"}, nil, "", []string{"--listen", `"udp"`}},
+		{"listeners tls", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", tls: {cert: a, key: b}}\n", []string{"listeners[0]", "tls is not supported yet"}},
+		{"listeners unknown field", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", proto: tcp}\n", []string{"listeners[0]", `"proto"`}},
+		{"listeners and listen", nil, nil, "upstream: :3000\nlisten: \":1\"\nlisteners:\n- {address: \":2\"}\n", []string{"not both"}},
+		{"listener without upstream", nil, nil, "listeners:\n- {name: a, address: \":1\", upstream: \":3000\"}\n- {name: b, address: \":2\"}\n", []string{"--upstream", "no upstream"}},
+		{"listener names twice", nil, nil, "upstream: :3000\nlisteners:\n- {name: a, address: \":1\"}\n- {name: a, address: \":2\"}\n", []string{`"a" is used twice`}},
 		{"probe named port", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {httpGet: {path: /r, port: http}}\n", []string{"probes[0]", `named port`}},
 		{"probe unknown field", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {httpGett: {port: 1}}\n", []string{"probes[0]", `"httpGett"`}},
 		{"probe liveness success threshold", nil, nil, "upstream: :3000\nprobes:\n- livenessProbe: {tcpSocket: {port: 3000}, successThreshold: 2}\n", []string{"app/liveness", "successThreshold is 2"}},
@@ -208,7 +215,7 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 		{"probe no port flag", []string{"--upstream", ":3000", "--liveness", "http://127.0.0.1/healthz"}, nil, "", []string{"--liveness", "give a port"}},
 		{"probe threshold zero", []string{"--upstream", ":3000", "--probe-failure-threshold", "0"}, nil, "", []string{"--probe-failure-threshold", "less than 1"}},
 		{"bad value in file", nil, nil, "upstream: :3000\ndrain:\n  timeout: 5 seconds\n", []string{"drain.timeout", `"5 seconds"`}},
-		{"list for scalar", nil, nil, "upstream: :3000\nlisten: [a, b]\n", []string{"listen", "not a list"}},
+		{"list for scalar", nil, nil, "upstream: :3000\ndrain: {delay: [1s, 2s]}\n", []string{"drain.delay", "not a list"}},
 		{"duplicate key", nil, nil, "upstream: :3000\nlisten: :1\nlisten: :2\n", []string{"not valid YAML"}},
 		{"not a mapping", nil, nil, "- a\n- b\n", []string{"top level"}},
 		{"bad value in file, validated", nil, nil, "upstream: :3000\nlisten: nowhere\n", []string{"config file key listen", `"nowhere"`}},
@@ -324,6 +331,41 @@ probes:
 	}
 	if e := l.probes[5]; e.Exec == nil || e.Kind != healthz.Liveness || strings.Join(e.Exec.Command, " ") != "test -f /tmp/alive" || e.SuccessThreshold != 1 {
 		t.Fatalf("flag liveness probe: %+v", e)
+	}
+}
+
+func TestListeners(t *testing.T) {
+	l, err := loadConfig([]string{"--upstream", ":3000", "--listen", ":1", "--listen", ":2", "--protocol", "http", "--protocol", "tcp"}, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []listenerSpec{{"http-1", ":1", "http", ":3000"}, {"tcp-2", ":2", "tcp", ":3000"}}
+	if len(l.listeners) != 2 || l.listeners[0] != want[0] || l.listeners[1] != want[1] {
+		t.Fatalf("listeners %+v, want %+v", l.listeners, want)
+	}
+	l, err = loadConfig([]string{"--upstream", ":3000"}, envOf(map[string]string{"TIDEGATE_LISTEN": ":1,:2", "TIDEGATE_PROTOCOL": "tcp"}))
+	if err != nil || len(l.listeners) != 2 || l.listeners[1].Protocol != "tcp" {
+		t.Fatalf("one protocol for all: %+v %v", l.listeners, err)
+	}
+	file := writeFile(t, `
+listeners:
+  - {name: web, address: ":8080", upstream: "127.0.0.1:3000"}
+  - {name: db, address: ":5433", protocol: tcp, upstream: "127.0.0.1:5432"}
+`)
+	l, err = loadConfig([]string{"--config", file}, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.listeners[0] != (listenerSpec{"web", ":8080", "http", "127.0.0.1:3000"}) || l.listeners[1] != (listenerSpec{"db", ":5433", "tcp", "127.0.0.1:5432"}) {
+		t.Fatalf("YAML listeners without a global upstream: %+v", l.listeners)
+	}
+	if !strings.Contains(l.effective()["listeners"], "db=tcp://:5433→127.0.0.1:5432") {
+		t.Fatalf("/config listeners: %q", l.effective()["listeners"])
+	}
+	// A --listen flag replaces the file's list (flag > file).
+	l, err = loadConfig([]string{"--config", file, "--listen", ":9000", "--upstream", ":3000"}, envOf(nil))
+	if err != nil || len(l.listeners) != 1 || l.listeners[0].Address != ":9000" {
+		t.Fatalf("--listen over a YAML list: %+v %v", l.listeners, err)
 	}
 }
 

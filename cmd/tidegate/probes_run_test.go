@@ -70,7 +70,7 @@ func TestProbesGateStartAndTraffic(t *testing.T) {
 	app := newFlippable(t)
 	sc, _, reports := startSidecar(t, app.Server, "--readiness", app.URL+"/health",
 		"--probe-period", "20ms", "--probe-failure-threshold", "1", "--gate-unready", "--drain-delay", "200ms", "--drain-quiet", "0s")
-	public := "http://" + sc.public.Addr().String()
+	public := "http://" + sc.publicAddr()
 	health := "http://" + sc.aux[0].ln.Addr().String()
 
 	// Starting: the app's probe fails, so tidegate answers for it.
@@ -137,7 +137,7 @@ func TestHoldUntilReady(t *testing.T) {
 	app := newFlippable(t)
 	sc, sig, reports := startSidecar(t, app.Server, "--readiness", app.URL+"/health",
 		"--probe-period", "20ms", "--hold-until-ready", "5s", "--drain-delay", "0s", "--drain-quiet", "0s")
-	public := "http://" + sc.public.Addr().String()
+	public := "http://" + sc.publicAddr()
 	got := make(chan int, 1)
 	go func() { c, _, _ := get(t, public+"/"); got <- c }()
 	select {
@@ -234,7 +234,7 @@ func TestUndrainDuringStartKeepsTheGate(t *testing.T) {
 	if p := sc.life.Phase(); p != drain.Starting {
 		t.Fatalf("after drain and undrain while starting: phase %s, want starting", p)
 	}
-	if code, _, body := get(t, "http://"+sc.public.Addr().String()+"/"); code != 503 || !strings.Contains(body, "not ready yet") {
+	if code, _, body := get(t, "http://"+sc.publicAddr()+"/"); code != 503 || !strings.Contains(body, "not ready yet") {
 		t.Fatalf("after the undrain: %d %q, want the start gate's 503", code, body)
 	}
 	app.healthy.Store(true)

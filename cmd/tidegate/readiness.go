@@ -69,12 +69,11 @@ func (s *sidecar) phaseChanged(from, to drain.Phase) {
 // a drain: tidegate keeps serving while load balancers move away.
 type gate struct {
 	s     *sidecar
-	next  http.Handler
 	gated *prometheus.CounterVec
 }
 
-func newGate(s *sidecar, next http.Handler) (*gate, error) {
-	g := &gate{s: s, next: next, gated: prometheus.NewCounterVec(prometheus.CounterOpts{
+func newGate(s *sidecar) (*gate, error) {
+	g := &gate{s: s, gated: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tidegate_gated_requests_total",
 		Help: "Requests answered 503 by tidegate instead of the app: reason starting (before the app was first ready) or unready (--gate-unready).",
 	}, []string{"reason"})}
@@ -84,18 +83,21 @@ func newGate(s *sidecar, next http.Handler) (*gate, error) {
 	return g, s.reg.Register(g.gated)
 }
 
-func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch phase := g.s.life.Phase(); {
-	case phase == drain.Starting:
-		if !g.hold(r.Context()) {
-			g.refuse(w, "starting", "the app is not ready yet")
+// wrap puts the gate in front of next.
+func (g *gate) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch phase := g.s.life.Phase(); {
+		case phase == drain.Starting:
+			if !g.hold(r.Context()) {
+				g.refuse(w, "starting", "the app is not ready yet")
+				return
+			}
+		case phase == drain.Serving && g.s.cfg.GateUnready && !g.s.appReady():
+			g.refuse(w, "unready", "the app is not ready")
 			return
 		}
-	case phase == drain.Serving && g.s.cfg.GateUnready && !g.s.appReady():
-		g.refuse(w, "unready", "the app is not ready")
-		return
-	}
-	g.next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r)
+	})
 }
 
 // hold waits up to --hold-until-ready for the lifecycle to leave starting.

@@ -114,12 +114,12 @@ type sidecar struct {
 	build   buildInfo
 	started time.Time
 
-	reg     *prometheus.Registry
-	life    *drain.Lifecycle
-	tracker *proxy.Tracker
-	handler *proxy.Handler
-	public  *proxy.Server
-	aux     []*auxServer // health and admin listeners, stopped last
+	reg      *prometheus.Registry
+	life     *drain.Lifecycle
+	tracker  *proxy.Tracker
+	handlers []*proxy.Handler
+	public   publicListeners
+	aux      []*auxServer // health and admin listeners, stopped last
 
 	app     drain.App    // how the app is stopped
 	child   *drain.Child // the supervised app, in child mode (set by run)
@@ -138,10 +138,6 @@ type sidecar struct {
 // no app yet.
 func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err error) {
 	cfg := &l.cfg
-	up, err := proxy.ParseUpstream(cfg.Upstream.Address)
-	if err != nil {
-		return nil, usageError{err}
-	}
 	s := &sidecar{cfg: cfg, loaded: l, log: logs.log, build: build, started: time.Now(),
 		reg: prometheus.NewRegistry(), appGone: make(chan drain.AppExit, 1)}
 
@@ -158,27 +154,6 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	if err != nil {
 		return nil, fmt.Errorf("register proxy metrics: %w", err)
 	}
-	s.handler, err = proxy.NewHandler(proxy.Options{
-		Upstream: up,
-		Protocol: proxy.UpstreamProtocol(cfg.Upstream.Protocol),
-		TransportOptions: proxy.TransportOptions{
-			DialTimeout:           cfg.Upstream.DialTimeout,
-			ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
-			IdleConnTimeout:       cfg.Upstream.IdleTimeout,
-			MaxIdleConns:          cfg.Upstream.MaxIdleConns,
-			ExpectContinueTimeout: cfg.Upstream.ExpectContinueTimeout,
-		},
-		MaxBodyBytes: cfg.Server.MaxBodyBytes,
-		Forwarded:    proxy.ForwardedMode(cfg.Server.Forwarded),
-		Tracker:      s.tracker,
-		Metrics:      metrics,
-		Logger:       s.log.Named("proxy"),
-		AccessLog:    logs.access,
-	})
-	if err != nil {
-		return nil, usageError{err}
-	}
-
 	if err := s.buildApp(); err != nil {
 		return nil, err
 	}
@@ -189,7 +164,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	s.grpcHealth = healthz.NewGRPCHealth(s.probes.Containers()...)
 	s.grpcSrv = grpc.NewServer()
 	s.grpcHealth.Register(s.grpcSrv)
-	gated, err := newGate(s, s.handler)
+	g, err := newGate(s)
 	if err != nil {
 		return nil, fmt.Errorf("register gate metrics: %w", err)
 	}
@@ -203,17 +178,40 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 			}
 		}
 	}()
-	ln, err := proxy.Listen(cfg.Listen)
-	if err != nil {
-		return nil, err
+	handlers := map[string]http.Handler{} // one per upstream, shared by its HTTP listeners
+	for _, pl := range l.listeners {
+		up, err := proxy.ParseUpstream(pl.Upstream)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		ln, err := proxy.Listen(pl.Address)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", pl.Name, err)
+		}
+		bound = append(bound, ln)
+		var srv publicServer
+		if pl.Protocol == "tcp" {
+			srv = proxy.NewTCPServer(ln, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout, Logger: s.log.Named("tcp")})
+		} else {
+			h := handlers[pl.Upstream]
+			if h == nil {
+				ph, err := s.newProxyHandler(up, metrics, logs.access)
+				if err != nil {
+					return nil, usageError{err}
+				}
+				s.handlers = append(s.handlers, ph)
+				h = g.wrap(ph)
+				handlers[pl.Upstream] = h
+			}
+			srv = proxy.NewServer(ln, h, s.tracker, proxy.ServerOptions{
+				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+				IdleTimeout:       cfg.Server.IdleTimeout,
+				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
+				Logger:            s.log.Named("public"),
+			})
+		}
+		s.public = append(s.public, publicListener{spec: pl, srv: srv})
 	}
-	bound = append(bound, ln)
-	s.public = proxy.NewServer(ln, gated, s.tracker, proxy.ServerOptions{
-		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
-		Logger:            s.log.Named("public"),
-	})
 
 	s.drainer, err = drain.New(drain.Options{
 		Delay: cfg.Drain.Delay, Quiet: cfg.Drain.Quiet, Timeout: cfg.Drain.Timeout,
@@ -253,6 +251,84 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	}
 	return s, nil
 }
+
+// newProxyHandler builds the data plane for one upstream.
+func (s *sidecar) newProxyHandler(up proxy.Upstream, metrics *proxy.Metrics, access *zap.Logger) (*proxy.Handler, error) {
+	cfg := s.cfg
+	return proxy.NewHandler(proxy.Options{
+		Upstream: up,
+		Protocol: proxy.UpstreamProtocol(cfg.Upstream.Protocol),
+		TransportOptions: proxy.TransportOptions{
+			DialTimeout:           cfg.Upstream.DialTimeout,
+			ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
+			IdleConnTimeout:       cfg.Upstream.IdleTimeout,
+			MaxIdleConns:          cfg.Upstream.MaxIdleConns,
+			ExpectContinueTimeout: cfg.Upstream.ExpectContinueTimeout,
+		},
+		MaxBodyBytes: cfg.Server.MaxBodyBytes,
+		Forwarded:    proxy.ForwardedMode(cfg.Server.Forwarded),
+		Tracker:      s.tracker,
+		Metrics:      metrics,
+		Logger:       s.log.Named("proxy"),
+		AccessLog:    access,
+	})
+}
+
+// publicServer is an HTTP or a TCP public listener: what the drain steers,
+// plus serving.
+type publicServer interface {
+	drain.Frontend
+	Serve() error
+	Addr() net.Addr
+}
+
+type publicListener struct {
+	spec listenerSpec
+	srv  publicServer
+}
+
+// publicListeners drains every public listener as one.
+type publicListeners []publicListener
+
+func (ps publicListeners) BeginDrain() {
+	for _, p := range ps {
+		p.srv.BeginDrain()
+	}
+}
+
+func (ps publicListeners) EndDrain() {
+	for _, p := range ps {
+		p.srv.EndDrain()
+	}
+}
+
+// Shutdown shuts every listener down at once and returns the first error.
+func (ps publicListeners) Shutdown(ctx context.Context) error {
+	errs := make(chan error, len(ps))
+	for _, p := range ps {
+		go func() { errs <- p.srv.Shutdown(ctx) }()
+	}
+	var first error
+	for range ps {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (ps publicListeners) Close() error {
+	var first error
+	for _, p := range ps {
+		if err := p.srv.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// publicAddr is the first public listener's address.
+func (s *sidecar) publicAddr() string { return s.public[0].srv.Addr().String() }
 
 // buildApp picks how the app will be stopped. The child itself is started
 // by run, once the listeners are bound.
@@ -360,7 +436,11 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		s.app = failedApp{strategy: s.cfg.App.Stop, err: err}
 		s.drainer.Force("app_start_failed")
 	}
-	fields := []zap.Field{zap.String("listen", s.public.Addr().String()), zap.String("upstream", s.cfg.Upstream.Address),
+	listeners := make([]string, 0, len(s.public))
+	for _, p := range s.public {
+		listeners = append(listeners, p.spec.Name+"="+p.spec.Protocol+"://"+p.srv.Addr().String())
+	}
+	fields := []zap.Field{zap.String("listen", s.publicAddr()), zap.Strings("listeners", listeners), zap.String("upstream", s.cfg.Upstream.Address),
 		zap.String("app_stop", s.cfg.App.Stop), zap.String("version", s.build.Version)}
 	for _, a := range s.aux {
 		fields = append(fields, zap.String(a.name+"_listen", a.ln.Addr().String()))
@@ -379,12 +459,14 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		s.log.Named("lifecycle").Info("waiting for the app's startup and readiness probes before serving",
 			zap.String("phase", drain.Starting.String()))
 	}
-	errc := make(chan error, 2+len(s.aux))
-	go func() { errc <- s.public.Serve() }()
+	errc := make(chan error, 1+len(s.public)+len(s.aux))
+	for _, p := range s.public {
+		go func() { errc <- p.srv.Serve() }()
+	}
 	for _, a := range s.aux {
 		go func() { errc <- a.serve() }()
 	}
-	running := 1 + len(s.aux)
+	running := len(s.public) + len(s.aux)
 	if s.grpcLn != nil {
 		running++
 		go func() { errc <- s.grpcSrv.Serve(s.grpcLn) }()
@@ -441,7 +523,9 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 			done = true
 		}
 	}
-	s.handler.CloseIdleConnections()
+	for _, h := range s.handlers {
+		h.CloseIdleConnections()
+	}
 	if s.child != nil && code == 0 {
 		code = rep.App.ExitCode()
 	}

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tidegate/tidegate/drain"
+	"github.com/tidegate/tidegate/proxy"
 )
 
 // startSidecar runs an in-process sidecar in front of app with the given
@@ -69,7 +74,7 @@ func TestSignalAfterPreStopDrainIsNotASecondSignal(t *testing.T) {
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
 	defer app.Close()
 	sc, sig, reports := startSidecar(t, app, "--drain-delay", "100ms", "--drain-quiet", "0s")
-	public := "http://" + sc.public.Addr().String()
+	public := "http://" + sc.publicAddr()
 
 	result := make(chan int, 1)
 	go func() {
@@ -107,7 +112,7 @@ func TestSecondSignalForces(t *testing.T) {
 	cut := make(chan struct{})
 	defer func() { <-cut }()
 	go func() {
-		_, _ = oneShot("http://" + sc.public.Addr().String())
+		_, _ = oneShot("http://" + sc.publicAddr())
 		close(cut)
 	}()
 	deadline := time.Now().Add(5 * time.Second)
@@ -119,5 +124,82 @@ func TestSecondSignalForces(t *testing.T) {
 	rep := waitReport(t, reports)
 	if rep.Result != "forced" || rep.Cut != 1 || rep.Duration() > 2*time.Second {
 		t.Fatalf("report %+v", rep)
+	}
+}
+
+// An HTTP and a TCP listener side by side; the drain keeps the TCP session
+// through the delay and cuts it, counted, at the deadline.
+func TestTCPListenerThroughTheDrain(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "http ok") }))
+	defer app.Close()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	file := filepath.Join(t.TempDir(), "tidegate.yaml")
+	if err := os.WriteFile(file, []byte("listeners:\n  - {name: web, address: \"127.0.0.1:0\", upstream: \""+app.Listener.Addr().String()+
+		"\"}\n  - {name: echo, address: \"127.0.0.1:0\", protocol: tcp, upstream: \""+echo.Addr().String()+"\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := loadConfig([]string{"--config", file, "--health-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--drain-delay", "300ms", "--drain-quiet", "0s", "--drain-timeout", "1s"}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs, _ := newLoggers(&l.cfg, io.Discard, io.Discard)
+	sc, err := newSidecar(l, logs, readBuildInfo())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make(chan os.Signal, 1)
+	reports := make(chan drain.Report, 1)
+	go func() { _, rep := sc.run(sig); reports <- rep }()
+
+	if code, _ := oneShot("http://" + sc.public[0].srv.Addr().String()); code != 200 {
+		t.Fatalf("http listener: %d", code)
+	}
+	c, err := net.Dial("tcp", sc.public[1].srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	say := func(s string) error {
+		if _, err := io.WriteString(c, s+"\n"); err != nil {
+			return err
+		}
+		got, err := br.ReadString('\n')
+		if err == nil && got != s+"\n" {
+			err = fmt.Errorf("echo %q", got)
+		}
+		return err
+	}
+	if err := say("before"); err != nil {
+		t.Fatal(err)
+	}
+	if sc.tracker.Connections(proxy.ProtocolTCP) != 1 || sc.tracker.InFlight() != 1 {
+		t.Fatalf("tcp session not counted: %d conns, %d in flight", sc.tracker.Connections(proxy.ProtocolTCP), sc.tracker.InFlight())
+	}
+	sig <- syscall.SIGTERM
+	<-time.After(500 * time.Millisecond) // past the 300ms delay, before the 1s deadline
+	if err := say("during the drain"); err != nil {
+		t.Fatalf("the TCP session did not survive the drain delay: %v", err)
+	}
+	rep := waitReport(t, reports)
+	if rep.Result != "timeout" || rep.Cut != 1 {
+		t.Fatalf("report %+v: want the TCP session cut at the deadline", rep)
+	}
+	if err := say("after"); err == nil {
+		t.Fatal("the TCP session outlived the drain")
 	}
 }

@@ -113,7 +113,13 @@ func minIntSetting(flag, key, def string, lo int, usage string, field func(*Conf
 }
 
 func probeURLSetting(flag, key, usage string, field func(*Config) *[]string) setting {
-	return setting{flag: flag, key: key, def: "", arg: "URL", list: true, usage: usage,
+	return listSetting(flag, key, "", "URL", usage, field)
+}
+
+// listSetting is a repeatable flag, a comma-separated env var and a YAML
+// scalar or list; later sources replace the whole list.
+func listSetting(flag, key, def, arg, usage string, field func(*Config) *[]string) setting {
+	return setting{flag: flag, key: key, def: def, arg: arg, list: true, usage: usage,
 		set: func(c *Config, vs []string) error {
 			*field(c) = (*field(c))[:0]
 			for _, v := range vs {
@@ -168,23 +174,18 @@ func listenAddr(optional bool) func(string) error {
 	}
 }
 
-func upstreamAddr(v string) error {
-	if v == "" {
-		return fmt.Errorf("no upstream: tell tidegate where the app listens with --upstream host:port (or TIDEGATE_UPSTREAM, or upstream: in the config file)")
-	}
-	_, err := proxy.ParseUpstream(v)
-	return err
-}
-
 // settings returns the table, in --help order.
 func settings() []setting {
 	return []setting{
-		strSetting("listen", "listen", ":8080", "ADDR",
-			"public listener: clients and load balancers connect here",
-			func(c *Config) *string { return &c.Listen }, listenAddr(false)),
+		listSetting("listen", "listen", ":8080", "ADDR",
+			"public listener, repeatable: clients and load balancers connect here (or a YAML listeners: list)",
+			func(c *Config) *[]string { return &c.Listen }),
+		listSetting("protocol", "protocol", "http", "PROTO",
+			"protocol of each --listen, by position (one applies to all): http (HTTP/1.1 and h2c) or tcp (raw bytes)",
+			func(c *Config) *[]string { return &c.Protocol }),
 		strSetting("upstream", "upstream.address", "", "ADDR",
-			"the app: host:port, http://host:port or unix:///path.sock (required)",
-			func(c *Config) *string { return &c.Upstream.Address }, upstreamAddr),
+			"the app: host:port, http://host:port or unix:///path.sock (required unless every listener names its own)",
+			func(c *Config) *string { return &c.Upstream.Address }, nil),
 		strSetting("health-listen", "health_listen", ":8081", "ADDR",
 			"kubelet-facing health listener (/readyz, /livez, /startupz), or off",
 			func(c *Config) *string { return &c.HealthListen }, listenAddr(true)),
