@@ -87,6 +87,11 @@ type Handler struct {
 	forwarded ForwardedMode
 	target    string
 	now       func() time.Time
+
+	// WebSocket sessions are proxied by the handler itself (websocket.go).
+	dial        func(ctx context.Context) (net.Conn, error)
+	dialTimeout time.Duration
+	ws          wsSessions
 }
 
 // NewHandler returns a Handler for o.
@@ -133,6 +138,17 @@ func NewHandler(o Options) (*Handler, error) {
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
+	h.dialTimeout = o.TransportOptions.DialTimeout
+	if h.dialTimeout <= 0 {
+		h.dialTimeout = 5 * time.Second
+	}
+	network := "tcp"
+	if o.Upstream.Network == "unix" {
+		network = "unix"
+	}
+	addr := o.Upstream.Address
+	var d net.Dialer
+	h.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -217,6 +233,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, h.maxBody)
 	}
+	if isWebSocketUpgrade(r) {
+		h.serveWebSocket(rec, r, st)
+		return
+	}
 	h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
 
@@ -228,37 +248,38 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	// query string exactly as sent (ReverseProxy drops parts it cannot parse).
 	out.Host = in.Host
 	out.URL.RawQuery = in.URL.RawQuery
-	h.setForwarded(pr)
+	h.setForwardedHeaders(in, out)
 	if st := stateOf(in.Context()); st != nil {
 		st.sent = h.now()
 	}
 }
 
-func (h *Handler) setForwarded(pr *httputil.ProxyRequest) {
-	if h.forwarded == ForwardedReplace {
-		pr.SetXForwarded()
-		return
+// setForwardedHeaders sets X-Forwarded-For, -Proto and -Host on out, the
+// request to the app, from in, the client's request.
+func (h *Handler) setForwardedHeaders(in, out *http.Request) {
+	ip, _, err := net.SplitHostPort(in.RemoteAddr)
+	switch {
+	case err != nil:
+		out.Header.Del("X-Forwarded-For")
+	case h.forwarded == ForwardedAppend && len(in.Header.Values("X-Forwarded-For")) > 0:
+		out.Header.Set("X-Forwarded-For", joinComma(in.Header.Values("X-Forwarded-For"))+", "+ip)
+	default:
+		out.Header.Set("X-Forwarded-For", ip)
 	}
-	in, out := pr.In, pr.Out
-	if ip, _, err := net.SplitHostPort(in.RemoteAddr); err == nil {
-		xff := ip
-		if prior := in.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-			xff = joinComma(prior) + ", " + ip
+	proto, host := "http", in.Host
+	if in.TLS != nil {
+		proto = "https"
+	}
+	if h.forwarded == ForwardedAppend {
+		if v := in.Header.Get("X-Forwarded-Proto"); v != "" {
+			proto = v
 		}
-		out.Header.Set("X-Forwarded-For", xff)
+		if v := in.Header.Get("X-Forwarded-Host"); v != "" {
+			host = v
+		}
 	}
-	if v := in.Header.Get("X-Forwarded-Proto"); v != "" {
-		out.Header.Set("X-Forwarded-Proto", v)
-	} else if in.TLS != nil {
-		out.Header.Set("X-Forwarded-Proto", "https")
-	} else {
-		out.Header.Set("X-Forwarded-Proto", "http")
-	}
-	if v := in.Header.Get("X-Forwarded-Host"); v != "" {
-		out.Header.Set("X-Forwarded-Host", v)
-	} else {
-		out.Header.Set("X-Forwarded-Host", in.Host)
-	}
+	out.Header.Set("X-Forwarded-Proto", proto)
+	out.Header.Set("X-Forwarded-Host", host)
 }
 
 func joinComma(vs []string) string {

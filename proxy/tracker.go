@@ -13,16 +13,18 @@ type Protocol uint8
 // The protocols the data plane counts. Later protocols (h2, websocket, tcp)
 // are added here; the tracker sizes its counters from numProtocols.
 const (
-	ProtocolHTTP1 Protocol = iota
-	ProtocolH2C            // HTTP/2 over cleartext, prior knowledge
-	ProtocolTCP            // raw TCP listeners
+	ProtocolHTTP1     Protocol = iota
+	ProtocolH2C                // HTTP/2 over cleartext, prior knowledge
+	ProtocolTCP                // raw TCP listeners
+	ProtocolWebSocket          // upgraded WebSocket sessions
 	numProtocols
 )
 
 var protocolNames = [numProtocols]string{
-	ProtocolHTTP1: "http1",
-	ProtocolH2C:   "h2c",
-	ProtocolTCP:   "tcp",
+	ProtocolHTTP1:     "http1",
+	ProtocolH2C:       "h2c",
+	ProtocolTCP:       "tcp",
+	ProtocolWebSocket: "websocket",
 }
 
 func (p Protocol) String() string {

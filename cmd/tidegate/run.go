@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -178,7 +179,11 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 			}
 		}
 	}()
-	handlers := map[string]http.Handler{} // one per upstream, shared by its HTTP listeners
+	type upstreamHandler struct {
+		proxy *proxy.Handler
+		gated http.Handler
+	}
+	byUpstream := map[string]upstreamHandler{} // one per upstream, shared by its HTTP listeners
 	for _, pl := range l.listeners {
 		up, err := proxy.ParseUpstream(pl.Upstream)
 		if err != nil {
@@ -190,27 +195,29 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		}
 		bound = append(bound, ln)
 		var srv publicServer
+		var ws interface{ CloseUpgraded() }
 		if pl.Protocol == "tcp" {
 			srv = proxy.NewTCPServer(ln, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout, Logger: s.log.Named("tcp")})
 		} else {
-			h := handlers[pl.Upstream]
-			if h == nil {
+			uh, ok := byUpstream[pl.Upstream]
+			if !ok {
 				ph, err := s.newProxyHandler(up, metrics, logs.access)
 				if err != nil {
 					return nil, usageError{err}
 				}
 				s.handlers = append(s.handlers, ph)
-				h = g.wrap(ph)
-				handlers[pl.Upstream] = h
+				uh = upstreamHandler{proxy: ph, gated: g.wrap(ph)}
+				byUpstream[pl.Upstream] = uh
 			}
-			srv = proxy.NewServer(ln, h, s.tracker, proxy.ServerOptions{
+			ws = uh.proxy
+			srv = proxy.NewServer(ln, uh.gated, s.tracker, proxy.ServerOptions{
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 				Logger:            s.log.Named("public"),
 			})
 		}
-		s.public = append(s.public, publicListener{spec: pl, srv: srv})
+		s.public = append(s.public, publicListener{spec: pl, srv: srv, ws: ws})
 	}
 
 	s.drainer, err = drain.New(drain.Options{
@@ -285,6 +292,7 @@ type publicServer interface {
 type publicListener struct {
 	spec listenerSpec
 	srv  publicServer
+	ws   interface{ CloseUpgraded() } // the HTTP handler, for its WebSocket sessions; nil for tcp
 }
 
 // publicListeners drains every public listener as one.
@@ -317,7 +325,16 @@ func (ps publicListeners) Shutdown(ctx context.Context) error {
 	return first
 }
 
+// Close cuts what is left: WebSocket sessions first get close frames 1001
+// (going away) at both ends, then every connection is closed.
 func (ps publicListeners) Close() error {
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		if p.ws != nil {
+			wg.Go(p.ws.CloseUpgraded)
+		}
+	}
+	wg.Wait()
 	var first error
 	for _, p := range ps {
 		if err := p.srv.Close(); err != nil && first == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/tidegate/tidegate/drain"
 	"github.com/tidegate/tidegate/proxy"
@@ -187,9 +190,11 @@ func TestTCPListenerThroughTheDrain(t *testing.T) {
 	if err := say("before"); err != nil {
 		t.Fatal(err)
 	}
-	if sc.tracker.Connections(proxy.ProtocolTCP) != 1 || sc.tracker.InFlight() != 1 {
-		t.Fatalf("tcp session not counted: %d conns, %d in flight", sc.tracker.Connections(proxy.ProtocolTCP), sc.tracker.InFlight())
-	}
+	// The HTTP request's client may have its answer before the handler has
+	// counted it done: poll.
+	eventually(t, "the tcp session counted alone", func() bool {
+		return sc.tracker.Connections(proxy.ProtocolTCP) == 1 && sc.tracker.InFlight() == 1
+	})
 	sig <- syscall.SIGTERM
 	<-time.After(500 * time.Millisecond) // past the 300ms delay, before the 1s deadline
 	if err := say("during the drain"); err != nil {
@@ -201,5 +206,54 @@ func TestTCPListenerThroughTheDrain(t *testing.T) {
 	}
 	if err := say("after"); err == nil {
 		t.Fatal("the TCP session outlived the drain")
+	}
+}
+
+// A WebSocket session open at the drain deadline ends with close 1001 at
+// the client, and is counted as cut.
+func TestWebSocketGoesAwayAtTheDeadline(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, msg, err := c.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if c.Write(r.Context(), typ, msg) != nil {
+				return
+			}
+		}
+	}))
+	defer app.Close()
+	sc, sig, reports := startSidecar(t, app, "--drain-delay", "100ms", "--drain-quiet", "0s", "--drain-timeout", "700ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+sc.publicAddr()+"/", &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := c.Read(ctx); err != nil || string(msg) != "hi" {
+		t.Fatalf("echo: %q %v", msg, err)
+	}
+	start := time.Now()
+	sig <- syscall.SIGTERM
+	_, _, err = c.Read(ctx)
+	if st := websocket.CloseStatus(err); st != websocket.StatusGoingAway {
+		t.Fatalf("client saw %v (%v), want close 1001 going away", st, err)
+	}
+	if d := time.Since(start); d < 600*time.Millisecond {
+		t.Fatalf("closed after %s: before the 700ms deadline", d)
+	}
+	if rep := waitReport(t, reports); rep.Result != "timeout" || rep.Cut != 1 {
+		t.Fatalf("report %+v: want the session cut at the deadline", rep)
 	}
 }

@@ -1,0 +1,306 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// WebSocket sessions are proxied frame by frame rather than as opaque bytes,
+// so that tidegate can end them cleanly: at the drain deadline both peers get
+// a close frame with status 1001 (going away) between two frames, and only
+// then is the TCP connection closed. Frames are copied, never buffered whole.
+
+// closeGoingAway is RFC 6455's status 1001.
+const closeGoingAway = 1001
+
+// wsGrace is how long the peers have to answer tidegate's close frames before
+// the connections are closed.
+const wsGrace = time.Second
+
+func isWebSocketUpgrade(r *http.Request) bool {
+	return r.Method == http.MethodGet && headerHasToken(r.Header, "Connection", "upgrade") &&
+		strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// wsSessions are the live WebSocket sessions of a Handler.
+type wsSessions struct {
+	mu       sync.Mutex
+	sessions map[*wsSession]struct{}
+}
+
+func (ss *wsSessions) add(s *wsSession) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.sessions == nil {
+		ss.sessions = map[*wsSession]struct{}{}
+	}
+	ss.sessions[s] = struct{}{}
+}
+
+func (ss *wsSessions) remove(s *wsSession) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.sessions, s)
+}
+
+func (ss *wsSessions) all() []*wsSession {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*wsSession, 0, len(ss.sessions))
+	for s := range ss.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// wsSession is one proxied WebSocket connection.
+type wsSession struct {
+	client, app   net.Conn
+	clientR, appR io.Reader     // buffered readers over client and app
+	clientW, appW *lockedWriter // frames are written whole under these locks
+	goingAway     sync.Once
+	done          chan struct{} // closed when the session is over
+}
+
+// lockedWriter serializes whole frames onto a connection.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// serveWebSocket proxies a WebSocket upgrade: the handshake goes to the app
+// as is; on 101 the session is copied frame by frame until either side
+// ends it, or the drain cuts it with close frames 1001.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, st *reqState) {
+	out := r.Clone(r.Context())
+	out.URL.Scheme, out.URL.Host = "http", h.target
+	out.Host = r.Host
+	out.RequestURI = ""
+	out.Header.Set(RequestIDHeader, st.id)
+	h.setForwardedHeaders(r, out)
+	for _, k := range []string{"Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding"} {
+		out.Header.Del(k)
+	}
+
+	dialCtx, cancel := context.WithTimeout(r.Context(), h.dialTimeout)
+	app, err := h.dial(dialCtx)
+	cancel()
+	if err != nil {
+		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
+		return
+	}
+	st.sent = h.now()
+	if err := out.Write(app); err != nil {
+		app.Close()
+		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
+		return
+	}
+	appBuf := bufio.NewReader(app)
+	resp, err := http.ReadResponse(appBuf, out)
+	if err != nil {
+		app.Close()
+		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
+		return
+	}
+	st.headers = h.now()
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		// The app refused the upgrade: relay its answer as a plain response.
+		defer app.Close()
+		defer resp.Body.Close()
+		copyHeaders(w.Header(), resp.Header)
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+		return
+	}
+	client, clientBuf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		app.Close()
+		h.log.Warn("websocket: cannot take over the client connection", zap.Error(err))
+		return
+	}
+	// The recorder saw no WriteHeader: record the 101 for metrics and logs.
+	if rec, ok := w.(*recorder); ok {
+		rec.status = http.StatusSwitchingProtocols
+	}
+	if err := resp.Write(clientBuf); err != nil || clientBuf.Flush() != nil {
+		client.Close()
+		app.Close()
+		return
+	}
+
+	s := &wsSession{client: client, app: app,
+		clientW: &lockedWriter{w: client}, appW: &lockedWriter{w: app},
+		clientR: clientBuf.Reader, appR: appBuf, done: make(chan struct{})}
+	h.tracker.ConnOpened(ProtocolWebSocket)
+	defer h.tracker.ConnClosed(ProtocolWebSocket)
+	h.ws.add(s)
+	defer h.ws.remove(s)
+	s.run(h.log)
+}
+
+func (s *wsSession) run(log *zap.Logger) {
+	var wg sync.WaitGroup
+	ended := make(chan struct{}, 2)
+	pipe := func(dst *lockedWriter, src io.Reader, dstConn, srcConn net.Conn) {
+		err := copyFrames(dst, src)
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			log.Debug("websocket: session ended by error", zap.Error(err))
+		}
+		// One direction is over: the other has the grace to finish.
+		if cw, ok := dstConn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		ended <- struct{}{}
+	}
+	wg.Go(func() { pipe(s.appW, s.clientR, s.app, s.client) })
+	wg.Go(func() { pipe(s.clientW, s.appR, s.client, s.app) })
+	<-ended
+	t := time.NewTimer(wsGrace)
+	select {
+	case <-ended:
+	case <-t.C:
+	}
+	t.Stop()
+	s.client.Close()
+	s.app.Close()
+	wg.Wait()
+	close(s.done)
+}
+
+// goAway sends both peers a close frame 1001 between two frames, gives them
+// wsGrace to answer, then closes the connections.
+func (s *wsSession) goAway() {
+	s.goingAway.Do(func() {
+		// A frame half copied holds its lock: the writes, and the peers'
+		// answers, get wsGrace together; then the connections are closed,
+		// which also frees a stuck copier.
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = writeCloseFrame(s.clientW, false) })
+		wg.Go(func() { _ = writeCloseFrame(s.appW, true) })
+		t := time.NewTimer(wsGrace)
+		select {
+		case <-s.done:
+		case <-t.C:
+			s.client.Close()
+			s.app.Close()
+		}
+		t.Stop()
+		wg.Wait()
+	})
+}
+
+// CloseUpgraded ends every live WebSocket session with close frames 1001
+// (going away), waits for the peers up to a second, and closes what is
+// left. The drain calls it at the deadline; net/http cannot see these
+// connections (golang/go#17721).
+func (h *Handler) CloseUpgraded() {
+	var wg sync.WaitGroup
+	for _, s := range h.ws.all() {
+		wg.Go(s.goAway)
+	}
+	wg.Wait()
+}
+
+// maxFrameHeader is the longest WebSocket frame header: 2 bytes, an 8-byte
+// length and a 4-byte mask key.
+const maxFrameHeader = 14
+
+// copyFrames copies frames from src to dst, each whole under dst's lock, so
+// that a close frame can be written between two of them.
+func copyFrames(dst *lockedWriter, src io.Reader) error {
+	var hdr [maxFrameHeader]byte
+	for {
+		if _, err := io.ReadFull(src, hdr[:2]); err != nil {
+			return err
+		}
+		n := 2
+		length := uint64(hdr[1] & 0x7f)
+		switch length {
+		case 126:
+			if _, err := io.ReadFull(src, hdr[2:4]); err != nil {
+				return err
+			}
+			length, n = uint64(binary.BigEndian.Uint16(hdr[2:4])), 4
+		case 127:
+			if _, err := io.ReadFull(src, hdr[2:10]); err != nil {
+				return err
+			}
+			length, n = binary.BigEndian.Uint64(hdr[2:10]), 10
+		}
+		if hdr[1]&0x80 != 0 { // masked
+			if _, err := io.ReadFull(src, hdr[n:n+4]); err != nil {
+				return err
+			}
+			n += 4
+		}
+		if length > 1<<62 {
+			return fmt.Errorf("websocket: frame length %d", length)
+		}
+		dst.mu.Lock()
+		_, err := dst.w.Write(hdr[:n])
+		if err == nil {
+			_, err = io.CopyN(dst.w, src, int64(length))
+		}
+		dst.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// writeCloseFrame writes a close frame with status 1001 and reason "going
+// away"; masked is true toward the app (tidegate is its client, and client
+// frames must be masked).
+func writeCloseFrame(dst *lockedWriter, masked bool) error {
+	payload := make([]byte, 2, 2+len("going away"))
+	binary.BigEndian.PutUint16(payload, closeGoingAway)
+	payload = append(payload, "going away"...)
+	frame := []byte{0x88, byte(len(payload))} // FIN + close; length < 126
+	if masked {
+		var key [4]byte
+		if _, err := rand.Read(key[:]); err != nil {
+			return err
+		}
+		frame[1] |= 0x80
+		frame = append(frame, key[:]...)
+		for i := range payload {
+			payload[i] ^= key[i%4]
+		}
+	}
+	frame = append(frame, payload...)
+	dst.mu.Lock()
+	defer dst.mu.Unlock()
+	_, err := dst.w.Write(frame)
+	return err
+}
+
+func copyHeaders(dst, src http.Header) {
+	for k, vs := range src {
+		for _, v := range vs {
+			dst.Add(k, v)
+		}
+	}
+}
