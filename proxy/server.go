@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,10 @@ type ServerOptions struct {
 	// tidegate compensates, so this is the real bound, at least 4 KiB.)
 	MaxHeaderBytes int
 
+	// TLS, if set, serves the listener over TLS (ALPN h2 and http/1.1)
+	// instead of cleartext; see LoadTLS. Nil means cleartext.
+	TLS *tls.Config
+
 	// DisableH2C turns off HTTP/2 with prior knowledge (h2c) on the
 	// listener. The zero value serves HTTP/1.1 and h2c on the same port.
 	DisableH2C bool
@@ -56,6 +61,7 @@ type Server struct {
 	grace    time.Duration
 	draining atomic.Bool
 	busy     atomic.Int64 // connections that are new or serving a request
+	tls      *tls.Config  // nil: cleartext
 
 	mu    sync.Mutex
 	fresh map[*trackedConn]time.Time // accepted, no request yet; touched once per connection
@@ -92,8 +98,13 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ProtoMajor == 2 {
-				if c, ok := r.Context().Value(connKey{}).(*trackedConn); ok && c.proto.CompareAndSwap(int32(ProtocolHTTP1), int32(ProtocolH2C)) {
-					t.ConnMoved(ProtocolHTTP1, ProtocolH2C)
+				to := ProtocolH2C
+				if r.TLS != nil {
+					to = ProtocolH2
+				}
+				nc, _ := r.Context().Value(connKey{}).(net.Conn)
+				if c := trackedOf(nc); c != nil && c.proto.CompareAndSwap(int32(ProtocolHTTP1), int32(to)) {
+					t.ConnMoved(ProtocolHTTP1, to)
 				}
 			}
 			// "Connection: close" also tells HTTP/2 clients to move: net/http
@@ -113,17 +124,33 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 			return context.WithValue(ctx, connKey{}, c)
 		},
 		ConnState: func(nc net.Conn, cs http.ConnState) {
-			c, ok := nc.(*trackedConn)
-			if !ok {
-				return
+			if c := trackedOf(nc); c != nil {
+				s.transition(c, cs, t)
 			}
-			s.transition(c, cs, t)
 		},
 	}
 	s.srv.Protocols = new(http.Protocols)
 	s.srv.Protocols.SetHTTP1(true)
-	s.srv.Protocols.SetUnencryptedHTTP2(!o.DisableH2C)
+	s.srv.Protocols.SetUnencryptedHTTP2(!o.DisableH2C && o.TLS == nil)
+	if o.TLS != nil {
+		s.srv.Protocols.SetHTTP2(true)
+		s.srv.TLSConfig = o.TLS
+		s.tls = o.TLS
+	}
 	return s
+}
+
+// trackedOf finds the trackedConn under a connection net/http hands out:
+// the conn itself, or the one under a *tls.Conn.
+func trackedOf(c net.Conn) *trackedConn {
+	if c == nil {
+		return nil
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	t, _ := c.(*trackedConn)
+	return t
 }
 
 // connKey finds a request's connection in its context.
@@ -244,7 +271,11 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Serve accepts connections until Shutdown or Close; then it returns nil.
 func (s *Server) Serve() error {
-	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+	var ln net.Listener = s.ln
+	if s.tls != nil {
+		ln = tls.NewListener(s.ln, s.tls)
+	}
+	if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)
 	}
 	return nil

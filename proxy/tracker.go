@@ -17,6 +17,7 @@ const (
 	ProtocolH2C                // HTTP/2 over cleartext, prior knowledge
 	ProtocolTCP                // raw TCP listeners
 	ProtocolWebSocket          // upgraded WebSocket sessions
+	ProtocolH2                 // HTTP/2 over TLS
 	numProtocols
 )
 
@@ -25,6 +26,7 @@ var protocolNames = [numProtocols]string{
 	ProtocolH2C:       "h2c",
 	ProtocolTCP:       "tcp",
 	ProtocolWebSocket: "websocket",
+	ProtocolH2:        "h2",
 }
 
 func (p Protocol) String() string {

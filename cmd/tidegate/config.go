@@ -85,6 +85,10 @@ type listenerSpec struct {
 	Address  string `json:"address"`
 	Protocol string `json:"protocol"` // http (HTTP/1.1 and h2c) or tcp
 	Upstream string `json:"upstream"` // empty: the global upstream
+	TLS      *struct {
+		Cert string `json:"cert"`
+		Key  string `json:"key"`
+	} `json:"tls"` // http listeners only: TLS with ALPN h2 and http/1.1
 }
 
 // off is the value that disables an optional listener or the access log.

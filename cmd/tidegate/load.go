@@ -420,6 +420,17 @@ func (l *loaded) resolveListeners(table []setting) ([]string, error) {
 		if err := listenAddr(false)(pl.Address); err != nil {
 			return nil, fmt.Errorf("%s: %w", label, err)
 		}
+		if pl.TLS != nil {
+			if pl.Protocol != "http" {
+				return nil, fmt.Errorf("%s: tls is for http listeners; a tcp listener passes TLS through as bytes", label)
+			}
+			if pl.TLS.Cert == "" || pl.TLS.Key == "" {
+				return nil, fmt.Errorf("%s: tls needs both cert and key files", label)
+			}
+			if _, err := proxy.LoadTLS(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key}); err != nil {
+				return nil, fmt.Errorf("%s: %w", label, err)
+			}
+		}
 		upFrom := label + " upstream"
 		if pl.Upstream == "" {
 			pl.Upstream, upFrom = c.Upstream.Address, l.describeKey(table, "upstream.address")
@@ -454,11 +465,6 @@ func parseListenerList(v any) ([]listenerSpec, error) {
 	}
 	var out []listenerSpec
 	for i, it := range items {
-		if m, ok := it.(map[string]any); ok {
-			if _, ok := m["tls"]; ok {
-				return nil, fmt.Errorf("listeners[%d]: tls is not supported yet: terminate TLS in front of tidegate", i)
-			}
-		}
 		raw, err := json.Marshal(it)
 		if err != nil {
 			return nil, fmt.Errorf("listeners[%d]: %w", i, err)
@@ -557,10 +563,14 @@ func (l *loaded) effective() map[string]string {
 	if len(l.cfg.App.Command) > 0 {
 		out["app.command"] = strings.Join(l.cfg.App.Command, " ")
 	}
-	if len(l.listeners) > 1 || (len(l.listeners) == 1 && (l.listeners[0].Protocol != "http" || l.listeners[0].Upstream != l.cfg.Upstream.Address)) {
+	if len(l.listeners) > 1 || (len(l.listeners) == 1 && (l.listeners[0].Protocol != "http" || l.listeners[0].TLS != nil || l.listeners[0].Upstream != l.cfg.Upstream.Address)) {
 		parts := make([]string, 0, len(l.listeners))
 		for _, pl := range l.listeners {
-			parts = append(parts, fmt.Sprintf("%s=%s://%s→%s", pl.Name, pl.Protocol, pl.Address, pl.Upstream))
+			proto := pl.Protocol
+			if pl.TLS != nil {
+				proto = "https"
+			}
+			parts = append(parts, fmt.Sprintf("%s=%s://%s→%s", pl.Name, proto, pl.Address, pl.Upstream))
 		}
 		out["listeners"] = strings.Join(parts, "; ")
 	}

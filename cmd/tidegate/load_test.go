@@ -201,7 +201,8 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 		{"unknown section", nil, nil, "upstream: :3000\nfrobnicate: {a: 1}\n", []string{`"frobnicate"`}},
 		{"protocol count", []string{"--upstream", ":3000", "--listen", ":1", "--listen", ":2", "--listen", ":4", "--protocol", "http", "--protocol", "tcp"}, nil, "", []string{"2 --protocol values for 3 --listen"}},
 		{"bad protocol", []string{"--upstream", ":3000", "--protocol", "udp"}, nil, "", []string{"--listen", `"udp"`}},
-		{"listeners tls", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", tls: {cert: a, key: b}}\n", []string{"listeners[0]", "tls is not supported yet"}},
+		{"listeners tls missing files", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", tls: {cert: /nonexistent/a.crt, key: /nonexistent/a.key}}\n", []string{"listeners[0]", "/nonexistent/a.crt"}},
+		{"listeners tls on tcp", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", protocol: tcp, tls: {cert: a, key: b}}\n", []string{"listeners[0]", "tls is for http listeners"}},
 		{"listeners unknown field", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", proto: tcp}\n", []string{"listeners[0]", `"proto"`}},
 		{"listeners and listen", nil, nil, "upstream: :3000\nlisten: \":1\"\nlisteners:\n- {address: \":2\"}\n", []string{"not both"}},
 		{"listener without upstream", nil, nil, "listeners:\n- {name: a, address: \":1\", upstream: \":3000\"}\n- {name: b, address: \":2\"}\n", []string{"--upstream", "no upstream"}},
@@ -339,7 +340,7 @@ func TestListeners(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []listenerSpec{{"http-1", ":1", "http", ":3000"}, {"tcp-2", ":2", "tcp", ":3000"}}
+	want := []listenerSpec{{Name: "http-1", Address: ":1", Protocol: "http", Upstream: ":3000"}, {Name: "tcp-2", Address: ":2", Protocol: "tcp", Upstream: ":3000"}}
 	if len(l.listeners) != 2 || l.listeners[0] != want[0] || l.listeners[1] != want[1] {
 		t.Fatalf("listeners %+v, want %+v", l.listeners, want)
 	}
@@ -356,7 +357,8 @@ listeners:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.listeners[0] != (listenerSpec{"web", ":8080", "http", "127.0.0.1:3000"}) || l.listeners[1] != (listenerSpec{"db", ":5433", "tcp", "127.0.0.1:5432"}) {
+	if l.listeners[0] != (listenerSpec{Name: "web", Address: ":8080", Protocol: "http", Upstream: "127.0.0.1:3000"}) ||
+		l.listeners[1] != (listenerSpec{Name: "db", Address: ":5433", Protocol: "tcp", Upstream: "127.0.0.1:5432"}) {
 		t.Fatalf("YAML listeners without a global upstream: %+v", l.listeners)
 	}
 	if !strings.Contains(l.effective()["listeners"], "db=tcp://:5433→127.0.0.1:5432") {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -210,7 +211,15 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 				byUpstream[pl.Upstream] = uh
 			}
 			ws = uh.proxy
+			var tlsCfg *tls.Config
+			if pl.TLS != nil {
+				tlsCfg, err = proxy.LoadTLS(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
+				if err != nil {
+					return nil, usageError{fmt.Errorf("listener %s: %w", pl.Name, err)}
+				}
+			}
 			srv = proxy.NewServer(ln, uh.gated, s.tracker, proxy.ServerOptions{
+				TLS:               tlsCfg,
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
