@@ -226,13 +226,6 @@ func (d *Drainer) Undrain() error {
 	return nil
 }
 
-// Triggered returns a channel closed when the drain starts.
-func (d *Drainer) Triggered() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.triggered
-}
-
 // Run waits for a trigger, then drains and stops the app; it returns when
 // the lifecycle is Stopped. If ctx ends before a trigger, that is the
 // trigger ("context").
