@@ -257,3 +257,47 @@ func TestWebSocketGoesAwayAtTheDeadline(t *testing.T) {
 		t.Fatalf("report %+v: want the session cut at the deadline", rep)
 	}
 }
+
+// GET /drain?wait= on the health listener: 504 while the drain has not
+// reached stopping_app within the wait, 200 once it has; bad input refused.
+func TestPreStopDrainAnswers(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer app.Close()
+	sc, _, reports := startSidecar(t, app, "--drain-token", "s3cret", "--drain-delay", "800ms", "--drain-quiet", "0s")
+	url := "http://" + sc.aux[0].ln.Addr().String() + "/drain"
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	call := func(method, query, token string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, url+query, nil)
+		if token != "" {
+			req.Header.Set(DrainTokenHeader, token)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := call(http.MethodGet, "?wait=soon", "s3cret"); code != http.StatusBadRequest {
+		t.Fatalf("bad wait: %d, want 400", code)
+	}
+	if code := call(http.MethodHead, "?wait=1s", "s3cret"); code != http.StatusMethodNotAllowed {
+		t.Fatalf("HEAD: %d, want 405", code)
+	}
+	if code := call(http.MethodGet, "?wait=1s", "wrong"); code != http.StatusForbidden || sc.life.Phase() != drain.Serving {
+		t.Fatalf("wrong token: %d, phase %s; want 403 and no drain", code, sc.life.Phase())
+	}
+	if code := call(http.MethodGet, "?wait=100ms", "s3cret"); code != http.StatusGatewayTimeout {
+		t.Fatalf("wait shorter than the 800ms delay: %d, want 504", code)
+	}
+	if p := sc.life.Phase(); p != drain.Draining {
+		t.Fatalf("after the first preStop call: phase %s, want draining", p)
+	}
+	if code := call(http.MethodGet, "?wait=5s", "s3cret"); code != http.StatusOK {
+		t.Fatalf("wait past the delay: %d, want 200 at stopping_app", code)
+	}
+	if rep := waitReport(t, reports); rep.Trigger != "prestop" || rep.Result != "complete" {
+		t.Fatalf("report %+v", rep)
+	}
+}
