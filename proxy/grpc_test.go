@@ -43,6 +43,15 @@ func (testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*t
 
 func (testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
 	for _, p := range req.GetResponseParameters() {
+		if d := time.Duration(p.GetIntervalUs()) * time.Microsecond; d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-s.Context().Done():
+				t.Stop()
+				return s.Context().Err()
+			}
+		}
 		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: payload(p.GetSize())}); err != nil {
 			return err
 		}
@@ -103,6 +112,10 @@ func (l countingListener) Accept() (net.Conn, error) {
 }
 
 func newGRPCRig(t *testing.T, protocol UpstreamProtocol) *grpcRig {
+	return newGRPCRigTimeout(t, protocol, 0)
+}
+
+func newGRPCRigTimeout(t *testing.T, protocol UpstreamProtocol, headerTimeout time.Duration) *grpcRig {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -120,7 +133,7 @@ func newGRPCRig(t *testing.T, protocol UpstreamProtocol) *grpcRig {
 		t.Fatal(err)
 	}
 	h, err := NewHandler(Options{Upstream: up, Protocol: protocol, Tracker: r.tracker, Metrics: m,
-		TransportOptions: TransportOptions{IdleConnTimeout: time.Minute}})
+		TransportOptions: TransportOptions{IdleConnTimeout: time.Minute, ResponseHeaderTimeout: headerTimeout}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,5 +268,21 @@ func TestGRPCDrainMovesTheClient(t *testing.T) {
 	// response said GOAWAY, so the client kept opening new ones.
 	if n := r.accepted.Load(); n < 10 {
 		t.Fatalf("the client used %d connections for 20 RPCs during the drain: it was not told to move", n)
+	}
+}
+
+// A gRPC stream may wait long for its first message (a watch): the
+// response-header timeout is for HTTP/1.1 requests, not for gRPC over h2c.
+func TestGRPCStreamOutlivesTheResponseHeaderTimeout(t *testing.T) {
+	r := newGRPCRigTimeout(t, UpstreamAuto, 100*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ss, err := r.client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{
+		ResponseParameters: []*testpb.ResponseParameters{{Size: 1, IntervalUs: 400_000}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ss.Recv(); err != nil || len(m.GetPayload().GetBody()) != 1 {
+		t.Fatalf("first message after 400ms with a 100ms header timeout: %v, %v", m, err)
 	}
 }

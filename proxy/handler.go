@@ -233,8 +233,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, h.maxBody)
 	}
-	if isWebSocketUpgrade(r) {
-		h.serveWebSocket(rec, r, st)
+	if isUpgrade(r) {
+		h.serveUpgrade(rec, r, st)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		// Not a forward proxy: a CONNECT passed to the app would hold a
+		// request in flight with no tunnel behind it.
+		f := failure{http.StatusMethodNotAllowed, ReasonConnectUnsupported, false, "CONNECT is not supported"}
+		st.failure = &f
+		writeFailure(rec, f, st.id)
 		return
 	}
 	h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))

@@ -19,6 +19,9 @@ type TCPOptions struct {
 	// Logger receives connection errors at debug level and dial failures at
 	// warn. Nil means no logs.
 	Logger *zap.Logger
+	// Metrics counts failed dials in tidegate_upstream_errors_total. Nil
+	// means none.
+	Metrics *Metrics
 }
 
 // TCPServer proxies raw TCP connections to the app, bytes both ways with
@@ -33,6 +36,7 @@ type TCPServer struct {
 	up      Upstream
 	tracker *Tracker
 	log     *zap.Logger
+	metrics *Metrics
 	dialer  net.Dialer
 
 	mu     sync.Mutex
@@ -50,7 +54,7 @@ func NewTCPServer(ln net.Listener, up Upstream, t *Tracker, o TCPOptions) *TCPSe
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	return &TCPServer{ln: &trackedListener{Listener: ln}, up: up, tracker: t, log: o.Logger,
+	return &TCPServer{ln: &trackedListener{Listener: ln}, up: up, tracker: t, log: o.Logger, metrics: o.Metrics,
 		dialer: net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}, conns: map[net.Conn]struct{}{}}
 }
 
@@ -121,7 +125,11 @@ func (s *TCPServer) session(client net.Conn) {
 	app, err := s.dialer.DialContext(ctx, network, s.up.Address)
 	cancel()
 	if err != nil {
-		s.log.Warn("tcp: dial upstream failed", zap.String("reason", string(classify(context.Background(), err).reason)),
+		reason := classify(context.Background(), err).reason
+		if s.metrics != nil {
+			s.metrics.upstreamError(reason)
+		}
+		s.log.Warn("tcp: dial upstream failed", zap.String("reason", string(reason)),
 			zap.String("remote_addr", client.RemoteAddr().String()), zap.Error(err))
 		return
 	}

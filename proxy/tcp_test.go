@@ -7,6 +7,9 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // echoApp answers each line with "echo: line"; on EOF from the client it
@@ -42,6 +45,11 @@ func echoApp(t *testing.T) net.Listener {
 }
 
 func startTCP(t *testing.T, upstream string) (*TCPServer, *Tracker) {
+	s, tr, _ := startTCPMetrics(t, upstream)
+	return s, tr
+}
+
+func startTCPMetrics(t *testing.T, upstream string) (*TCPServer, *Tracker, *Metrics) {
 	t.Helper()
 	up, err := ParseUpstream(upstream)
 	if err != nil {
@@ -52,7 +60,11 @@ func startTCP(t *testing.T, upstream string) (*TCPServer, *Tracker) {
 		t.Fatal(err)
 	}
 	tr := NewTracker(TrackerOptions{})
-	s := NewTCPServer(ln, up, tr, TCPOptions{DialTimeout: time.Second})
+	m, err := NewMetrics(prometheus.NewRegistry(), tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewTCPServer(ln, up, tr, TCPOptions{DialTimeout: time.Second, Metrics: m})
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 	t.Cleanup(func() {
@@ -61,7 +73,7 @@ func startTCP(t *testing.T, upstream string) (*TCPServer, *Tracker) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return s, tr
+	return s, tr, m
 }
 
 func TestTCPProxyBothWaysWithHalfClose(t *testing.T) {
@@ -137,7 +149,7 @@ func TestTCPDeadUpstreamClosesTheClient(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	ln.Close()
-	s, tr := startTCP(t, dead)
+	s, tr, m := startTCPMetrics(t, dead)
 	c, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -150,4 +162,7 @@ func TestTCPDeadUpstreamClosesTheClient(t *testing.T) {
 		t.Fatalf("client of a dead upstream: %q, %v; want a clean close", b, err)
 	}
 	waitFor(t, func() bool { return tr.InFlight() == 0 })
+	if got := testutil.ToFloat64(m.upstreamErrors[ReasonConnectRefused]); got != 1 {
+		t.Fatalf("tidegate_upstream_errors_total{reason=connect_refused} = %v, want 1", got)
+	}
 }

@@ -18,6 +18,7 @@ const (
 	ProtocolTCP                // raw TCP listeners
 	ProtocolWebSocket          // upgraded WebSocket sessions
 	ProtocolH2                 // HTTP/2 over TLS
+	ProtocolUpgrade            // other upgraded connections (not WebSocket)
 	numProtocols
 )
 
@@ -27,6 +28,7 @@ var protocolNames = [numProtocols]string{
 	ProtocolTCP:       "tcp",
 	ProtocolWebSocket: "websocket",
 	ProtocolH2:        "h2",
+	ProtocolUpgrade:   "upgrade",
 }
 
 func (p Protocol) String() string {

@@ -186,8 +186,11 @@ const (
 )
 
 // NewH2CTransport is NewTransport speaking HTTP/2 with prior knowledge
-// (h2c) to the app: one connection carries many concurrent streams.
+// (h2c) to the app: one connection carries many concurrent streams. It has
+// no response-header timeout: gRPC streams may wait long for their first
+// message (a watch), and gRPC carries its own deadline in grpc-timeout.
 func NewH2CTransport(up Upstream, o TransportOptions) *http.Transport {
+	o.ResponseHeaderTimeout = 0
 	tr := NewTransport(up, o)
 	tr.Protocols = new(http.Protocols)
 	tr.Protocols.SetUnencryptedHTTP2(true)

@@ -29,9 +29,15 @@ const closeGoingAway = 1001
 // the connections are closed.
 const wsGrace = time.Second
 
-func isWebSocketUpgrade(r *http.Request) bool {
-	return r.Method == http.MethodGet && headerHasToken(r.Header, "Connection", "upgrade") &&
-		strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
+// isUpgrade reports whether r asks to switch protocols (other than to h2c,
+// which net/http handles itself).
+func isUpgrade(r *http.Request) bool {
+	u := r.Header.Get("Upgrade")
+	return u != "" && !strings.EqualFold(u, "h2c") && headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+func isWebSocket(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
 
 func headerHasToken(h http.Header, name, token string) bool {
@@ -78,6 +84,7 @@ func (ss *wsSessions) all() []*wsSession {
 
 // wsSession is one proxied WebSocket connection.
 type wsSession struct {
+	frames        bool // WebSocket: copied frame by frame, closed with 1001; else raw bytes
 	client, app   net.Conn
 	clientR, appR io.Reader     // buffered readers over client and app
 	clientW, appW *lockedWriter // frames are written whole under these locks
@@ -91,10 +98,11 @@ type lockedWriter struct {
 	w  io.Writer
 }
 
-// serveWebSocket proxies a WebSocket upgrade: the handshake goes to the app
-// as is; on 101 the session is copied frame by frame until either side
-// ends it, or the drain cuts it with close frames 1001.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, st *reqState) {
+// serveUpgrade proxies a protocol upgrade: the handshake goes to the app as
+// is; on 101 a WebSocket session is copied frame by frame until either side
+// ends it or the drain cuts it with close frames 1001, and any other
+// protocol is copied as bytes and closed at the cut.
+func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request, st *reqState) {
 	out := r.Clone(r.Context())
 	out.URL.Scheme, out.URL.Host = "http", h.target
 	out.Host = r.Host
@@ -151,11 +159,15 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, st *req
 		return
 	}
 
-	s := &wsSession{client: client, app: app,
+	s := &wsSession{frames: isWebSocket(r), client: client, app: app,
 		clientW: &lockedWriter{w: client}, appW: &lockedWriter{w: app},
 		clientR: clientBuf.Reader, appR: appBuf, done: make(chan struct{})}
-	h.tracker.ConnOpened(ProtocolWebSocket)
-	defer h.tracker.ConnClosed(ProtocolWebSocket)
+	proto := ProtocolUpgrade
+	if s.frames {
+		proto = ProtocolWebSocket
+	}
+	h.tracker.ConnOpened(proto)
+	defer h.tracker.ConnClosed(proto)
 	h.ws.add(s)
 	defer h.ws.remove(s)
 	s.run(h.log)
@@ -165,7 +177,12 @@ func (s *wsSession) run(log *zap.Logger) {
 	var wg sync.WaitGroup
 	ended := make(chan struct{}, 2)
 	pipe := func(dst *lockedWriter, src io.Reader, dstConn, srcConn net.Conn) {
-		err := copyFrames(dst, src)
+		var err error
+		if s.frames {
+			err = copyFrames(dst, src)
+		} else {
+			_, err = io.Copy(dstConn, src)
+		}
 		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 			log.Debug("websocket: session ended by error", zap.Error(err))
 		}
@@ -194,6 +211,12 @@ func (s *wsSession) run(log *zap.Logger) {
 // wsGrace to answer, then closes the connections.
 func (s *wsSession) goAway() {
 	s.goingAway.Do(func() {
+		if !s.frames { // an unknown protocol: nothing to say, just close
+			s.client.Close()
+			s.app.Close()
+			<-s.done
+			return
+		}
 		// A frame half copied holds its lock: the writes, and the peers'
 		// answers, get wsGrace together; then the connections are closed,
 		// which also frees a stuck copier.
@@ -212,9 +235,9 @@ func (s *wsSession) goAway() {
 	})
 }
 
-// CloseUpgraded ends every live WebSocket session with close frames 1001
-// (going away), waits for the peers up to a second, and closes what is
-// left. The drain calls it at the deadline; net/http cannot see these
+// CloseUpgraded ends every live upgraded session: WebSocket ones with close
+// frames 1001 (going away) and up to a second for the peers to answer,
+// others at once. The drain calls it at the deadline; net/http cannot see these
 // connections (golang/go#17721).
 func (h *Handler) CloseUpgraded() {
 	var wg sync.WaitGroup

@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -110,5 +113,56 @@ func TestWebSocketToADeadApp(t *testing.T) {
 	_, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(r.front.URL, "http")+"/ws", nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Tidegate-Reason") != string(ReasonConnectRefused) {
 		t.Fatalf("upgrade to a dead app: %v, %v", resp, errors.Unwrap(err))
+	}
+}
+
+// Any other Upgrade is passed through as bytes, recorded as 101, counted,
+// and closed when upgraded sessions are cut.
+func TestOtherUpgradeClosedAtTheCut(t *testing.T) {
+	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "tea/1" {
+			http.Error(w, "no", http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: tea/1\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = io.Copy(c, brw) // echo
+	})
+	r := newRig(t, app.Listener.Addr().String(), nil)
+	c, err := net.Dial("tcp", r.front.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /tea HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tea/1\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	if _, err := io.WriteString(c, "earl grey\n"); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := br.ReadString('\n'); err != nil || line != "earl grey\n" {
+		t.Fatalf("bytes through the upgrade: %q, %v", line, err)
+	}
+	if r.tracker.Connections(ProtocolUpgrade) != 1 || r.tracker.InFlight() != 1 {
+		t.Fatalf("upgrade counted as %d connections, %d in flight", r.tracker.Connections(ProtocolUpgrade), r.tracker.InFlight())
+	}
+	r.handler.CloseUpgraded()
+	if _, err := br.ReadString('\n'); err == nil {
+		t.Fatal("the upgraded connection survived the cut")
+	}
+	waitFor(t, func() bool { return r.tracker.InFlight() == 0 && r.tracker.Connections(ProtocolUpgrade) == 0 })
+	waitFor(t, func() bool { return len(r.access.All()) == 1 })
+	if f := r.access.All()[0].ContextMap(); f["status"] != int64(101) {
+		t.Fatalf("access log status %v, want 101", f["status"])
 	}
 }

@@ -376,6 +376,9 @@ func (l *loaded) resolveListeners(table []setting) ([]string, error) {
 		if l.origin["listen"] == "config file" || l.origin["protocol"] == "config file" {
 			return nil, fmt.Errorf("config file: give either listen/protocol or a listeners list, not both")
 		}
+		if o := l.origin["protocol"]; o != "default" {
+			return nil, fmt.Errorf("%s applies to --listen addresses; the config file's listeners set their own protocol", o)
+		}
 		l.listeners = append([]listenerSpec(nil), l.fileListeners...)
 		for i := range l.listeners {
 			labels = append(labels, fmt.Sprintf("config file listeners[%d]", i))

@@ -206,6 +206,7 @@ func TestConfigErrorsNameTheValue(t *testing.T) {
 		{"listeners unknown field", nil, nil, "upstream: :3000\nlisteners:\n- {address: \":1\", proto: tcp}\n", []string{"listeners[0]", `"proto"`}},
 		{"listeners and listen", nil, nil, "upstream: :3000\nlisten: \":1\"\nlisteners:\n- {address: \":2\"}\n", []string{"not both"}},
 		{"listener without upstream", nil, nil, "listeners:\n- {name: a, address: \":1\", upstream: \":3000\"}\n- {name: b, address: \":2\"}\n", []string{"--upstream", "no upstream"}},
+		{"protocol flag with YAML listeners", []string{"--protocol", "tcp"}, nil, "upstream: :3000\nlisteners:\n- {address: \":1\"}\n", []string{"--protocol", "own protocol"}},
 		{"listener names twice", nil, nil, "upstream: :3000\nlisteners:\n- {name: a, address: \":1\"}\n- {name: a, address: \":2\"}\n", []string{`"a" is used twice`}},
 		{"probe named port", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {httpGet: {path: /r, port: http}}\n", []string{"probes[0]", `named port`}},
 		{"probe unknown field", nil, nil, "upstream: :3000\nprobes:\n- readinessProbe: {httpGett: {port: 1}}\n", []string{"probes[0]", `"httpGett"`}},

@@ -198,7 +198,8 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		var srv publicServer
 		var ws interface{ CloseUpgraded() }
 		if pl.Protocol == "tcp" {
-			srv = proxy.NewTCPServer(ln, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout, Logger: s.log.Named("tcp")})
+			srv = proxy.NewTCPServer(ln, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
+				Logger: s.log.Named("tcp"), Metrics: metrics})
 		} else {
 			uh, ok := byUpstream[pl.Upstream]
 			if !ok {
@@ -334,8 +335,8 @@ func (ps publicListeners) Shutdown(ctx context.Context) error {
 	return first
 }
 
-// Close cuts what is left: WebSocket sessions first get close frames 1001
-// (going away) at both ends, then every connection is closed.
+// Close cuts what is left: WebSocket sessions get close frames 1001 (going
+// away) at both ends while every other connection is closed at once.
 func (ps publicListeners) Close() error {
 	var wg sync.WaitGroup
 	for _, p := range ps {
@@ -343,13 +344,13 @@ func (ps publicListeners) Close() error {
 			wg.Go(p.ws.CloseUpgraded)
 		}
 	}
-	wg.Wait()
 	var first error
 	for _, p := range ps {
 		if err := p.srv.Close(); err != nil && first == nil {
 			first = err
 		}
 	}
+	wg.Wait()
 	return first
 }
 
@@ -464,7 +465,11 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 	}
 	listeners := make([]string, 0, len(s.public))
 	for _, p := range s.public {
-		listeners = append(listeners, p.spec.Name+"="+p.spec.Protocol+"://"+p.srv.Addr().String())
+		proto := p.spec.Protocol
+		if p.spec.TLS != nil {
+			proto = "https"
+		}
+		listeners = append(listeners, p.spec.Name+"="+proto+"://"+p.srv.Addr().String())
 	}
 	fields := []zap.Field{zap.String("listen", s.publicAddr()), zap.Strings("listeners", listeners), zap.String("upstream", s.cfg.Upstream.Address),
 		zap.String("app_stop", s.cfg.App.Stop), zap.String("version", s.build.Version)}
