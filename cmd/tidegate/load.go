@@ -468,19 +468,27 @@ func parseListenerList(v any) ([]listenerSpec, error) {
 	}
 	var out []listenerSpec
 	for i, it := range items {
-		raw, err := json.Marshal(it)
+		ls, err := decodeStrict[listenerSpec](it)
 		if err != nil {
-			return nil, fmt.Errorf("listeners[%d]: %w", i, err)
-		}
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		var ls listenerSpec
-		if err := dec.Decode(&ls); err != nil {
 			return nil, fmt.Errorf("listeners[%d]: %w", i, err)
 		}
 		out = append(out, ls)
 	}
 	return out, nil
+}
+
+// decodeStrict decodes one item of a YAML list (already turned into
+// JSON-like values) into T; a field T does not have is an error.
+func decodeStrict[T any](item any) (T, error) {
+	var v T
+	raw, err := json.Marshal(item)
+	if err != nil {
+		return v, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(&v)
+	return v, err
 }
 
 // validateApp checks that the app stop strategy has what it needs, and

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -122,14 +121,8 @@ func parseProbeList(v any) ([]healthz.Spec, error) {
 	}
 	var specs []healthz.Spec
 	for i, it := range items {
-		raw, err := json.Marshal(it)
+		cp, err := decodeStrict[containerProbes](it)
 		if err != nil {
-			return nil, fmt.Errorf("probes[%d]: %w", i, err)
-		}
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		var cp containerProbes
-		if err := dec.Decode(&cp); err != nil {
 			return nil, fmt.Errorf("probes[%d]: %w", i, err)
 		}
 		if cp.ReadinessProbe == nil && cp.LivenessProbe == nil && cp.StartupProbe == nil {
