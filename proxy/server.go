@@ -8,11 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http2"
 )
 
 // ServerOptions hardens a public listener. The zero value of each field is
@@ -63,8 +65,12 @@ type Server struct {
 	busy     atomic.Int64 // connections that are new or serving a request
 	tls      *tls.Config  // nil: cleartext
 
-	mu    sync.Mutex
-	fresh map[*trackedConn]time.Time // accepted, no request yet; touched once per connection
+	h2          *http2.Server // nil: HTTP/1.1 only
+	goAwayBound time.Duration // longest wait for the first GOAWAY's PING
+
+	mu      sync.Mutex
+	fresh   map[*trackedConn]time.Time // accepted, no request yet; touched once per connection
+	h2conns map[*h2Conn]struct{}       // HTTP/2 connections being served
 }
 
 // Listen binds addr on TCP. The error names the address.
@@ -94,7 +100,14 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	s := &Server{ln: &trackedListener{Listener: ln}, grace: o.NewConnGrace, fresh: make(map[*trackedConn]time.Time)}
+	s := &Server{
+		ln:      &trackedListener{Listener: ln},
+		grace:   o.NewConnGrace,
+		fresh:   make(map[*trackedConn]time.Time),
+		h2conns: make(map[*h2Conn]struct{}),
+
+		goAwayBound: goAwayRTTBound,
+	}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ProtoMajor == 2 {
@@ -107,13 +120,11 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 					t.ConnMoved(ProtocolHTTP1, to)
 				}
 			}
-			// "Connection: close" also tells HTTP/2 clients to move: net/http
-			// answers it with a GOAWAY and closes the connection when idle.
-			dw := &drainWriter{ResponseWriter: w, draining: &s.draining}
+			dw := &drainWriter{ResponseWriter: w, draining: &s.draining, h2: h2ConnOf(r)}
 			h.ServeHTTP(dw, r)
 			if !dw.wrote && s.draining.Load() {
 				// Nothing written: net/http sends the header after we return.
-				w.Header().Set("Connection", "close")
+				dw.moveClient()
 			}
 		}),
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
@@ -137,7 +148,47 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		s.srv.TLSConfig = o.TLS
 		s.tls = o.TLS
 	}
+	if s.srv.Protocols.HTTP2() || s.srv.Protocols.UnencryptedHTTP2() {
+		s.configureHTTP2(o.Logger)
+	}
 	return s
+}
+
+// configureHTTP2 serves HTTP/2 with golang.org/x/net/http2 rather than
+// net/http's bundled copy: the same code, but its ServeConn takes any
+// net.Conn, so tidegate can put an h2Conn under it for the two-step GOAWAY.
+// ConfigureServer also registers the server's own graceful GOAWAY with
+// Shutdown.
+func (s *Server) configureHTTP2(log *zap.Logger) {
+	tlsConf := s.srv.TLSConfig
+	s.h2 = new(http2.Server)
+	if err := http2.ConfigureServer(s.srv, s.h2); err != nil {
+		// Only a TLS configuration without HTTP/2's ciphers fails, and
+		// LoadTLS never sets the cipher list.
+		log.Error("http2 not configured; serving HTTP/1.1 only", zap.Error(err))
+		s.h2 = nil
+		s.srv.Protocols.SetHTTP2(false)
+		s.srv.Protocols.SetUnencryptedHTTP2(false)
+		s.srv.TLSNextProto = nil
+		return
+	}
+	if tlsConf == nil {
+		s.srv.TLSConfig = nil // ConfigureServer adds one; the listener is cleartext
+	}
+	s.srv.TLSNextProto["h2"] = func(hs *http.Server, c *tls.Conn, h http.Handler) {
+		s.serveH2(hs, c, c, h, false)
+	}
+	s.srv.TLSNextProto["unencrypted_http2"] = func(hs *http.Server, c *tls.Conn, h http.Handler) {
+		// net/http hands a cleartext connection, its preface read, inside
+		// a stand-in *tls.Conn.
+		u, ok := c.NetConn().(interface{ UnencryptedNetConn() net.Conn })
+		if !ok {
+			log.Error("http2: cleartext connection handed over in an unknown form; closing it")
+			go c.Close()
+			return
+		}
+		s.serveH2(hs, u.UnencryptedNetConn(), nil, h, true)
+	}
 }
 
 // trackedOf finds the trackedConn under a connection net/http hands out:
@@ -146,11 +197,17 @@ func trackedOf(c net.Conn) *trackedConn {
 	if c == nil {
 		return nil
 	}
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	switch v := c.(type) {
+	case *trackedConn:
+		return v
+	case *tls.Conn:
+		return trackedOf(v.NetConn())
+	case *h2Conn:
+		return trackedOf(v.Conn)
+	case h2TLSConn:
+		return trackedOf(v.tc)
 	}
-	t, _ := c.(*trackedConn)
-	return t
+	return nil
 }
 
 // connKey finds a request's connection in its context.
@@ -235,12 +292,16 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(struct{ io.Writer }{c.Conn}, r)
 }
 
-// drainWriter adds "Connection: close" to a response whose header is
-// written while the server drains, whenever the request arrived; net/http
-// then closes the connection after the response.
+// drainWriter tells the client to move when a response's header is
+// written while the server drains, whenever the request arrived.
+// HTTP/1.1: "Connection: close", and net/http closes the connection after
+// the response. HTTP/2: the first step of the two-step GOAWAY (see
+// goaway.go) if it has not been taken, else "Connection: close", which the
+// HTTP/2 server answers with its own GOAWAY, the real one.
 type drainWriter struct {
 	http.ResponseWriter
 	draining *atomic.Bool
+	h2       *h2Conn // nil for HTTP/1.1
 	wrote    bool
 }
 
@@ -248,10 +309,19 @@ func (w *drainWriter) WriteHeader(code int) {
 	if !w.wrote && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.wrote = true
 		if code != http.StatusSwitchingProtocols && w.draining.Load() {
-			w.Header().Set("Connection", "close")
+			w.moveClient()
 		}
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// moveClient asks the client to go elsewhere for its next requests.
+func (w *drainWriter) moveClient() {
+	if w.h2 != nil && !w.h2.readyForFinalGoAway(time.Now()) {
+		w.h2.beginGoAway()
+		return
+	}
+	w.Header().Set("Connection", "close")
 }
 
 func (w *drainWriter) Write(p []byte) (int, error) {
@@ -281,12 +351,22 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// BeginDrain tells clients to move: from now on every response carries
-// "Connection: close", so each keep-alive connection closes right after its
-// next answer. The listener keeps accepting. Idle connections are left open
-// until Shutdown: closing them now, while load balancers have not noticed
-// the drain, races with a request being written to them (golang/go#23829).
-func (s *Server) BeginDrain() { s.draining.Store(true) }
+// BeginDrain tells clients to move. HTTP/2 connections get the first
+// GOAWAY of the two-step at once, and the real one with a response after
+// a round trip (or at Shutdown). HTTP/1.1: from now on every response
+// carries "Connection: close", so each keep-alive connection closes right
+// after its next answer. The listener keeps accepting. Idle HTTP/1.1
+// connections are left open until Shutdown: closing them now, while load
+// balancers have not noticed the drain, races with a request being written
+// to them (golang/go#23829).
+func (s *Server) BeginDrain() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.h2conns {
+		c.beginGoAway()
+	}
+}
 
 // EndDrain undoes BeginDrain: keep-alive is allowed again.
 func (s *Server) EndDrain() { s.draining.Store(false) }
@@ -299,6 +379,7 @@ func (s *Server) EndDrain() { s.draining.Store(false) }
 // 5s). Upgraded connections are not waited for: their requests stay counted
 // in the Tracker, which the caller watches.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.finishFirstGoAways(ctx)
 	// Canceling sctx wakes net/http's Shutdown from its backoff sleep.
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -323,6 +404,41 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			cancel()
 			<-done
 			return nil
+		}
+	}
+}
+
+// finishFirstGoAways takes the first GOAWAY step on every HTTP/2
+// connection that has not had it, and waits until each may get the real
+// one (its PING came back), at most goAwayRTTBound or until ctx ends: the
+// real GOAWAY goes to every connection when Shutdown starts.
+func (s *Server) finishFirstGoAways(ctx context.Context) {
+	s.mu.Lock()
+	conns := make([]*h2Conn, 0, len(s.h2conns))
+	for c := range s.h2conns {
+		c.beginGoAway()
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	if len(conns) == 0 {
+		return
+	}
+	deadline := time.NewTimer(s.goAwayBound)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		now := time.Now()
+		conns = slices.DeleteFunc(conns, func(c *h2Conn) bool { return c.readyForFinalGoAway(now) })
+		if len(conns) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
 		}
 	}
 }

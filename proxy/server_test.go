@@ -12,12 +12,21 @@ import (
 
 func startServer(t *testing.T, h http.Handler, o ServerOptions) (*Server, *Tracker) {
 	t.Helper()
+	return startServerWith(t, h, o, nil)
+}
+
+// startServerWith lets a test adjust the Server before it serves.
+func startServerWith(t *testing.T, h http.Handler, o ServerOptions, adjust func(*Server)) (*Server, *Tracker) {
+	t.Helper()
 	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	tr := NewTracker(TrackerOptions{})
 	s := NewServer(ln, h, tr, o)
+	if adjust != nil {
+		adjust(s)
+	}
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 	t.Cleanup(func() {
