@@ -25,9 +25,8 @@ const (
 	ReasonUpstreamError   Reason = "upstream_error"   // 502: anything else on the app's side
 
 	// Not upstream errors (not counted in tidegate_upstream_errors_total):
-	ReasonBodyTooLarge       Reason = "body_too_large"      // 413: the request body exceeds the configured maximum
-	ReasonClientCanceled     Reason = "client_canceled"     // 499: the client went away first; nothing is written
-	ReasonConnectUnsupported Reason = "connect_unsupported" // 405: CONNECT tunnels are not proxied
+	ReasonBodyTooLarge   Reason = "body_too_large"  // 413: the request body exceeds the configured maximum
+	ReasonClientCanceled Reason = "client_canceled" // 499: the client went away first; nothing is written
 )
 
 // UpstreamReasons lists the reasons counted as upstream errors, so that their

@@ -224,6 +224,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	if r.Method == http.MethodConnect {
+		// A tunnel, not a body: no size limit.
+		h.serveConnect(rec, r, st)
+		return
+	}
 	if h.maxBody > 0 {
 		if r.ContentLength > h.maxBody {
 			f := failure{http.StatusRequestEntityTooLarge, ReasonBodyTooLarge, false, "request body too large"}
@@ -237,14 +242,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveUpgrade(rec, r, st)
 		return
 	}
-	if r.Method == http.MethodConnect {
-		// Not a forward proxy: a CONNECT passed to the app would hold a
-		// request in flight with no tunnel behind it.
-		f := failure{http.StatusMethodNotAllowed, ReasonConnectUnsupported, false, "CONNECT is not supported"}
-		st.failure = &f
-		writeFailure(rec, f, st.id)
-		return
-	}
+
 	h.rp.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
 

@@ -546,27 +546,3 @@ func waitFor(t *testing.T, cond func() bool) {
 		<-tick.C
 	}
 }
-
-func TestConnectIsRefusedNotHeld(t *testing.T) {
-	up := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {
-		t.Errorf("the app saw a %s request", r.Method)
-	})
-	r := newRig(t, up.Listener.Addr().String(), nil)
-	c, err := net.Dial("tcp", r.front.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("X-Tidegate-Reason") != string(ReasonConnectUnsupported) {
-		t.Fatalf("CONNECT: %d %v", resp.StatusCode, resp.Header)
-	}
-	waitFor(t, func() bool { return r.tracker.InFlight() == 0 })
-}

@@ -166,3 +166,33 @@ func TestTCPDeadUpstreamClosesTheClient(t *testing.T) {
 		t.Fatalf("tidegate_upstream_errors_total{reason=connect_refused} = %v, want 1", got)
 	}
 }
+
+// TestTCPListenerPassesAnH2CPrefaceToTheApp: a tcp listener does not speak
+// HTTP. An HTTP/2 client that dials it by mistake reaches the app byte for
+// byte and gets whatever the app answers; the session is counted, and ends
+// when both sides have closed.
+func TestTCPListenerPassesAnH2CPrefaceToTheApp(t *testing.T) {
+	app := echoApp(t)
+	s, tr := startTCP(t, app.Addr().String())
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return tr.Connections(ProtocolTCP) == 1 && tr.InFlight() == 1 })
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "echo: PRI * HTTP/2.0\necho: \necho: SM\necho: \nbye\n"; string(got) != want {
+		t.Fatalf("the client got %q; want %q", got, want)
+	}
+	c.Close()
+	waitFor(t, func() bool { return tr.Connections(ProtocolTCP) == 0 && tr.InFlight() == 0 })
+}

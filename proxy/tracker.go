@@ -19,6 +19,7 @@ const (
 	ProtocolWebSocket          // upgraded WebSocket sessions
 	ProtocolH2                 // HTTP/2 over TLS
 	ProtocolUpgrade            // other upgraded connections (not WebSocket)
+	ProtocolConnect            // CONNECT tunnels to the app
 	numProtocols
 )
 
@@ -29,6 +30,7 @@ var protocolNames = [numProtocols]string{
 	ProtocolWebSocket: "websocket",
 	ProtocolH2:        "h2",
 	ProtocolUpgrade:   "upgrade",
+	ProtocolConnect:   "connect",
 }
 
 func (p Protocol) String() string {

@@ -82,10 +82,12 @@ func (ss *wsSessions) all() []*wsSession {
 	return out
 }
 
-// wsSession is one proxied WebSocket connection.
+// wsSession is one proxied WebSocket connection, other upgraded connection,
+// or CONNECT tunnel.
 type wsSession struct {
 	frames        bool // WebSocket: copied frame by frame, closed with 1001; else raw bytes
-	client, app   net.Conn
+	tunnel        bool // CONNECT: TCP semantics, each way half-closed on its own
+	client, app   io.ReadWriteCloser
 	clientR, appR io.Reader     // buffered readers over client and app
 	clientW, appW *lockedWriter // frames are written whole under these locks
 	goingAway     sync.Once
@@ -174,9 +176,13 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request, st *reqSt
 }
 
 func (s *wsSession) run(log *zap.Logger) {
+	if s.tunnel {
+		s.runTunnel(log)
+		return
+	}
 	var wg sync.WaitGroup
 	ended := make(chan struct{}, 2)
-	pipe := func(dst *lockedWriter, src io.Reader, dstConn, srcConn net.Conn) {
+	pipe := func(dst *lockedWriter, src io.Reader, dstConn, srcConn io.ReadWriteCloser) {
 		var err error
 		if s.frames {
 			err = copyFrames(dst, src)
