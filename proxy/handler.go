@@ -153,9 +153,15 @@ func NewHandler(o Options) (*Handler, error) {
 		h.now = time.Now
 	}
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:        h.rewrite,
-		Transport:      h.transport,
-		FlushInterval:  -1, // stream: every write from the app reaches the client at once
+		Rewrite:   h.rewrite,
+		Transport: h.transport,
+		// 0: a response of known length goes out in as few writes as the
+		// buffers allow (one for a small answer). ReverseProxy itself
+		// flushes every write of a response of unknown length (streams,
+		// gRPC) and of text/event-stream. -1 here would flush the header
+		// alone from a timer goroutine, then every write: twice the
+		// syscalls and a goroutine per request.
+		FlushInterval:  0,
 		BufferPool:     newBufferPool(),
 		ErrorLog:       debugLog(h.log),
 		ModifyResponse: h.modifyResponse,

@@ -370,12 +370,13 @@ func TestAbortMidBodyIsCountedAndReleased(t *testing.T) {
 		}
 	})
 	r := newRig(t, up.Listener.Addr().String(), nil)
+	// A response of known length is flushed when its buffer fills or it
+	// ends: the client sees the abort before the header, or in the body.
 	resp, err := r.front.Client().Get(r.front.URL)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
 	}
-	_, err = io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if err == nil {
 		t.Fatal("the client read a complete body although the app died half way")
 	}
