@@ -58,15 +58,21 @@ func BenchmarkDirect(b *testing.B) {
 	benchGet(b, benchClient(b), app.URL)
 }
 
-func benchProxy(b *testing.B, access *zap.Logger) {
+func benchProxy(b *testing.B, access *zap.Logger) { benchProxyWith(b, access, nil) }
+
+func benchProxyWith(b *testing.B, access *zap.Logger, transport func(Upstream) http.RoundTripper) {
 	app := benchApp(b)
 	up, _ := ParseUpstream(app.Listener.Addr().String())
+	var rt http.RoundTripper
+	if transport != nil {
+		rt = transport(up)
+	}
 	tr := NewTracker(TrackerOptions{})
 	m, err := NewMetrics(prometheus.NewRegistry(), tr)
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := NewHandler(Options{Upstream: up, Tracker: tr, Metrics: m, AccessLog: access,
+	h, err := NewHandler(Options{Upstream: up, Tracker: tr, Metrics: m, AccessLog: access, Transport: rt,
 		TransportOptions: TransportOptions{IdleConnTimeout: time.Minute}})
 	if err != nil {
 		b.Fatal(err)
@@ -86,6 +92,14 @@ func benchProxy(b *testing.B, access *zap.Logger) {
 // BenchmarkProxyHTTP1 is a 1 KiB GET through tidegate with metrics on and
 // the access log off.
 func BenchmarkProxyHTTP1(b *testing.B) { benchProxy(b, nil) }
+
+// BenchmarkProxyHTTP1StdTransport is BenchmarkProxyHTTP1 with net/http's
+// Transport to the app instead of tidegate's own HTTP/1.1 client.
+func BenchmarkProxyHTTP1StdTransport(b *testing.B) {
+	benchProxyWith(b, nil, func(up Upstream) http.RoundTripper {
+		return NewTransport(up, TransportOptions{IdleConnTimeout: time.Minute})
+	})
+}
 
 // BenchmarkProxyHTTP1AccessLog is the same with a JSON access log line per
 // request (written to io.Discard).

@@ -123,18 +123,6 @@ func NewHandler(o Options) (*Handler, error) {
 		target:    o.Upstream.targetHost(),
 		now:       o.Now,
 	}
-	if h.transport == nil {
-		switch o.Protocol {
-		case "", UpstreamHTTP1:
-			h.transport = NewTransport(o.Upstream, o.TransportOptions)
-		case UpstreamH2C, UpstreamAuto:
-			h.transport = router{mode: o.Protocol,
-				h1:  NewTransport(o.Upstream, o.TransportOptions),
-				h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
-		default:
-			return nil, fmt.Errorf("proxy: upstream protocol %q: want %q, %q or %q", o.Protocol, UpstreamHTTP1, UpstreamH2C, UpstreamAuto)
-		}
-	}
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
@@ -147,8 +135,24 @@ func NewHandler(o Options) (*Handler, error) {
 		network = "unix"
 	}
 	addr := o.Upstream.Address
-	var d net.Dialer
+	d := net.Dialer{KeepAlive: 30 * time.Second}
 	h.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
+	if h.transport == nil {
+		dial := func(ctx context.Context) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, h.dialTimeout)
+			defer cancel()
+			return h.dial(ctx)
+		}
+		h1 := newH1Transport(dial, NewTransport(o.Upstream, o.TransportOptions), o.TransportOptions)
+		switch o.Protocol {
+		case "", UpstreamHTTP1:
+			h.transport = h1
+		case UpstreamH2C, UpstreamAuto:
+			h.transport = router{mode: o.Protocol, h1: h1, h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
+		default:
+			return nil, fmt.Errorf("proxy: upstream protocol %q: want %q, %q or %q", o.Protocol, UpstreamHTTP1, UpstreamH2C, UpstreamAuto)
+		}
+	}
 	if h.now == nil {
 		h.now = time.Now
 	}

@@ -1,0 +1,331 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+)
+
+// h1Transport is tidegate's HTTP/1.1 client to the app for requests without
+// a body, most of all traffic. http.Transport hands every request to two
+// goroutines of the connection (a writer and a reader) and back, over
+// channels; h1Transport writes the request and reads the response on the
+// calling goroutine, with one write and usually one read per request.
+// Requests with a body (which http.Transport sends while it reads the
+// response, so an early answer from the app is not lost), Expect:
+// 100-continue and CONNECT go to the fallback http.Transport.
+//
+// Semantics kept from http.Transport: idle connections are reused newest
+// first and closed after IdleConnTimeout; a request that fails on a reused
+// connection before any byte of the answer arrived is retried once on a
+// new connection if it is replayable (GET, HEAD, OPTIONS, TRACE, or an
+// Idempotency-Key); 1xx answers reach httptrace's Got1xxResponse; the
+// request's context cancels the exchange at any point, body included;
+// ResponseHeaderTimeout bounds the wait for the answer's header.
+type h1Transport struct {
+	dial          func(ctx context.Context) (net.Conn, error)
+	host          string // the URL host the fallback dials
+	headerTimeout time.Duration
+	idleTimeout   time.Duration
+	maxIdle       int
+	fallback      *http.Transport
+
+	mu     sync.Mutex
+	idle   []*h1Conn // newest last
+	sweep  *time.Timer
+	closed bool
+}
+
+// h1Conn is one pooled connection to the app.
+type h1Conn struct {
+	nc     net.Conn
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	idleAt time.Time
+	reused bool
+}
+
+func newH1Transport(dial func(ctx context.Context) (net.Conn, error), fallback *http.Transport, o TransportOptions) *h1Transport {
+	return &h1Transport{
+		dial:          dial,
+		headerTimeout: o.ResponseHeaderTimeout,
+		idleTimeout:   fallback.IdleConnTimeout,
+		maxIdle:       fallback.MaxIdleConnsPerHost,
+		fallback:      fallback,
+	}
+}
+
+// fastPath reports whether h1Transport takes req itself.
+func fastPath(req *http.Request) bool {
+	return (req.Body == nil || req.Body == http.NoBody) && req.Method != http.MethodConnect &&
+		req.Header.Get("Expect") == "" && len(req.Trailer) == 0
+}
+
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !fastPath(req) {
+		return t.fallback.RoundTrip(req)
+	}
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		c, err := t.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := t.exchange(ctx, c, req)
+		if err == nil {
+			return resp, nil
+		}
+		var nothing errNothingRead
+		if c.reused && attempt == 0 && errors.As(err, &nothing) && replayable(req) && ctx.Err() == nil {
+			continue // the app had closed the idle connection: once more, on a new one
+		}
+		return nil, err
+	}
+}
+
+// errNothingRead wraps an error that came before any byte of the answer.
+type errNothingRead struct{ error }
+
+func (e errNothingRead) Unwrap() error { return e.error }
+
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, a := req.Header["Idempotency-Key"]
+	_, b := req.Header["X-Idempotency-Key"]
+	return a || b
+}
+
+// exchange sends req on c and reads the answer's header. On success the
+// response's body owns c; on error c is closed.
+func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request) (*http.Response, error) {
+	// Cancel by deadline: it wakes a blocked read or write at once.
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		c.nc.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	if err := writeRequest(c.bw, req); err != nil {
+		return fail(errNothingRead{err})
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fail(errNothingRead{err})
+	}
+	if t.headerTimeout > 0 {
+		_ = c.nc.SetReadDeadline(time.Now().Add(t.headerTimeout))
+	}
+	if _, err := c.br.Peek(1); err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			return fail(err) // the app is slow, not gone: no retry
+		}
+		return fail(errNothingRead{err})
+	}
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(c.br, req)
+		if err != nil {
+			return fail(err)
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		if tr := httptrace.ContextClientTrace(ctx); tr != nil && tr.Got1xxResponse != nil {
+			if err := tr.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if t.headerTimeout > 0 {
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Upgrades are proxied by serveUpgrade, never through here.
+		return fail(fmt.Errorf("app switched protocols on a plain request"))
+	}
+	reuse := !resp.Close && !req.Close
+	if resp.Body == http.NoBody {
+		t.release(c, stop, reuse)
+		return resp, nil
+	}
+	resp.Body = &h1Body{rc: resp.Body, t: t, c: c, stop: stop, reuse: reuse}
+	return resp, nil
+}
+
+// writeRequest writes req's request line and header; it has no body.
+func writeRequest(bw *bufio.Writer, req *http.Request) error {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	uri := req.URL.RequestURI()
+	if !validHeaderValue(host) || !validHeaderValue(uri) || strings.ContainsAny(uri, " ") {
+		return fmt.Errorf("invalid request target %q or host %q", uri, host)
+	}
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	for k, vs := range req.Header {
+		if k == "Host" || (k == "User-Agent" && len(vs) == 1 && vs[0] == "") {
+			continue
+		}
+		for _, v := range vs {
+			if !validHeaderValue(v) {
+				return fmt.Errorf("invalid value for header %s", k)
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if req.Close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// validHeaderValue rejects what would split the request: CR, LF and NUL.
+func validHeaderValue(v string) bool {
+	return !strings.ContainsAny(v, "\r\n\x00")
+}
+
+// h1Body returns its connection to the pool at EOF, and closes it if the
+// body is abandoned before.
+type h1Body struct {
+	rc    io.ReadCloser
+	t     *h1Transport
+	c     *h1Conn
+	stop  func() bool
+	reuse bool
+	done  bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.done = true
+		b.t.release(b.c, b.stop, b.reuse)
+	} else if err != nil {
+		b.done = true
+		b.stop()
+		b.c.nc.Close()
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if !b.done {
+		b.done = true
+		b.stop()
+		b.c.nc.Close()
+	}
+	return nil
+}
+
+// get returns the newest idle connection younger than the idle timeout,
+// or dials a new one.
+func (t *h1Transport) get(ctx context.Context) (*h1Conn, error) {
+	now := time.Now()
+	t.mu.Lock()
+	for len(t.idle) > 0 {
+		c := t.idle[len(t.idle)-1]
+		t.idle[len(t.idle)-1] = nil
+		t.idle = t.idle[:len(t.idle)-1]
+		if now.Sub(c.idleAt) < t.idleTimeout {
+			t.mu.Unlock()
+			c.reused = true
+			return c, nil
+		}
+		c.nc.Close()
+	}
+	t.mu.Unlock()
+	nc, err := t.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 4<<10)}, nil
+}
+
+// release puts c back in the pool, or closes it.
+func (t *h1Transport) release(c *h1Conn, stop func() bool, reuse bool) {
+	if !stop() || !reuse || c.br.Buffered() > 0 {
+		// Canceled (the deadline is set), closing, or the app sent more
+		// than the answer: not reusable.
+		c.nc.Close()
+		return
+	}
+	c.idleAt = time.Now()
+	t.mu.Lock()
+	if t.closed || len(t.idle) >= t.maxIdle {
+		t.mu.Unlock()
+		c.nc.Close()
+		return
+	}
+	t.idle = append(t.idle, c)
+	if t.sweep == nil {
+		t.sweep = time.AfterFunc(t.idleTimeout, t.sweepIdle)
+	}
+	t.mu.Unlock()
+}
+
+// sweepIdle closes connections idle longer than the idle timeout, and
+// comes back while any are left.
+func (t *h1Transport) sweepIdle() {
+	cutoff := time.Now().Add(-t.idleTimeout)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, c := range t.idle { // oldest first
+		if c.idleAt.After(cutoff) {
+			t.idle[n] = c
+			n++
+			continue
+		}
+		c.nc.Close()
+	}
+	clear(t.idle[n:])
+	t.idle = t.idle[:n]
+	t.sweep = nil
+	if n > 0 && !t.closed {
+		t.sweep = time.AfterFunc(t.idleTimeout/2, t.sweepIdle)
+	}
+}
+
+// CloseIdleConnections closes the idle connections of both paths.
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	if t.sweep != nil {
+		t.sweep.Stop()
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	for _, c := range idle {
+		c.nc.Close()
+	}
+	t.fallback.CloseIdleConnections()
+}
