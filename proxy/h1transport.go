@@ -174,7 +174,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 		host = req.URL.Host
 	}
 	uri := req.URL.RequestURI()
-	if !validHeaderValue(host) || !validHeaderValue(uri) || strings.ContainsAny(uri, " ") {
+	if !validHostOrTarget(host) || uri == "" || !validHostOrTarget(uri) {
 		return fmt.Errorf("invalid request target %q or host %q", uri, host)
 	}
 	bw.WriteString(req.Method)
@@ -202,6 +202,17 @@ func writeRequest(bw *bufio.Writer, req *http.Request) error {
 	}
 	_, err := bw.WriteString("\r\n")
 	return err
+}
+
+// validHostOrTarget rejects spaces and control bytes, which would split
+// or bend the request line or the Host header.
+func validHostOrTarget(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // validHeaderValue rejects what would split the request: CR, LF and NUL.
