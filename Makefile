@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS    := ./...
 
-.PHONY: all build test vet fmt-check unit bench demo clean
+.PHONY: all build test vet fmt-check unit bench bench-mem bench-micro demo clean
 
 all: build
 
@@ -28,8 +28,20 @@ fmt-check:
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/e2e)
 
-## bench: data-path micro-benchmarks (ns/op, allocs/op)
+## bench: the harness of test/bench: direct vs tidegate vs nginx vs haproxy (and
+## a plain ReverseProxy for gRPC) under wrk, h2load, gRPC and open-loop load,
+## then tidegate's memory per idle connection; about 5 minutes. As root it
+## apt-get installs wrk, nginx, haproxy and h2load if missing.
+BENCH_FLAGS ?=
 bench:
+	$(GO) run ./test/bench -go $(GO) -out test/bench/results.md $(BENCH_FLAGS)
+
+## bench-mem: only tidegate's idle RSS and its RSS per idle connection
+bench-mem:
+	$(GO) run ./test/bench -mode mem -go $(GO) -out test/bench/results-mem.md $(BENCH_FLAGS)
+
+## bench-micro: data-path micro-benchmarks (ns/op, allocs/op)
+bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./proxy/
 
 ## demo: the built-in app behind the sidecar through a SIGTERM

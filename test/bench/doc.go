@@ -1,0 +1,35 @@
+// Command bench is tidegate's benchmark harness (issue 6): one run that
+// measures, side by side and against the same upstream app, what a request
+// costs when it goes to the app directly, through tidegate, through nginx,
+// through HAProxy and (for gRPC) through a plain httputil.ReverseProxy.
+//
+// Usage:
+//
+//	make bench                     every workload, then the memory mode
+//	make bench-mem                 the memory mode alone
+//	go run ./test/bench -h         the flags (see Options)
+//
+// It builds tidegate from this checkout, starts the upstream app (this same
+// binary, subcommand "app"), and for each workload and each path starts the
+// proxy afresh, checks that one request goes through it, warms it up, and
+// measures it. The workloads:
+//
+//  1. HTTP/1.1 keep-alive, 1 KiB responses (wrk)
+//  2. HTTP/1.1 keep-alive, 64 KiB responses (wrk)
+//  3. h2c, 1 KiB responses (h2load)
+//  4. gRPC unary calls (subcommand "grpcload")
+//  5. open-loop HTTP/1.1 at half of direct's rate in workload 1, latency
+//     counted from each request's intended send time (subcommand "openloop")
+//
+// The memory mode starts tidegate alone and reports its idle RSS and the RSS
+// that each idle HTTP/1.1 keep-alive or h2c connection adds.
+//
+// Invariants: the load generators run on one CPU (Options.LoadCPU) and every
+// server (the app and the proxy under test) on the other (Options.ServerCPU),
+// each limited to one thread of execution (GOMAXPROCS=1, worker_processes 1,
+// nbthread 1); only one proxy runs at a time; every address is on loopback;
+// every process the harness starts is in its own process group, dies with
+// the harness (Pdeathsig), and is killed before the harness returns, error or
+// not; every process and network call has a deadline. The harness only
+// measures: it runs tidegate with its default data-path settings.
+package main
