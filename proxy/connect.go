@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -38,36 +36,8 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 	}
 	out.Header.Set(RequestIDHeader, st.id)
 	h.setForwardedHeaders(r, out)
-	withState := r.WithContext(context.WithValue(r.Context(), stateKey{}, st))
-
-	dialCtx, cancel := context.WithTimeout(r.Context(), h.dialTimeout)
-	app, err := h.dial(dialCtx)
-	cancel()
-	if err != nil {
-		h.errorHandler(w, withState, err)
-		return
-	}
-	st.sent = h.now()
-	if err := out.Write(app); err != nil {
-		app.Close()
-		h.errorHandler(w, withState, err)
-		return
-	}
-	appBuf := bufio.NewReader(app)
-	resp, err := http.ReadResponse(appBuf, out)
-	if err != nil {
-		app.Close()
-		h.errorHandler(w, withState, err)
-		return
-	}
-	st.headers = h.now()
-	if resp.StatusCode/100 != 2 {
-		// The app refused the tunnel: relay its answer as a response.
-		defer app.Close()
-		defer resp.Body.Close()
-		copyHeaders(w.Header(), resp.Header)
-		w.WriteHeader(resp.StatusCode)
-		_, _ = io.Copy(w, resp.Body)
+	app, appBuf, resp, ok := h.handshake(w, r, st, out, func(code int) bool { return code/100 == 2 })
+	if !ok {
 		return
 	}
 	// RFC 9110 §9.3.6: no Content-Length or Transfer-Encoding in a 2xx

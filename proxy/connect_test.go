@@ -60,19 +60,17 @@ func (a *connectApp) serve(c net.Conn) {
 	_, _ = io.WriteString(c, "bye")
 }
 
-// TestConnectTunnelsToTheApp: CONNECT over HTTP/1.1 reaches the app with
-// the client's authority; the tunnel echoes both ways, is in flight and
-// counted as a connect connection for its life, and passes half-closes on.
-func TestConnectTunnelsToTheApp(t *testing.T) {
-	app := newConnectApp(t)
-	r := newRig(t, app.ln.Addr().String(), nil)
+// dialConnect opens a connection to the proxy, sends CONNECT authority
+// and reads the answer's header.
+func dialConnect(t *testing.T, r *rig, authority string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
 	c, err := net.Dial("tcp", r.front.Listener.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.WriteString(c, "CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\nX-Request-Id: tunnel-1\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(c, "CONNECT "+authority+" HTTP/1.1\r\nHost: "+authority+"\r\nX-Request-Id: tunnel-1\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(c)
@@ -80,6 +78,16 @@ func TestConnectTunnelsToTheApp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, br, resp
+}
+
+// TestConnectTunnelsToTheApp: CONNECT over HTTP/1.1 reaches the app with
+// the client's authority; the tunnel echoes both ways, is in flight and
+// counted as a connect connection for its life, and passes half-closes on.
+func TestConnectTunnelsToTheApp(t *testing.T) {
+	app := newConnectApp(t)
+	r := newRig(t, app.ln.Addr().String(), nil)
+	c, br, resp := dialConnect(t, r, "db.internal:5432")
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Tunnel") != "yes" || resp.Header.Get("Content-Length") != "" {
 		t.Fatalf("CONNECT answer: %d %v", resp.StatusCode, resp.Header)
 	}
@@ -115,19 +123,7 @@ func TestConnectTunnelsToTheApp(t *testing.T) {
 func TestConnectRefusedByTheAppIsRelayed(t *testing.T) {
 	app := newConnectApp(t)
 	r := newRig(t, app.ln.Addr().String(), nil)
-	c, err := net.Dial("tcp", r.front.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.WriteString(c, "CONNECT refuse.internal:1 HTTP/1.1\r\nHost: refuse.internal:1\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, resp := dialConnect(t, r, "refuse.internal:1")
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden || string(body) != "no" {
@@ -142,18 +138,9 @@ func TestConnectRefusedByTheAppIsRelayed(t *testing.T) {
 func TestConnectTunnelIsCutByCloseUpgraded(t *testing.T) {
 	app := newConnectApp(t)
 	r := newRig(t, app.ln.Addr().String(), nil)
-	c, err := net.Dial("tcp", r.front.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := io.WriteString(c, "CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
-	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("CONNECT: %v %v", resp, err)
+	_, br, resp := dialConnect(t, r, "db.internal:5432")
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
 	}
 	<-app.seen
 	waitFor(t, func() bool { return r.tracker.Connections(ProtocolConnect) == 1 })

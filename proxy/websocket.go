@@ -115,34 +115,8 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request, st *reqSt
 		out.Header.Del(k)
 	}
 
-	dialCtx, cancel := context.WithTimeout(r.Context(), h.dialTimeout)
-	app, err := h.dial(dialCtx)
-	cancel()
-	if err != nil {
-		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
-		return
-	}
-	st.sent = h.now()
-	if err := out.Write(app); err != nil {
-		app.Close()
-		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
-		return
-	}
-	appBuf := bufio.NewReader(app)
-	resp, err := http.ReadResponse(appBuf, out)
-	if err != nil {
-		app.Close()
-		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
-		return
-	}
-	st.headers = h.now()
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		// The app refused the upgrade: relay its answer as a plain response.
-		defer app.Close()
-		defer resp.Body.Close()
-		copyHeaders(w.Header(), resp.Header)
-		w.WriteHeader(resp.StatusCode)
-		_, _ = io.Copy(w, resp.Body)
+	app, appBuf, resp, ok := h.handshake(w, r, st, out, func(code int) bool { return code == http.StatusSwitchingProtocols })
+	if !ok {
 		return
 	}
 	client, clientBuf, err := http.NewResponseController(w).Hijack()
@@ -173,6 +147,49 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request, st *reqSt
 	h.ws.add(s)
 	defer h.ws.remove(s)
 	s.run(h.log)
+}
+
+// handshake sends out, the first request of an upgrade or a tunnel, on a
+// connection of its own to the app and reads the answer. If accept likes
+// its status, the caller gets the connection, a reader over it that may
+// hold the first bytes after the answer, and the answer. Otherwise the
+// answer has been relayed to the client as a plain response (or the error
+// answered as any upstream failure) and ok is false.
+func (h *Handler) handshake(w http.ResponseWriter, r *http.Request, st *reqState, out *http.Request, accept func(int) bool) (app net.Conn, appBuf *bufio.Reader, resp *http.Response, ok bool) {
+	fail := func(err error) {
+		h.errorHandler(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)), err)
+	}
+	dialCtx, cancel := context.WithTimeout(r.Context(), h.dialTimeout)
+	app, err := h.dial(dialCtx)
+	cancel()
+	if err != nil {
+		fail(err)
+		return nil, nil, nil, false
+	}
+	st.sent = h.now()
+	if err := out.Write(app); err != nil {
+		app.Close()
+		fail(err)
+		return nil, nil, nil, false
+	}
+	appBuf = bufio.NewReader(app)
+	resp, err = http.ReadResponse(appBuf, out)
+	if err != nil {
+		app.Close()
+		fail(err)
+		return nil, nil, nil, false
+	}
+	st.headers = h.now()
+	if !accept(resp.StatusCode) {
+		// The app said no: relay its answer as a plain response.
+		defer app.Close()
+		defer resp.Body.Close()
+		copyHeaders(w.Header(), resp.Header)
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+		return nil, nil, nil, false
+	}
+	return app, appBuf, resp, true
 }
 
 func (s *wsSession) run(log *zap.Logger) {
