@@ -288,6 +288,12 @@ func (t *h1Transport) release(c *h1Conn, stop func() bool, reuse bool) {
 		c.nc.Close()
 		return
 	}
+	t.put(c)
+}
+
+// put puts c, idle and healthy, back in the pool, or closes it when the
+// pool is full or closed.
+func (t *h1Transport) put(c *h1Conn) {
 	c.idleAt = time.Now()
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= t.maxIdle {

@@ -79,6 +79,7 @@ type Options struct {
 type Handler struct {
 	rp        *httputil.ReverseProxy
 	transport http.RoundTripper
+	h1        *h1Transport // the transport of the fast path; nil: no fast path
 	tracker   *Tracker
 	metrics   *Metrics
 	log       *zap.Logger
@@ -147,7 +148,12 @@ func NewHandler(o Options) (*Handler, error) {
 		switch o.Protocol {
 		case "", UpstreamHTTP1:
 			h.transport = h1
-		case UpstreamH2C, UpstreamAuto:
+			h.h1 = h1
+		case UpstreamAuto:
+			// Only gRPC over HTTP/2 goes to h2c: HTTP/1.1 may take the fast path.
+			h.h1 = h1
+			h.transport = router{mode: o.Protocol, h1: h1, h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
+		case UpstreamH2C:
 			h.transport = router{mode: o.Protocol, h1: h1, h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
 		default:
 			return nil, fmt.Errorf("proxy: upstream protocol %q: want %q, %q or %q", o.Protocol, UpstreamHTTP1, UpstreamH2C, UpstreamAuto)

@@ -34,8 +34,8 @@ func newRequestID() string {
 // with spaces or control characters, is replaced so that logs stay parseable.
 const maxRequestIDLen = 128
 
-func validRequestID(id string) bool {
-	if id == "" || len(id) > maxRequestIDLen {
+func validRequestID[T string | []byte](id T) bool {
+	if len(id) == 0 || len(id) > maxRequestIDLen {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

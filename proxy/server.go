@@ -54,6 +54,22 @@ type ServerOptions struct {
 	// Logger receives the server's own errors (accept failures, bad TLS
 	// handshakes). Nil means no logs.
 	Logger *zap.Logger
+
+	// FastPath, when set, serves plain HTTP/1.1 requests on a cleartext
+	// listener itself, straight to this Handler, without net/http (see
+	// fast.go): about half the CPU per request. Any other request (a body,
+	// an upgrade, h2c, a large head, ...) and the rest of its connection
+	// are served by net/http and the server's handler, so FastPath must be
+	// the Handler at the end of that handler's chain. Ignored with TLS or
+	// when the Handler does not speak HTTP/1.1 to the app. Nil means
+	// net/http serves everything.
+	FastPath *Handler
+
+	// FastPathOpen, when set, is asked before each request on the fast
+	// path; false sends the request through the server's handler instead,
+	// for example while a gate in that chain answers for the app. Nil
+	// means always open.
+	FastPathOpen func() bool
 }
 
 // Server serves the proxy on one listener and counts its connections.
@@ -71,6 +87,19 @@ type Server struct {
 	mu      sync.Mutex
 	fresh   map[*trackedConn]time.Time // accepted, no request yet; touched once per connection
 	h2conns map[*h2Conn]struct{}       // HTTP/2 connections being served
+
+	// The fast path (fastserve.go); fast is nil without it.
+	t                 *Tracker
+	log               *zap.Logger
+	fast              *Handler
+	fastOpen          func() bool
+	handoff           *handoffListener
+	readHeaderTimeout time.Duration
+	idleTimeout       time.Duration
+	closing           atomic.Bool   // Shutdown or Close began
+	stopped           chan struct{} // closed by Close and Shutdown
+	stopOnce          sync.Once
+	fastConns         map[*trackedConn]struct{} // touched once per connection
 }
 
 // Listen binds addr on TCP. The error names the address.
@@ -107,6 +136,18 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		h2conns: make(map[*h2Conn]struct{}),
 
 		goAwayBound: goAwayRTTBound,
+
+		t:                 t,
+		log:               o.Logger,
+		readHeaderTimeout: o.ReadHeaderTimeout,
+		idleTimeout:       o.IdleTimeout,
+		stopped:           make(chan struct{}),
+		fastConns:         make(map[*trackedConn]struct{}),
+	}
+	if o.FastPath != nil && o.FastPath.fastOK() && o.TLS == nil {
+		s.fast = o.FastPath
+		s.fastOpen = o.FastPathOpen
+		s.handoff = newHandoffListener(ln.Addr())
 	}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -206,6 +247,8 @@ func trackedOf(c net.Conn) *trackedConn {
 		return trackedOf(v.Conn)
 	case h2TLSConn:
 		return trackedOf(v.tc)
+	case *handedConn:
+		return v.trackedConn
 	}
 	return nil
 }
@@ -220,6 +263,9 @@ func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
 	wasBusy := from == http.StateNew || from == http.StateActive
 	isBusy := to == http.StateNew || to == http.StateActive
 	switch {
+	case to == http.StateNew && c.handedOff.Swap(false):
+		// The fast path handed c to net/http: counted already, and busy.
+		return
 	case to == http.StateNew:
 		// from is the zero value, StateNew itself: counted below.
 		t.ConnOpened(ProtocolHTTP1)
@@ -274,8 +320,9 @@ func (l *trackedListener) Close() error {
 // read before the close, not reset) and ReadFrom (sendfile/splice).
 type trackedConn struct {
 	net.Conn
-	state atomic.Int32 // http.ConnState; 0 is StateNew
-	proto atomic.Int32 // Protocol: HTTP/1.1 until an HTTP/2 request shows otherwise
+	state     atomic.Int32 // http.ConnState; 0 is StateNew
+	proto     atomic.Int32 // Protocol: HTTP/1.1 until an HTTP/2 request shows otherwise
+	handedOff atomic.Bool  // the fast path gave it to net/http, which has not seen it yet
 }
 
 func (c *trackedConn) CloseWrite() error {
@@ -341,6 +388,9 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Serve accepts connections until Shutdown or Close; then it returns nil.
 func (s *Server) Serve() error {
+	if s.fast != nil {
+		return s.serveWithFastPath()
+	}
 	var ln net.Listener = s.ln
 	if s.tls != nil {
 		ln = tls.NewListener(s.ln, s.tls)
@@ -380,6 +430,11 @@ func (s *Server) EndDrain() { s.draining.Store(false) }
 // in the Tracker, which the caller watches.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.finishFirstGoAways(ctx)
+	s.stop()
+	if s.fast != nil {
+		_ = s.ln.Close()
+		s.closeIdleFast()
+	}
 	// Canceling sctx wakes net/http's Shutdown from its backoff sleep.
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -387,13 +442,27 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { done <- s.srv.Shutdown(sctx) }()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
+	srvDone := done
 	for {
 		select {
-		case err := <-done:
-			return err
+		case err := <-srvDone:
+			if s.fast == nil || err != nil || s.busy.Load() == 0 {
+				return err
+			}
+			// net/http is done; fast-path connections are still busy.
+			srvDone = nil
+		case <-ctx.Done():
+			cancel()
+			if srvDone != nil {
+				<-done
+			}
+			return ctx.Err()
 		case <-tick.C:
 		}
 		s.closeStaleFresh()
+		if s.fast != nil {
+			s.closeIdleFast()
+		}
 		// net/http closes the listener first (after marking itself shut
 		// down, so Serve returns ErrServerClosed rather than an error).
 		if s.ln.closed.Load() && s.busy.Load() == 0 {
@@ -402,10 +471,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			// finishes that now.
 			_ = s.srv.Close()
 			cancel()
-			<-done
+			if srvDone != nil {
+				<-done
+			}
 			return nil
 		}
 	}
+}
+
+// stop marks the server as closing, for the fast path's connections and
+// its accept loop.
+func (s *Server) stop() {
+	s.closing.Store(true)
+	s.stopOnce.Do(func() { close(s.stopped) })
 }
 
 // finishFirstGoAways takes the first GOAWAY step on every HTTP/2
@@ -462,4 +540,12 @@ func (s *Server) closeStaleFresh() {
 }
 
 // Close closes the listener and every connection at once.
-func (s *Server) Close() error { return s.srv.Close() }
+func (s *Server) Close() error {
+	s.stop()
+	err := s.srv.Close()
+	if s.fast != nil {
+		_ = s.ln.Close()
+		s.closeAllFast()
+	}
+	return err
+}

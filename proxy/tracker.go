@@ -128,6 +128,16 @@ func (t *Tracker) LastActivity() time.Time {
 	return time.Unix(0, ns)
 }
 
+// isProbeUA is IsProbe for a User-Agent still in a read buffer.
+func (t *Tracker) isProbeUA(ua []byte) bool {
+	for _, p := range t.probeAgents {
+		if len(ua) >= len(p) && string(ua[:len(p)]) == p {
+			return true
+		}
+	}
+	return false
+}
+
 // IsProbe reports whether a User-Agent belongs to a health checker.
 func (t *Tracker) IsProbe(userAgent string) bool {
 	for _, p := range t.probeAgents {

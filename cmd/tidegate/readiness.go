@@ -100,6 +100,18 @@ func (g *gate) wrap(next http.Handler) http.Handler {
 	})
 }
 
+// open reports whether the gate lets requests through untouched now: the
+// fast path asks it, and leaves requests to wrap's handler when it is not.
+func (g *gate) open() bool {
+	switch phase := g.s.life.Phase(); {
+	case phase == drain.Starting:
+		return false
+	case phase == drain.Serving && g.s.cfg.GateUnready && !g.s.appReady():
+		return false
+	}
+	return true
+}
+
 // hold waits up to --hold-until-ready for the lifecycle to leave starting.
 func (g *gate) hold(ctx context.Context) bool {
 	d := g.s.cfg.HoldUntilReady

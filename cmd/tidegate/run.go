@@ -219,12 +219,18 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 					return nil, usageError{fmt.Errorf("listener %s: %w", pl.Name, err)}
 				}
 			}
+			var fastPath *proxy.Handler
+			if !cfg.Server.NetHTTPOnly {
+				fastPath = uh.proxy
+			}
 			srv = proxy.NewServer(ln, uh.gated, s.tracker, proxy.ServerOptions{
 				TLS:               tlsCfg,
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
 				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 				Logger:            s.log.Named("public"),
+				FastPath:          fastPath,
+				FastPathOpen:      g.open,
 			})
 		}
 		s.public = append(s.public, publicListener{spec: pl, srv: srv, ws: ws})

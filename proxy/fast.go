@@ -1,0 +1,880 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// The fast path serves plain HTTP/1.1 requests on a cleartext listener
+// without net/http: the connection loop is in fastserve.go, the wire format
+// in h1wire.go, and the exchange with the app here. A plain request is one
+// without a body, an upgrade, Expect, CONNECT or a head larger than the
+// read buffer; that is almost all traffic. Everything else, and the rest of
+// the connection it came on, goes to net/http and Handler.ServeHTTP, which
+// serve every protocol and every corner. The fast path does what
+// ServeHTTP does for a plain request (request ids, X-Forwarded-*,
+// hop-by-hop hygiene, in-flight accounting, metrics, access log, the same
+// error answers and reasons), measured in test/bench to cost about half.
+
+// clientWatchAfter is how long the fast path waits for the app's answer
+// before it starts watching the client connection for a close, which
+// cancels the request at the app as net/http does. A quicker answer needs
+// no watch, and no goroutine.
+const clientWatchAfter = 20 * time.Millisecond
+
+// fastConn is a client connection on the fast path.
+type fastConn struct {
+	nc     net.Conn
+	src    clientSource
+	br     *bufio.Reader
+	remote string // RemoteAddr, as net/http reports it
+	ip     string // its host part; "" if it has none
+	head   h1head
+	req    fastRequest
+}
+
+// clientSource feeds the connection's reader: a byte the client watch
+// read first, then the connection.
+type clientSource struct {
+	nc      net.Conn
+	pending []byte
+	one     [1]byte
+}
+
+func (s *clientSource) Read(p []byte) (int, error) {
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	return s.nc.Read(p)
+}
+
+// fastRequest is what the fast path learned from a request's fields.
+type fastRequest struct {
+	host, ua, id, xfp, xfh []byte
+	xff                    int // X-Forwarded-For fields
+	close                  bool
+	teTrailers             bool
+	idempotencyKey         bool
+	hop                    [8][]byte // fields named in Connection
+	nhop                   int
+}
+
+// fastOK reports whether the handler can serve requests on the fast path:
+// it talks HTTP/1.1 to the app with its own transport.
+func (h *Handler) fastOK() bool { return h.h1 != nil }
+
+// takeFast reads the fields of fc.head and reports whether the fast path
+// serves the request; false leaves it to net/http.
+func takeFast(fc *fastConn) bool {
+	r := &fc.req
+	*r = fastRequest{}
+	hosts := 0
+	for _, f := range fc.head.fields {
+		n := f.name
+		switch {
+		case fieldIs(n, "host"):
+			hosts++
+			r.host = f.value
+		case fieldIs(n, "content-length"):
+			if string(f.value) != "0" {
+				return false // a body: net/http streams it
+			}
+		case fieldIs(n, "transfer-encoding"), fieldIs(n, "expect"), fieldIs(n, "upgrade"),
+			fieldIs(n, "http2-settings"):
+			return false
+		case fieldIs(n, "connection"):
+			ok := true
+			eachToken(f.value, func(tok []byte) {
+				switch {
+				case fieldIs(tok, "close"):
+					r.close = true
+				case fieldIs(tok, "keep-alive"):
+				case fieldIs(tok, "upgrade"):
+					ok = false
+				case r.nhop < len(r.hop):
+					r.hop[r.nhop] = tok
+					r.nhop++
+				default:
+					ok = false
+				}
+			})
+			if !ok {
+				return false
+			}
+		case fieldIs(n, "user-agent"):
+			if r.ua == nil {
+				r.ua = f.value
+			}
+		case fieldIs(n, "x-request-id"):
+			if r.id == nil {
+				r.id = f.value
+			}
+		case fieldIs(n, "x-forwarded-for"):
+			r.xff++
+		case fieldIs(n, "x-forwarded-proto"):
+			if r.xfp == nil {
+				r.xfp = f.value
+			}
+		case fieldIs(n, "x-forwarded-host"):
+			if r.xfh == nil {
+				r.xfh = f.value
+			}
+		case fieldIs(n, "te"):
+			eachToken(f.value, func(tok []byte) {
+				if fieldIs(tok, "trailers") {
+					r.teTrailers = true
+				}
+			})
+		case fieldIs(n, "idempotency-key"), fieldIs(n, "x-idempotency-key"):
+			r.idempotencyKey = true
+		}
+	}
+	return hosts == 1 && validHostField(r.host)
+}
+
+// validHostByte marks the bytes net/http accepts in a Host header.
+var validHostByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!$%&'()*+,-.:;=[]_~" {
+		t[c] = true
+	}
+	return t
+}()
+
+func validHostField(h []byte) bool {
+	if len(h) == 0 {
+		return false // legal, but rare: net/http decides
+	}
+	for _, c := range h {
+		if !validHostByte[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// hopByHop reports whether a field is one ReverseProxy removes on the way
+// to the app or back (plus Forwarded, which tidegate does not speak).
+func hopByHop(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return fieldIs(name, "te")
+	case 7:
+		return fieldIs(name, "trailer") || fieldIs(name, "upgrade")
+	case 9:
+		return fieldIs(name, "forwarded")
+	case 10:
+		return fieldIs(name, "connection") || fieldIs(name, "keep-alive")
+	case 16:
+		return fieldIs(name, "proxy-connection")
+	case 17:
+		return fieldIs(name, "transfer-encoding")
+	case 18:
+		return fieldIs(name, "proxy-authenticate")
+	case 19:
+		return fieldIs(name, "proxy-authorization")
+	}
+	return false
+}
+
+func namedIn(name []byte, list [][]byte) bool {
+	for _, tok := range list {
+		if len(tok) == len(name) && fieldIs(name, lowerASCII(tok)) {
+			return true
+		}
+	}
+	return false
+}
+
+// lowerASCII returns b in lower case as a string; used only for the rare
+// fields a Connection header names.
+func lowerASCII(b []byte) string {
+	s := []byte(string(b))
+	for i, c := range s {
+		if 'A' <= c && c <= 'Z' {
+			s[i] = c + 'a' - 'A'
+		}
+	}
+	return string(s)
+}
+
+// fastExchange is the state of one request on the fast path.
+type fastExchange struct {
+	start, sent, headers time.Time
+	status               int
+	bytes                int64
+	id                   []byte
+	generated            bool
+	failure              *failure
+	aborted              bool // the response was cut short
+	clientGone           bool
+}
+
+// serveFast proxies the request in fc.head to the app and writes the
+// answer to bw, the client's writer. It reports whether the connection may
+// serve another request. closing says whether the server wants the client
+// to go ("Connection: close").
+func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool) (keep bool) {
+	r := &fc.req
+	x := fastExchange{start: h.now(), id: r.id}
+	h.tracker.RequestStarted(r.ua != nil && h.tracker.isProbeUA(r.ua))
+	defer h.tracker.RequestDone()
+	if !validRequestID(x.id) {
+		x.id, x.generated = []byte(newRequestID()), true
+	}
+	keep = !r.close
+	defer func() { h.finishFast(fc, &x) }()
+
+	t := h.h1
+	var uc *h1Conn
+	for attempt := 0; ; attempt++ {
+		var err error
+		uc, err = t.get(context.Background())
+		if err == nil {
+			x.sent = h.now()
+			err = h.sendFast(uc, fc, &x)
+			if err == nil {
+				err = h.awaitHead(uc, fc, &x)
+			}
+		}
+		if err == nil {
+			break
+		}
+		if uc != nil {
+			uc.nc.Close()
+		}
+		if x.clientGone {
+			f := failure{StatusClientClosed, ReasonClientCanceled, false, "client closed request"}
+			x.failure = &f
+			return false
+		}
+		var nothing errNothingRead
+		if uc != nil && uc.reused && attempt == 0 && errors.As(err, &nothing) &&
+			(replayableMethod(fc.head.method) || r.idempotencyKey) {
+			continue
+		}
+		f := classify(context.Background(), err)
+		x.failure = &f
+		h.upstreamFailed(fc, &x, f, err)
+		keep = keep && !closing()
+		writeFailureRaw(bw, f, x.id, keep)
+		return keep && bw.Flush() == nil
+	}
+	x.headers = h.now()
+	return h.relayResponse(uc, fc, bw, &x, keep, closing)
+}
+
+func replayableMethod(m []byte) bool {
+	switch string(m) {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// sendFast writes the request to the app: the client's request line and
+// fields, less hop-by-hop ones, plus X-Forwarded-* and X-Request-Id.
+func (h *Handler) sendFast(uc *h1Conn, fc *fastConn, x *fastExchange) error {
+	r, bw := &fc.req, uc.bw
+	bw.Write(fc.head.method)
+	bw.WriteByte(' ')
+	bw.Write(fc.head.target)
+	bw.WriteString(" HTTP/1.1\r\n")
+	hops := r.hop[:r.nhop]
+	xffOut := false
+	for _, f := range fc.head.fields {
+		n := f.name
+		switch {
+		case hopByHop(n), len(hops) > 0 && namedIn(n, hops),
+			fieldIs(n, "x-forwarded-proto"), fieldIs(n, "x-forwarded-host"),
+			x.generated && fieldIs(n, "x-request-id"):
+			continue
+		case fieldIs(n, "x-forwarded-for"):
+			if xffOut {
+				continue
+			}
+			xffOut = true
+			h.writeXFF(bw, fc)
+			continue
+		}
+		bw.Write(n)
+		bw.WriteString(": ")
+		bw.Write(f.value)
+		bw.WriteString("\r\n")
+	}
+	if !xffOut {
+		h.writeXFF(bw, fc)
+	}
+	bw.WriteString("X-Forwarded-Proto: ")
+	if h.forwarded == ForwardedAppend && r.xfp != nil {
+		bw.Write(r.xfp)
+	} else {
+		bw.WriteString("http")
+	}
+	bw.WriteString("\r\nX-Forwarded-Host: ")
+	if h.forwarded == ForwardedAppend && r.xfh != nil {
+		bw.Write(r.xfh)
+	} else {
+		bw.Write(r.host)
+	}
+	bw.WriteString("\r\n")
+	if x.generated {
+		bw.WriteString("X-Request-Id: ")
+		bw.Write(x.id)
+		bw.WriteString("\r\n")
+	}
+	if r.teTrailers {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		return errNothingRead{err}
+	}
+	return nil
+}
+
+// writeXFF writes X-Forwarded-For: the client's list and its address in
+// append mode, its address alone in replace mode.
+func (h *Handler) writeXFF(bw *bufio.Writer, fc *fastConn) {
+	if fc.ip == "" {
+		return
+	}
+	bw.WriteString("X-Forwarded-For: ")
+	if h.forwarded == ForwardedAppend && fc.req.xff > 0 {
+		for _, f := range fc.head.fields {
+			if fieldIs(f.name, "x-forwarded-for") {
+				bw.Write(f.value)
+				bw.WriteString(", ")
+			}
+		}
+	}
+	bw.WriteString(fc.ip)
+	bw.WriteString("\r\n")
+}
+
+// awaitHead waits for the app's response head on uc, watching the client
+// connection for a close while it waits longer than clientWatchAfter.
+func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
+	var hdrDeadline time.Time
+	if h.h1.headerTimeout > 0 {
+		hdrDeadline = x.sent.Add(h.h1.headerTimeout)
+	}
+	var w *clientWatch
+	defer func() {
+		if w != nil {
+			w.stop()
+		}
+	}()
+	deadline := x.sent.Add(clientWatchAfter)
+	if !hdrDeadline.IsZero() && hdrDeadline.Before(deadline) {
+		deadline = hdrDeadline
+	}
+	for {
+		_ = uc.nc.SetReadDeadline(deadline)
+		_, err := uc.br.Peek(1)
+		if err == nil {
+			break
+		}
+		if w != nil && w.gone.Load() {
+			x.clientGone = true
+			return err
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return errNothingRead{err}
+		}
+		if w != nil || deadline.Equal(hdrDeadline) {
+			return err // the app is slow, not gone: no retry
+		}
+		// Slow: watch the client, and wait until the header deadline.
+		deadline = hdrDeadline
+		if fc.br.Buffered() == 0 {
+			w = watchClient(fc, uc.nc)
+		}
+	}
+	if w != nil {
+		gone := w.stop()
+		w = nil
+		if gone {
+			x.clientGone = true
+			return errors.New("client went away")
+		}
+	}
+	return nil
+}
+
+// clientWatch reads the client connection while the app works on a
+// request: a close cancels the request at the app (by its deadline); a
+// byte (the next pipelined request) is kept for the connection's reader.
+type clientWatch struct {
+	fc   *fastConn
+	gone atomic.Bool
+	done chan struct{}
+}
+
+func watchClient(fc *fastConn, app net.Conn) *clientWatch {
+	w := &clientWatch{fc: fc, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		n, err := fc.nc.Read(fc.src.one[:])
+		if n > 0 {
+			fc.src.pending = fc.src.one[:n]
+			return
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			w.gone.Store(true)
+			_ = app.SetReadDeadline(time.Unix(1, 0))
+		}
+	}()
+	return w
+}
+
+// stop ends the watch and reports whether the client went away.
+func (w *clientWatch) stop() bool {
+	_ = w.fc.nc.SetReadDeadline(time.Unix(1, 0))
+	<-w.done
+	_ = w.fc.nc.SetReadDeadline(time.Time{})
+	return w.gone.Load()
+}
+
+// Body framing of a response.
+const (
+	bodyNone    = iota // HEAD, 204, 304
+	bodyLength         // Content-Length
+	bodyChunked        // chunked
+	bodyToClose        // read until the app closes; chunked to the client
+)
+
+// relayResponse reads the app's answer on uc, which holds a complete head,
+// and writes it to the client.
+func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fastExchange, keep bool, closing func() bool) bool {
+	var rh h1head
+	rh.fields = make([]h1field, 0, 16)
+	var n int
+	for {
+		var err error
+		n, err = readHead(uc.br)
+		if err == nil {
+			err = parseResponseHead(peekN(uc.br, n), &rh)
+		}
+		if err == nil && rh.status == http.StatusSwitchingProtocols {
+			err = errors.New("app switched protocols on a plain request")
+		}
+		if err != nil {
+			uc.nc.Close()
+			f := classify(context.Background(), err)
+			if !isEOF(err) {
+				f = failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
+			}
+			x.failure = &f
+			h.upstreamFailed(fc, x, f, err)
+			keep = keep && !closing()
+			writeFailureRaw(bw, f, x.id, keep)
+			return keep && bw.Flush() == nil
+		}
+		if rh.status >= 200 {
+			break
+		}
+		if rh.status != http.StatusContinue {
+			// 102, 103: relayed, as net/http does.
+			writeHead(bw, &rh, nil)
+			bw.WriteString("\r\n")
+		}
+		_, _ = uc.br.Discard(n)
+	}
+	_ = uc.nc.SetReadDeadline(time.Time{})
+
+	var (
+		mode     = bodyToClose
+		length   int64
+		upClose  = rh.minor == 0
+		hasID    bool
+		hasDate  bool
+		hops     [][]byte
+		badFrame error
+	)
+	for _, f := range rh.fields {
+		switch {
+		case fieldIs(f.name, "transfer-encoding"):
+			if mode == bodyChunked || !fieldIs(f.value, "chunked") {
+				badFrame = errors.New("unsupported Transfer-Encoding " + strconv.Quote(string(clip(f.value))))
+			}
+			mode = bodyChunked
+		case fieldIs(f.name, "content-length"):
+			v, ok := parseContentLength(f.value)
+			if !ok || (length != 0 && v != length) || (length == 0 && mode == bodyLength && v != 0) {
+				badFrame = errors.New("invalid Content-Length " + strconv.Quote(string(clip(f.value))))
+			}
+			length = v
+			if mode != bodyChunked {
+				mode = bodyLength
+			}
+		case fieldIs(f.name, "connection"):
+			eachToken(f.value, func(tok []byte) {
+				switch {
+				case fieldIs(tok, "close"):
+					upClose = true
+				case fieldIs(tok, "keep-alive"):
+					if rh.minor == 0 {
+						upClose = false
+					}
+				default:
+					hops = append(hops, tok)
+				}
+			})
+		case fieldIs(f.name, "x-request-id"):
+			hasID = true
+		case fieldIs(f.name, "date"):
+			hasDate = true
+		}
+	}
+	if badFrame != nil {
+		uc.nc.Close()
+		f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
+		x.failure = &f
+		h.upstreamFailed(fc, x, f, badFrame)
+		keep = keep && !closing()
+		writeFailureRaw(bw, f, x.id, keep)
+		return keep && bw.Flush() == nil
+	}
+	if string(fc.head.method) == http.MethodHead || rh.status == http.StatusNoContent || rh.status == http.StatusNotModified {
+		mode = bodyNone
+	}
+	if mode == bodyToClose {
+		upClose = true
+	}
+	keep = keep && !closing()
+	x.status = rh.status
+
+	writeHead(bw, &rh, hops)
+	switch mode {
+	case bodyLength:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(nil, length, 10))
+		bw.WriteString("\r\n")
+	case bodyNone:
+		if rh.status != http.StatusNoContent {
+			for _, f := range rh.fields {
+				if fieldIs(f.name, "content-length") {
+					bw.WriteString("Content-Length: ")
+					bw.Write(f.value)
+					bw.WriteString("\r\n")
+					break
+				}
+			}
+		}
+	default:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if !hasID {
+		bw.WriteString("X-Request-Id: ")
+		bw.Write(x.id)
+		bw.WriteString("\r\n")
+	}
+	if !hasDate {
+		bw.WriteString("Date: ")
+		bw.Write(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	_, _ = uc.br.Discard(n)
+
+	var err error
+	switch mode {
+	case bodyLength:
+		x.bytes, err = copyLength(bw, uc.br, length)
+	case bodyChunked:
+		x.bytes, err = copyChunked(bw, uc.br)
+	case bodyToClose:
+		x.bytes, err = copyToClose(bw, uc.br)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		uc.nc.Close()
+		x.aborted = true
+		var src errSrc
+		if !errors.As(err, &src) {
+			x.clientGone = true
+		}
+		h.log.Debug("response cut short", zap.String("reason", "aborted"),
+			zap.String("request_id", string(x.id)), zap.Error(err))
+		return false
+	}
+	if upClose || uc.br.Buffered() > 0 {
+		uc.nc.Close()
+	} else {
+		h.h1.put(uc)
+	}
+	return keep
+}
+
+// readHead waits until br holds a complete message head and returns its
+// size. A head larger than br's buffer is an error.
+func readHead(br *bufio.Reader) (int, error) {
+	for {
+		n, err := scanHead(peekN(br, br.Buffered()))
+		if err != nil || n > 0 {
+			return n, err
+		}
+		if br.Buffered() == br.Size() {
+			return 0, errors.New("response head larger than " + strconv.Itoa(br.Size()) + " bytes")
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return 0, noEOF(err)
+		}
+	}
+}
+
+// peekN returns the next n buffered bytes of br; n <= br.Buffered().
+func peekN(br *bufio.Reader, n int) []byte {
+	b, _ := br.Peek(n)
+	return b
+}
+
+// writeHead writes a response's status line and its end-to-end fields;
+// framing, Connection and the fields in hops are left out.
+func writeHead(bw *bufio.Writer, rh *h1head, hops [][]byte) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(nil, int64(rh.status), 10))
+	bw.WriteByte(' ')
+	if len(rh.reason) > 0 {
+		bw.Write(rh.reason)
+	} else {
+		bw.WriteString(http.StatusText(rh.status))
+	}
+	bw.WriteString("\r\n")
+	for _, f := range rh.fields {
+		if hopByHop(f.name) && !fieldIs(f.name, "trailer") || fieldIs(f.name, "content-length") ||
+			len(hops) > 0 && namedIn(f.name, hops) {
+			continue
+		}
+		bw.Write(f.name)
+		bw.WriteString(": ")
+		bw.Write(f.value)
+		bw.WriteString("\r\n")
+	}
+}
+
+// copyLength copies n body bytes from src to dst.
+func copyLength(dst *bufio.Writer, src *bufio.Reader, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		if src.Buffered() == 0 {
+			if _, err := src.Peek(1); err != nil {
+				return done, errSrc{noEOF(err)}
+			}
+		}
+		w, err := dst.Write(peekN(src, int(min(n-done, int64(src.Buffered())))))
+		done += int64(w)
+		_, _ = src.Discard(w)
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+// copyToClose copies a body that ends when the app closes the connection,
+// chunked, flushing whenever src has nothing more buffered.
+func copyToClose(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
+	var n int64
+	var hex [16]byte
+	for {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return n, err
+			}
+			if _, err := src.Peek(1); err != nil {
+				if err == io.EOF {
+					_, err = dst.WriteString("0\r\n\r\n")
+					return n, err
+				}
+				return n, errSrc{err}
+			}
+		}
+		b := peekN(src, src.Buffered())
+		dst.Write(strconv.AppendUint(hex[:0], uint64(len(b)), 16))
+		dst.WriteString("\r\n")
+		w, err := dst.Write(b)
+		n += int64(w)
+		_, _ = src.Discard(w)
+		if _, err2 := dst.WriteString("\r\n"); err == nil {
+			err = err2
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// upstreamFailed counts and logs a failed exchange with the app.
+func (h *Handler) upstreamFailed(fc *fastConn, x *fastExchange, f failure, err error) {
+	if !f.upstream {
+		return
+	}
+	if h.metrics != nil {
+		h.metrics.upstreamError(f.reason)
+	}
+	h.log.Warn("upstream request failed",
+		zap.String("reason", string(f.reason)),
+		zap.Int("status", f.status),
+		zap.String("method", string(fc.head.method)),
+		zap.String("path", targetPath(fc.head.target)),
+		zap.String("request_id", string(x.id)),
+		zap.Error(err))
+}
+
+// writeFailureRaw writes the answer writeFailure gives on net/http.
+func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) {
+	body := "tidegate: " + f.message + "\n"
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(f.status))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(f.status))
+	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nX-Tidegate-Reason: ")
+	bw.WriteString(string(f.reason))
+	bw.WriteString("\r\nX-Request-Id: ")
+	bw.Write(id)
+	bw.WriteString("\r\nDate: ")
+	bw.Write(httpDate())
+	bw.WriteString("\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
+	if !keep {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(body)
+}
+
+// targetPath returns the path of a request target, decoded as net/http's
+// URL.Path is.
+func targetPath(target []byte) string {
+	p := target
+	for i, c := range target {
+		if c == '?' {
+			p = target[:i]
+			break
+		}
+	}
+	s := string(p)
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' {
+			if u, err := url.PathUnescape(s); err == nil {
+				return u
+			}
+			break
+		}
+	}
+	return s
+}
+
+// finishFast records a request of the fast path in the metrics and the
+// access log, as finish does for ServeHTTP.
+func (h *Handler) finishFast(fc *fastConn, x *fastExchange) {
+	end := h.now()
+	status := x.status
+	switch {
+	case x.failure != nil:
+		status = x.failure.status
+	case x.clientGone:
+		status = StatusClientClosed
+	}
+	method := methodString(fc.head.method)
+	if h.metrics != nil {
+		h.metrics.observe(method, status, end.Sub(x.start).Seconds())
+	}
+	if h.access == nil {
+		return
+	}
+	var upstream time.Duration
+	if !x.sent.IsZero() && !x.headers.IsZero() {
+		upstream = x.headers.Sub(x.sent)
+	}
+	fields := make([]zap.Field, 0, 12)
+	fields = append(fields,
+		zap.String("method", method),
+		zap.String("path", targetPath(fc.head.target)),
+		zap.String("proto", "HTTP/1.1"),
+		zap.Int("status", status),
+		zap.Int64("bytes", x.bytes),
+		zap.Duration("duration", end.Sub(x.start)),
+		zap.Duration("upstream_duration", upstream),
+		zap.String("request_id", string(x.id)),
+		zap.String("remote_addr", fc.remote),
+	)
+	if x.failure != nil {
+		fields = append(fields, zap.String("reason", string(x.failure.reason)))
+	} else if x.aborted {
+		fields = append(fields, zap.String("reason", "aborted"))
+	}
+	h.access.Info("request", fields...)
+}
+
+// methodString returns m as a string, without allocating for the common
+// methods.
+func methodString(m []byte) string {
+	switch string(m) {
+	case http.MethodGet:
+		return http.MethodGet
+	case http.MethodHead:
+		return http.MethodHead
+	case http.MethodPost:
+		return http.MethodPost
+	case http.MethodPut:
+		return http.MethodPut
+	case http.MethodPatch:
+		return http.MethodPatch
+	case http.MethodDelete:
+		return http.MethodDelete
+	case http.MethodOptions:
+		return http.MethodOptions
+	}
+	return string(m)
+}
+
+// httpDate returns the current time in the Date header's format, computed
+// at most once a second.
+func httpDate() []byte {
+	now := time.Now()
+	sec := now.Unix()
+	if d := dateCache.Load(); d != nil && d.sec == sec {
+		return d.val
+	}
+	d := &cachedDate{sec: sec, val: now.UTC().AppendFormat(nil, http.TimeFormat)}
+	dateCache.Store(d)
+	return d.val
+}
+
+type cachedDate struct {
+	sec int64
+	val []byte
+}
+
+var dateCache atomic.Pointer[cachedDate]
+
+// clientBufs lends fast connections their write buffers while they answer.
+var clientBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}

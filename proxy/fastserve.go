@@ -1,0 +1,229 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// fastReadBuffer is the read buffer of a client connection on the fast
+// path, and so the largest request head it serves itself; a larger head
+// goes to net/http, which allows up to ServerOptions.MaxHeaderBytes.
+const fastReadBuffer = 4 << 10
+
+// serveWithFastPath accepts connections itself and serves each on the fast
+// path; net/http serves the ones handed to it through s.handoff.
+func (s *Server) serveWithFastPath() error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(s.handoff) }()
+	var delay time.Duration
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if s.ln.closed.Load() || errors.Is(err, net.ErrClosed) {
+				break
+			}
+			// Out of file descriptors and the like: back off, as net/http
+			// does, rather than spin.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed; retrying", zap.Duration("retry_in", delay), zap.Error(err))
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-s.stopped:
+				t.Stop()
+			}
+			continue
+		}
+		delay = 0
+		go s.serveFastConn(nc.(*trackedConn))
+	}
+	s.handoff.Close()
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)
+	}
+	return nil
+}
+
+// serveFastConn serves one client connection until it closes, or until a
+// request the fast path does not take, when it hands the connection, that
+// request unread, to net/http.
+func (s *Server) serveFastConn(c *trackedConn) {
+	s.transition(c, http.StateNew, s.t)
+	s.mu.Lock()
+	s.fastConns[c] = struct{}{}
+	s.mu.Unlock()
+	fc := &fastConn{nc: c, remote: c.RemoteAddr().String()}
+	if ip, _, err := net.SplitHostPort(fc.remote); err == nil {
+		fc.ip = ip
+	}
+	fc.src.nc = c
+	fc.br = bufio.NewReaderSize(&fc.src, fastReadBuffer)
+	fc.head.fields = make([]h1field, 0, 24)
+	handed := false
+	defer func() {
+		s.mu.Lock()
+		delete(s.fastConns, c)
+		s.mu.Unlock()
+		if !handed {
+			_ = c.Close()
+			s.transition(c, http.StateClosed, s.t)
+		}
+	}()
+	idle := false
+	for {
+		wait := s.readHeaderTimeout
+		if idle {
+			wait = s.idleTimeout
+		}
+		_ = c.SetReadDeadline(time.Now().Add(wait))
+		if _, err := fc.br.Peek(1); err != nil {
+			return
+		}
+		if idle {
+			s.transition(c, http.StateActive, s.t)
+		}
+		n, ok, err := s.readRequestHead(fc, idle)
+		if err != nil {
+			return // a timeout or a close half way: net/http would close too
+		}
+		if !ok || !parseRequestHead(peekN(fc.br, n), &fc.head) || !takeFast(fc) || (s.fastOpen != nil && !s.fastOpen()) {
+			handed = s.handOff(c, fc)
+			return
+		}
+		// The head stays in the buffer, where fc.head points, until the
+		// next read from fc.br: nothing reads it while the request is
+		// served, so that a byte buffered now is the next request's.
+		_, _ = fc.br.Discard(n)
+		bw := clientBufs.Get().(*bufio.Writer)
+		bw.Reset(c)
+		keep := s.fast.serveFast(fc, bw, s.closingNow)
+		bw.Reset(nil)
+		clientBufs.Put(bw)
+		if !keep {
+			return
+		}
+		s.transition(c, http.StateIdle, s.t)
+		if s.closing.Load() {
+			return
+		}
+		idle = true
+	}
+}
+
+// readRequestHead waits until fc.br holds a complete request head and
+// returns its size. ok is false for a head the fast path leaves to
+// net/http: too large for the buffer, or with bare LF line ends.
+func (s *Server) readRequestHead(fc *fastConn, idle bool) (n int, ok bool, err error) {
+	deadlineSet := !idle // a new connection's deadline is the header timeout already
+	for {
+		n, err := scanHead(peekN(fc.br, fc.br.Buffered()))
+		if err != nil {
+			return 0, false, nil
+		}
+		if n > 0 {
+			return n, true, nil
+		}
+		if fc.br.Buffered() == fc.br.Size() {
+			return 0, false, nil
+		}
+		if !deadlineSet {
+			_ = fc.nc.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+			deadlineSet = true
+		}
+		if _, err := fc.br.Peek(fc.br.Buffered() + 1); err != nil {
+			return 0, false, err
+		}
+	}
+}
+
+// closingNow reports whether responses should ask the client to go.
+func (s *Server) closingNow() bool { return s.draining.Load() || s.closing.Load() }
+
+// handOff gives c, and the bytes of it already read, to net/http. c is new
+// or active, and counted as busy; net/http's StateNew for it is not
+// counted again.
+func (s *Server) handOff(c *trackedConn, fc *fastConn) bool {
+	_ = c.SetReadDeadline(time.Time{})
+	c.handedOff.Store(true)
+	if !s.handoff.hand(&handedConn{trackedConn: c, r: fc.br}) {
+		c.handedOff.Store(false)
+		return false // shutting down: closed as if never read
+	}
+	return true
+}
+
+// closeIdleFast closes fast-path connections waiting for a request.
+func (s *Server) closeIdleFast() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.fastConns {
+		if http.ConnState(c.state.Load()) == http.StateIdle {
+			_ = c.Close()
+		}
+	}
+}
+
+// closeAllFast closes every fast-path connection.
+func (s *Server) closeAllFast() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.fastConns {
+		_ = c.Close()
+	}
+}
+
+// handedConn is a connection handed to net/http: its reads start with the
+// bytes the fast path read but did not use.
+type handedConn struct {
+	*trackedConn
+	r *bufio.Reader
+}
+
+func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// handoffListener is the listener net/http serves: it yields the
+// connections the fast path hands over.
+type handoffListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// hand gives c to net/http's accept loop; false once the listener is
+// closed.
+func (l *handoffListener) hand(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *handoffListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handoffListener) Addr() net.Addr { return l.addr }
