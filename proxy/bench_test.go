@@ -58,9 +58,9 @@ func BenchmarkDirect(b *testing.B) {
 	benchGet(b, benchClient(b), app.URL)
 }
 
-func benchProxy(b *testing.B, access *zap.Logger) { benchProxyWith(b, access, nil) }
+func benchProxy(b *testing.B, access *zap.Logger) { benchProxyWith(b, access, nil, true) }
 
-func benchProxyWith(b *testing.B, access *zap.Logger, transport func(Upstream) http.RoundTripper) {
+func benchProxyWith(b *testing.B, access *zap.Logger, transport func(Upstream) http.RoundTripper, fast bool) {
 	app := benchApp(b)
 	up, _ := ParseUpstream(app.Listener.Addr().String())
 	var rt http.RoundTripper
@@ -82,7 +82,11 @@ func benchProxyWith(b *testing.B, access *zap.Logger, transport func(Upstream) h
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := NewServer(ln, h, tr, ServerOptions{})
+	o := ServerOptions{}
+	if fast {
+		o.FastPath = h
+	}
+	srv := NewServer(ln, h, tr, o)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	b.Cleanup(func() { _ = srv.Close(); <-served; h.CloseIdleConnections() })
@@ -90,15 +94,20 @@ func benchProxyWith(b *testing.B, access *zap.Logger, transport func(Upstream) h
 }
 
 // BenchmarkProxyHTTP1 is a 1 KiB GET through tidegate with metrics on and
-// the access log off.
+// the access log off: the fast path.
 func BenchmarkProxyHTTP1(b *testing.B) { benchProxy(b, nil) }
 
-// BenchmarkProxyHTTP1StdTransport is BenchmarkProxyHTTP1 with net/http's
-// Transport to the app instead of tidegate's own HTTP/1.1 client.
+// BenchmarkProxyHTTP1NetHTTP is BenchmarkProxyHTTP1 without the fast path:
+// net/http's server and ReverseProxy (--net-http-only).
+func BenchmarkProxyHTTP1NetHTTP(b *testing.B) { benchProxyWith(b, nil, nil, false) }
+
+// BenchmarkProxyHTTP1StdTransport is BenchmarkProxyHTTP1NetHTTP with
+// net/http's Transport to the app instead of tidegate's own HTTP/1.1
+// client: a plain ReverseProxy.
 func BenchmarkProxyHTTP1StdTransport(b *testing.B) {
 	benchProxyWith(b, nil, func(up Upstream) http.RoundTripper {
 		return NewTransport(up, TransportOptions{IdleConnTimeout: time.Minute})
-	})
+	}, false)
 }
 
 // BenchmarkProxyHTTP1AccessLog is the same with a JSON access log line per

@@ -41,8 +41,10 @@ type fastConn struct {
 	br     *bufio.Reader
 	remote string // RemoteAddr, as net/http reports it
 	ip     string // its host part; "" if it has none
-	head   h1head
+	head   h1head // the request being served
+	resp   h1head // the app's answer to it
 	req    fastRequest
+	id     [36]byte // a generated request id
 }
 
 // clientSource feeds the connection's reader: a byte the client watch
@@ -240,7 +242,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 	h.tracker.RequestStarted(r.ua != nil && h.tracker.isProbeUA(r.ua))
 	defer h.tracker.RequestDone()
 	if !validRequestID(x.id) {
-		x.id, x.generated = []byte(newRequestID()), true
+		x.id, x.generated = appendRequestID(fc.id[:0]), true
 	}
 	keep = !r.close
 	defer func() { h.finishFast(fc, &x) }()
@@ -467,14 +469,13 @@ const (
 // relayResponse reads the app's answer on uc, which holds a complete head,
 // and writes it to the client.
 func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fastExchange, keep bool, closing func() bool) bool {
-	var rh h1head
-	rh.fields = make([]h1field, 0, 16)
+	rh := &fc.resp
 	var n int
 	for {
 		var err error
 		n, err = readHead(uc.br)
 		if err == nil {
-			err = parseResponseHead(peekN(uc.br, n), &rh)
+			err = parseResponseHead(peekN(uc.br, n), rh)
 		}
 		if err == nil && rh.status == http.StatusSwitchingProtocols {
 			err = errors.New("app switched protocols on a plain request")
@@ -496,7 +497,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		}
 		if rh.status != http.StatusContinue {
 			// 102, 103: relayed, as net/http does.
-			writeHead(bw, &rh, nil)
+			writeHead(bw, rh, nil)
 			bw.WriteString("\r\n")
 		}
 		_, _ = uc.br.Discard(n)
@@ -565,11 +566,12 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	keep = keep && !closing()
 	x.status = rh.status
 
-	writeHead(bw, &rh, hops)
+	writeHead(bw, rh, hops)
 	switch mode {
 	case bodyLength:
+		var num [20]byte
 		bw.WriteString("Content-Length: ")
-		bw.Write(strconv.AppendInt(nil, length, 10))
+		bw.Write(strconv.AppendInt(num[:0], length, 10))
 		bw.WriteString("\r\n")
 	case bodyNone:
 		if rh.status != http.StatusNoContent {
@@ -658,8 +660,9 @@ func peekN(br *bufio.Reader, n int) []byte {
 // writeHead writes a response's status line and its end-to-end fields;
 // framing, Connection and the fields in hops are left out.
 func writeHead(bw *bufio.Writer, rh *h1head, hops [][]byte) {
+	var num [20]byte
 	bw.WriteString("HTTP/1.1 ")
-	bw.Write(strconv.AppendInt(nil, int64(rh.status), 10))
+	bw.Write(strconv.AppendInt(num[:0], int64(rh.status), 10))
 	bw.WriteByte(' ')
 	if len(rh.reason) > 0 {
 		bw.Write(rh.reason)

@@ -66,6 +66,7 @@ func (s *Server) serveFastConn(c *trackedConn) {
 	fc.src.nc = c
 	fc.br = bufio.NewReaderSize(&fc.src, fastReadBuffer)
 	fc.head.fields = make([]h1field, 0, 24)
+	fc.resp.fields = make([]h1field, 0, 16)
 	handed := false
 	defer func() {
 		s.mu.Lock()
@@ -152,7 +153,9 @@ func (s *Server) closingNow() bool { return s.draining.Load() || s.closing.Load(
 func (s *Server) handOff(c *trackedConn, fc *fastConn) bool {
 	_ = c.SetReadDeadline(time.Time{})
 	c.handedOff.Store(true)
-	if !s.handoff.hand(&handedConn{trackedConn: c, r: fc.br}) {
+	// Only the bytes read ahead travel with c, not fc's buffer.
+	pending := append(append([]byte(nil), peekN(fc.br, fc.br.Buffered())...), fc.src.pending...)
+	if !s.handoff.hand(&handedConn{trackedConn: c, pending: pending}) {
 		c.handedOff.Store(false)
 		return false // shutting down: closed as if never read
 	}
@@ -183,10 +186,20 @@ func (s *Server) closeAllFast() {
 // bytes the fast path read but did not use.
 type handedConn struct {
 	*trackedConn
-	r *bufio.Reader
+	pending []byte
 }
 
-func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *handedConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	return c.trackedConn.Read(p)
+}
 
 // handoffListener is the listener net/http serves: it yields the
 // connections the fast path hands over.

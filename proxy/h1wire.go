@@ -291,6 +291,11 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 		if err != nil {
 			return n, errSrc{err}
 		}
+		for _, c := range line {
+			if (c < ' ' && c != '\t') || c == 0x7f {
+				return n, errSrc{fmt.Errorf("control byte in chunk line %q", clip(line))}
+			}
+		}
 		if i := bytes.IndexByte(line, ';'); i >= 0 {
 			line = line[:i]
 		}

@@ -9,6 +9,12 @@ import (
 // is seeded from the OS and safe for concurrent use; request ids need to be
 // unique, not secret.
 func newRequestID() string {
+	var s [36]byte
+	return string(appendRequestID(s[:0]))
+}
+
+// appendRequestID appends a new request id to dst.
+func appendRequestID(dst []byte) []byte {
 	var b [16]byte
 	hi, lo := rand.Uint64(), rand.Uint64()
 	for i := range 8 {
@@ -27,7 +33,7 @@ func newRequestID() string {
 	hex.Encode(s[19:23], b[8:10])
 	s[23] = '-'
 	hex.Encode(s[24:], b[10:])
-	return string(s[:])
+	return append(dst, s[:]...)
 }
 
 // maxRequestIDLen bounds a client-supplied request id; a longer one, or one
