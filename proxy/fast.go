@@ -253,7 +253,10 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		var err error
 		uc, err = t.get(context.Background())
 		if err == nil {
-			x.sent = h.now()
+			x.sent = x.start
+			if h.access != nil {
+				x.sent = h.now() // for upstream_duration
+			}
 			err = h.sendFast(uc, fc, &x)
 			if err == nil {
 				err = h.awaitHead(uc, fc, &x)
@@ -282,7 +285,9 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		writeFailureRaw(bw, f, x.id, keep)
 		return keep && bw.Flush() == nil
 	}
-	x.headers = h.now()
+	if h.access != nil {
+		x.headers = h.now()
+	}
 	return h.relayResponse(uc, fc, bw, &x, keep, closing)
 }
 
@@ -393,6 +398,7 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 	}
 	for {
 		_ = uc.nc.SetReadDeadline(deadline)
+		uc.readDeadline = true
 		_, err := uc.br.Peek(1)
 		if err == nil {
 			break
@@ -502,8 +508,6 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		}
 		_, _ = uc.br.Discard(n)
 	}
-	_ = uc.nc.SetReadDeadline(time.Time{})
-
 	var (
 		mode     = bodyToClose
 		length   int64
@@ -566,6 +570,12 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	keep = keep && !closing()
 	x.status = rh.status
 
+	// The head's read deadline (awaitHead) stays on the connection unless
+	// the body needs another read: most answers arrive in one.
+	if mode == bodyChunked || mode == bodyToClose || mode == bodyLength && int64(uc.br.Buffered()-n) < length {
+		_ = uc.nc.SetReadDeadline(time.Time{})
+		uc.readDeadline = false
+	}
 	writeHead(bw, rh, hops)
 	switch mode {
 	case bodyLength:

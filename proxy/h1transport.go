@@ -52,6 +52,9 @@ type h1Conn struct {
 	bw     *bufio.Writer
 	idleAt time.Time
 	reused bool
+	// readDeadline is set when the fast path left a read deadline on the
+	// connection (it clears it only when it must read again).
+	readDeadline bool
 }
 
 func newH1Transport(dial func(ctx context.Context) (net.Conn, error), fallback *http.Transport, o TransportOptions) *h1Transport {
@@ -128,7 +131,10 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 	}
 	if t.headerTimeout > 0 {
 		_ = c.nc.SetReadDeadline(time.Now().Add(t.headerTimeout))
+	} else if c.readDeadline {
+		_ = c.nc.SetReadDeadline(time.Time{})
 	}
+	c.readDeadline = false
 	if _, err := c.br.Peek(1); err != nil {
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			return fail(err) // the app is slow, not gone: no retry

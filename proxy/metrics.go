@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -13,7 +15,15 @@ type Metrics struct {
 	requests       *prometheus.CounterVec
 	duration       prometheus.Histogram
 	upstreamErrors map[Reason]prometheus.Counter
+
+	// counters caches requests' children for the usual codes and methods,
+	// so that the hot path skips hashing its label values.
+	counters [500][len(cachedMethods)]atomic.Pointer[prometheus.Counter]
 }
+
+// cachedMethods are the method labels whose counters are cached.
+var cachedMethods = [...]string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+	http.MethodPatch, http.MethodDelete, http.MethodOptions}
 
 // DurationBuckets are the request-duration histogram buckets, in seconds:
 // fine below 100 ms where proxied APIs live, coarse up to a minute for slow
@@ -67,8 +77,23 @@ func NewMetrics(reg prometheus.Registerer, t *Tracker) (*Metrics, error) {
 }
 
 func (m *Metrics) observe(method string, code int, seconds float64) {
-	m.requests.WithLabelValues(strconv.Itoa(code), methodLabel(method)).Inc()
+	m.requestCounter(method, code).Inc()
 	m.duration.Observe(seconds)
+}
+
+// requestCounter returns the requests counter for method and code.
+func (m *Metrics) requestCounter(method string, code int) prometheus.Counter {
+	mi := slices.Index(cachedMethods[:], method)
+	if code < 100 || code >= 600 || mi < 0 {
+		return m.requests.WithLabelValues(strconv.Itoa(code), methodLabel(method))
+	}
+	slot := &m.counters[code-100][mi]
+	if c := slot.Load(); c != nil {
+		return *c
+	}
+	c := m.requests.WithLabelValues(strconv.Itoa(code), method)
+	slot.Store(&c)
+	return c
 }
 
 func (m *Metrics) upstreamError(r Reason) {
