@@ -282,7 +282,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		x.failure = &f
 		h.upstreamFailed(fc, &x, f, err)
 		keep = keep && !closing()
-		writeFailureRaw(bw, f, x.id, keep)
+		x.bytes = writeFailureRaw(bw, f, x.id, keep)
 		return keep && bw.Flush() == nil
 	}
 	if h.access != nil {
@@ -399,6 +399,12 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 	for {
 		_ = uc.nc.SetReadDeadline(deadline)
 		uc.readDeadline = true
+		if w != nil && w.gone.Load() {
+			// The watch may have seen the client leave before the
+			// deadline above replaced the one it set.
+			x.clientGone = true
+			return errors.New("client went away")
+		}
 		_, err := uc.br.Peek(1)
 		if err == nil {
 			break
@@ -441,6 +447,9 @@ type clientWatch struct {
 
 func watchClient(fc *fastConn, app net.Conn) *clientWatch {
 	w := &clientWatch{fc: fc, done: make(chan struct{})}
+	// The deadline for reading the request head has no say in the
+	// exchange: the app may take longer, and the watch must last.
+	_ = fc.nc.SetReadDeadline(time.Time{})
 	go func() {
 		defer close(w.done)
 		n, err := fc.nc.Read(fc.src.one[:])
@@ -477,9 +486,18 @@ const (
 func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fastExchange, keep bool, closing func() bool) bool {
 	rh := &fc.resp
 	var n int
+	// The rest of a head, or the head after a 1xx, is read under the
+	// response-header timeout, not the first byte's watch deadline.
+	more := func() {
+		var d time.Time
+		if h.h1.headerTimeout > 0 {
+			d = time.Now().Add(h.h1.headerTimeout)
+		}
+		_ = uc.nc.SetReadDeadline(d)
+	}
 	for {
 		var err error
-		n, err = readHead(uc.br)
+		n, err = readHead(uc.br, more)
 		if err == nil {
 			err = parseResponseHead(peekN(uc.br, n), rh)
 		}
@@ -495,7 +513,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 			x.failure = &f
 			h.upstreamFailed(fc, x, f, err)
 			keep = keep && !closing()
-			writeFailureRaw(bw, f, x.id, keep)
+			x.bytes = writeFailureRaw(bw, f, x.id, keep)
 			return keep && bw.Flush() == nil
 		}
 		if rh.status >= 200 {
@@ -505,6 +523,11 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 			// 102, 103: relayed, as net/http does.
 			writeHead(bw, rh, nil)
 			bw.WriteString("\r\n")
+			if err := bw.Flush(); err != nil {
+				uc.nc.Close()
+				x.clientGone = true
+				return false
+			}
 		}
 		_, _ = uc.br.Discard(n)
 	}
@@ -558,7 +581,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		x.failure = &f
 		h.upstreamFailed(fc, x, f, badFrame)
 		keep = keep && !closing()
-		writeFailureRaw(bw, f, x.id, keep)
+		x.bytes = writeFailureRaw(bw, f, x.id, keep)
 		return keep && bw.Flush() == nil
 	}
 	if string(fc.head.method) == http.MethodHead || rh.status == http.StatusNoContent || rh.status == http.StatusNotModified {
@@ -645,8 +668,9 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 }
 
 // readHead waits until br holds a complete message head and returns its
-// size. A head larger than br's buffer is an error.
-func readHead(br *bufio.Reader) (int, error) {
+// size. A head larger than br's buffer is an error. more is called once,
+// before the first read the head needs, if any.
+func readHead(br *bufio.Reader, more func()) (int, error) {
 	for {
 		n, err := scanHead(peekN(br, br.Buffered()))
 		if err != nil || n > 0 {
@@ -654,6 +678,10 @@ func readHead(br *bufio.Reader) (int, error) {
 		}
 		if br.Buffered() == br.Size() {
 			return 0, errors.New("response head larger than " + strconv.Itoa(br.Size()) + " bytes")
+		}
+		if more != nil {
+			more()
+			more = nil
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			return 0, noEOF(err)
@@ -762,7 +790,7 @@ func (h *Handler) upstreamFailed(fc *fastConn, x *fastExchange, f failure, err e
 }
 
 // writeFailureRaw writes the answer writeFailure gives on net/http.
-func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) {
+func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) int64 {
 	body := "tidegate: " + f.message + "\n"
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(f.status))
@@ -781,6 +809,7 @@ func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) {
 	}
 	bw.WriteString("\r\n\r\n")
 	bw.WriteString(body)
+	return int64(len(body))
 }
 
 // targetPath returns the path of a request target, decoded as net/http's

@@ -87,9 +87,10 @@ func (s *Server) serveFastConn(c *trackedConn) {
 		if _, err := fc.br.Peek(1); err != nil {
 			return
 		}
-		if idle {
-			s.transition(c, http.StateActive, s.t)
-		}
+		// Active from the first byte, as net/http counts it: Shutdown
+		// then waits for this request instead of closing a connection
+		// that has not sent one.
+		s.transition(c, http.StateActive, s.t)
 		n, ok, err := s.readRequestHead(fc, idle)
 		if err != nil {
 			return // a timeout or a close half way: net/http would close too

@@ -108,9 +108,18 @@ func parseRequestHead(head []byte, h *h1head) bool {
 		return false
 	}
 	h.target = line[:sp]
-	for _, c := range h.target {
-		if c <= ' ' || c >= 0x7f {
+	inPath := true
+	for i, c := range h.target {
+		switch {
+		case c <= ' ' || c >= 0x7f:
 			return false
+		case c == '?':
+			inPath = false
+		case c == '%' && inPath:
+			// net/http refuses a path with a bad escape (400): let it.
+			if i+2 >= len(h.target) || !isHex(h.target[i+1]) || !isHex(h.target[i+2]) {
+				return false
+			}
 		}
 	}
 	if string(line[sp+1:]) != "HTTP/1.1" {
@@ -402,6 +411,10 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 		return nil, errors.New("line too long")
 	}
 	return line, nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // parseHexSize parses a chunk size: 1 to 15 hex digits.

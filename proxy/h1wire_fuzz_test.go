@@ -29,6 +29,7 @@ func FuzzParseRequestHead(f *testing.F) {
 		"GET / HTTP/1.0\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nX : b\r\n\r\n",
+		"GET /a%zz?b=%zz HTTP/1.1\r\nHost: a\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
