@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -501,6 +502,9 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		if err == nil {
 			err = parseResponseHead(peekN(uc.br, n), rh)
 		}
+		if errors.Is(err, errHeadTooLarge) {
+			return h.relayLarge(uc, fc, bw, x, keep, closing)
+		}
 		if err == nil && rh.status == http.StatusSwitchingProtocols {
 			err = errors.New("app switched protocols on a plain request")
 		}
@@ -667,6 +671,9 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	return keep
 }
 
+// errHeadTooLarge: a head does not fit the read buffer.
+var errHeadTooLarge = errors.New("message head larger than the read buffer")
+
 // readHead waits until br holds a complete message head and returns its
 // size. A head larger than br's buffer is an error. more is called once,
 // before the first read the head needs, if any.
@@ -677,7 +684,7 @@ func readHead(br *bufio.Reader, more func()) (int, error) {
 			return n, err
 		}
 		if br.Buffered() == br.Size() {
-			return 0, errors.New("response head larger than " + strconv.Itoa(br.Size()) + " bytes")
+			return 0, errHeadTooLarge
 		}
 		if more != nil {
 			more()
@@ -768,6 +775,168 @@ func copyToClose(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 		}
 		if err != nil {
 			return n, err
+		}
+	}
+}
+
+// maxLargeHead bounds a response head read by relayLarge, as
+// http.Transport's MaxResponseHeaderBytes does by default.
+const maxLargeHead = 10 << 20
+
+// relayLarge relays an answer whose head does not fit the app
+// connection's buffer (big cookies, say): net/http reads it, with no limit
+// but maxLargeHead, so that such an answer reaches the client as it would
+// on the net/http path. It is rare, so it is simple: the body is re-framed
+// as it is read, and the connection to the app is not reused.
+func (h *Handler) relayLarge(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fastExchange, keep bool, closing func() bool) bool {
+	defer uc.nc.Close()
+	lr := &io.LimitedReader{R: uc.br, N: maxLargeHead}
+	br := bufio.NewReader(lr)
+	req := &http.Request{Method: methodString(fc.head.method)}
+	var resp *http.Response
+	for {
+		more := time.Time{}
+		if h.h1.headerTimeout > 0 {
+			more = time.Now().Add(h.h1.headerTimeout)
+		}
+		_ = uc.nc.SetReadDeadline(more)
+		var err error
+		resp, err = http.ReadResponse(br, req)
+		if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			err = errors.New("app switched protocols on a plain request")
+		}
+		if err != nil {
+			f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
+			x.failure = &f
+			h.upstreamFailed(fc, x, f, err)
+			keep = keep && !closing()
+			x.bytes = writeFailureRaw(bw, f, x.id, keep)
+			return keep && bw.Flush() == nil
+		}
+		if resp.StatusCode >= 200 {
+			break
+		}
+		if resp.StatusCode != http.StatusContinue {
+			writeHeader(bw, resp.StatusCode, resp.Status, resp.Header)
+			bw.WriteString("\r\n")
+			if bw.Flush() != nil {
+				x.clientGone = true
+				return false
+			}
+		}
+	}
+	_ = uc.nc.SetReadDeadline(time.Time{})
+	lr.N = 1<<63 - 1 // the body has no limit
+	defer resp.Body.Close()
+	keep = keep && !closing()
+	x.status = resp.StatusCode
+	writeHeader(bw, resp.StatusCode, resp.Status, resp.Header)
+	noBody := req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified
+	chunked := !noBody && resp.ContentLength < 0
+	var num [20]byte
+	switch {
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case resp.ContentLength >= 0 && resp.StatusCode != http.StatusNoContent:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(num[:0], resp.ContentLength, 10))
+		bw.WriteString("\r\n")
+	}
+	if resp.Header.Get(RequestIDHeader) == "" {
+		bw.WriteString("X-Request-Id: ")
+		bw.Write(x.id)
+		bw.WriteString("\r\n")
+	}
+	if _, ok := resp.Header["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.Write(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	var err error
+	if !noBody {
+		buf := make([]byte, 32<<10)
+		for err == nil {
+			var n int
+			n, err = resp.Body.Read(buf)
+			if n > 0 {
+				if chunked {
+					bw.Write(strconv.AppendUint(num[:0], uint64(n), 16))
+					bw.WriteString("\r\n")
+				}
+				bw.Write(buf[:n])
+				x.bytes += int64(n)
+				if chunked {
+					bw.WriteString("\r\n")
+					if ferr := bw.Flush(); ferr != nil {
+						x.clientGone = true
+						err = ferr
+						break
+					}
+				}
+			}
+		}
+		if err == io.EOF {
+			err = nil
+			if chunked {
+				bw.WriteString("0\r\n")
+				writeFields(bw, resp.Trailer, nil)
+				bw.WriteString("\r\n")
+			}
+		} else if !x.clientGone {
+			err = errSrc{err}
+		}
+	}
+	if err == nil {
+		err = bw.Flush()
+		x.clientGone = err != nil
+	}
+	if err != nil {
+		x.aborted = true
+		h.log.Debug("response cut short", zap.String("reason", "aborted"),
+			zap.String("request_id", string(x.id)), zap.Error(err))
+		return false
+	}
+	return keep
+}
+
+// writeHeader writes a status line and the end-to-end fields of hdr, as
+// writeHead does for a parsed head.
+func writeHeader(bw *bufio.Writer, code int, status string, hdr http.Header) {
+	var num [20]byte
+	bw.WriteString("HTTP/1.1 ")
+	bw.Write(strconv.AppendInt(num[:0], int64(code), 10))
+	bw.WriteByte(' ')
+	if _, reason, ok := strings.Cut(status, " "); ok && reason != "" {
+		bw.WriteString(reason)
+	} else {
+		bw.WriteString(http.StatusText(code))
+	}
+	bw.WriteString("\r\n")
+	var hops [][]byte
+	for _, v := range hdr["Connection"] {
+		eachToken([]byte(v), func(tok []byte) { hops = append(hops, tok) })
+	}
+	writeFields(bw, hdr, hops)
+}
+
+// writeFields writes the end-to-end fields of hdr, leaving out framing,
+// hop-by-hop fields and those named in hops.
+func writeFields(bw *bufio.Writer, hdr http.Header, hops [][]byte) {
+	for k, vs := range hdr {
+		name := []byte(k)
+		if hopByHop(name) && !fieldIs(name, "trailer") || fieldIs(name, "content-length") ||
+			len(hops) > 0 && namedIn(name, hops) {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
 		}
 	}
 }

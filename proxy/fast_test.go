@@ -1375,3 +1375,46 @@ func TestFastAccessLogMatchesNetHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestFastLargeResponseHead: an answer whose head does not fit the app
+// connection's buffer (a 40 KiB cookie) reaches the client whole, with its
+// body (of known length or streamed) and trailers, as on net/http.
+func TestFastLargeResponseHead(t *testing.T) {
+	big := strings.Repeat("c", 40<<10)
+	app := upstreamServer(t, func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Set-Cookie", "big="+big)
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "1")
+		if req.URL.Path == "/chunked" {
+			w.Header().Set("Trailer", "X-Sum")
+			_, _ = io.WriteString(w, "part1,")
+			http.NewResponseController(w).Flush()
+			_, _ = io.WriteString(w, "part2")
+			w.Header().Set("X-Sum", "42")
+			return
+		}
+		w.Header().Set("Content-Length", "5")
+		_, _ = io.WriteString(w, "hello")
+	})
+	r := newFastRig(t, app.Listener.Addr().String(), nil, nil)
+	rc := dialRaw(t, r.addr)
+	for _, tc := range []struct{ path, body string }{{"/length", "hello"}, {"/chunked", "part1,part2"}, {"/length", "hello"}} {
+		resp, body := rc.do(t, "GET "+tc.path+" HTTP/1.1\r\nHost: x\r\n\r\n")
+		if resp.StatusCode != http.StatusOK || body != tc.body {
+			t.Fatalf("%s: %d %q, want 200 %q", tc.path, resp.StatusCode, body, tc.body)
+		}
+		if got := resp.Header.Get("Set-Cookie"); got != "big="+big {
+			t.Fatalf("%s: Set-Cookie of %d bytes, want %d", tc.path, len(got), len("big="+big))
+		}
+		if resp.Header.Get("X-Hop") != "" || !uuidRE.MatchString(resp.Header.Get(RequestIDHeader)) {
+			t.Errorf("%s: X-Hop %q, X-Request-Id %q", tc.path, resp.Header.Get("X-Hop"), resp.Header.Get(RequestIDHeader))
+		}
+		if tc.path == "/chunked" && resp.Trailer.Get("X-Sum") != "42" {
+			t.Errorf("trailer X-Sum = %q, want 42", resp.Trailer.Get("X-Sum"))
+		}
+		if resp.Close {
+			t.Fatalf("%s: the client connection closes", tc.path)
+		}
+	}
+	r.expectNetHTTP(t, 0)
+}
