@@ -727,24 +727,55 @@ func writeHead(bw *bufio.Writer, rh *h1head, hops [][]byte) {
 	}
 }
 
-// copyLength copies n body bytes from src to dst.
+// copyLength copies n body bytes from src to dst. What src has buffered
+// goes through dst's buffer; the rest of a large body is read straight
+// into a 64 KiB buffer and written on, two syscalls per 64 KiB.
 func copyLength(dst *bufio.Writer, src *bufio.Reader, n int64) (int64, error) {
 	var done int64
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bodyBufs.Put(big)
+		}
+	}()
 	for done < n {
-		if src.Buffered() == 0 {
+		if src.Buffered() > 0 {
+			w, err := dst.Write(peekN(src, int(min(n-done, int64(src.Buffered())))))
+			done += int64(w)
+			_, _ = src.Discard(w)
+			if err != nil {
+				return done, err
+			}
+			continue
+		}
+		if n-done < int64(src.Size()) {
 			if _, err := src.Peek(1); err != nil {
 				return done, errSrc{noEOF(err)}
 			}
+			continue
 		}
-		w, err := dst.Write(peekN(src, int(min(n-done, int64(src.Buffered())))))
-		done += int64(w)
-		_, _ = src.Discard(w)
-		if err != nil {
-			return done, err
+		if big == nil {
+			big = bodyBufs.Get().(*[]byte)
+		}
+		// src's buffer is empty and p larger than it: bufio reads
+		// straight into p.
+		r, err := src.Read((*big)[:min(n-done, int64(len(*big)))])
+		if r > 0 {
+			w, werr := dst.Write((*big)[:r])
+			done += int64(w)
+			if werr != nil {
+				return done, werr
+			}
+		}
+		if err != nil && done < n {
+			return done, errSrc{noEOF(err)}
 		}
 	}
 	return done, nil
 }
+
+// bodyBufs lends large bodies their copy buffers.
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // copyToClose copies a body that ends when the app closes the connection,
 // chunked, flushing whenever src has nothing more buffered.
