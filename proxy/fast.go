@@ -42,10 +42,13 @@ type fastConn struct {
 	br     *bufio.Reader
 	remote string // RemoteAddr, as net/http reports it
 	ip     string // its host part; "" if it has none
-	head   h1head // the request being served
-	resp   h1head // the app's answer to it
-	req    fastRequest
-	id     [36]byte // a generated request id
+	// upstream is the app connection of the request in progress, for
+	// Server.Close to cut; whoever swaps it out owns it.
+	upstream atomic.Pointer[h1Conn]
+	head     h1head // the request being served
+	resp     h1head // the app's answer to it
+	req      fastRequest
+	id       [36]byte // a generated request id
 }
 
 // clientSource feeds the connection's reader: a byte the client watch
@@ -246,7 +249,10 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		x.id, x.generated = appendRequestID(fc.id[:0]), true
 	}
 	keep = !r.close
-	defer func() { h.finishFast(fc, &x) }()
+	defer func() {
+		fc.upstream.Store(nil)
+		h.finishFast(fc, &x)
+	}()
 
 	t := h.h1
 	var uc *h1Conn
@@ -254,6 +260,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		var err error
 		uc, err = t.get(context.Background())
 		if err == nil {
+			fc.upstream.Store(uc)
 			x.sent = x.start
 			if h.access != nil {
 				x.sent = h.now() // for upstream_duration
@@ -523,6 +530,15 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		if rh.status >= 200 {
 			break
 		}
+		if _, err := framing(rh, false); err != nil {
+			uc.nc.Close()
+			f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
+			x.failure = &f
+			h.upstreamFailed(fc, x, f, err)
+			keep = keep && !closing()
+			x.bytes = writeFailureRaw(bw, f, x.id, keep)
+			return keep && bw.Flush() == nil
+		}
 		if rh.status != http.StatusContinue {
 			// 102, 103: relayed, as net/http does.
 			writeHead(bw, rh, nil)
@@ -535,65 +551,17 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		}
 		_, _ = uc.br.Discard(n)
 	}
-	var (
-		mode     = bodyToClose
-		length   int64
-		upClose  = rh.minor == 0
-		hasID    bool
-		hasDate  bool
-		hops     [][]byte
-		badFrame error
-	)
-	for _, f := range rh.fields {
-		switch {
-		case fieldIs(f.name, "transfer-encoding"):
-			if mode == bodyChunked || !fieldIs(f.value, "chunked") {
-				badFrame = errors.New("unsupported Transfer-Encoding " + strconv.Quote(string(clip(f.value))))
-			}
-			mode = bodyChunked
-		case fieldIs(f.name, "content-length"):
-			v, ok := parseContentLength(f.value)
-			if !ok || (length != 0 && v != length) || (length == 0 && mode == bodyLength && v != 0) {
-				badFrame = errors.New("invalid Content-Length " + strconv.Quote(string(clip(f.value))))
-			}
-			length = v
-			if mode != bodyChunked {
-				mode = bodyLength
-			}
-		case fieldIs(f.name, "connection"):
-			eachToken(f.value, func(tok []byte) {
-				switch {
-				case fieldIs(tok, "close"):
-					upClose = true
-				case fieldIs(tok, "keep-alive"):
-					if rh.minor == 0 {
-						upClose = false
-					}
-				default:
-					hops = append(hops, tok)
-				}
-			})
-		case fieldIs(f.name, "x-request-id"):
-			hasID = true
-		case fieldIs(f.name, "date"):
-			hasDate = true
-		}
-	}
-	if badFrame != nil {
+	fr, err := framing(rh, string(fc.head.method) == http.MethodHead)
+	if err != nil {
 		uc.nc.Close()
 		f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
 		x.failure = &f
-		h.upstreamFailed(fc, x, f, badFrame)
+		h.upstreamFailed(fc, x, f, err)
 		keep = keep && !closing()
 		x.bytes = writeFailureRaw(bw, f, x.id, keep)
 		return keep && bw.Flush() == nil
 	}
-	if string(fc.head.method) == http.MethodHead || rh.status == http.StatusNoContent || rh.status == http.StatusNotModified {
-		mode = bodyNone
-	}
-	if mode == bodyToClose {
-		upClose = true
-	}
+	mode, length, upClose, hops := fr.mode, fr.length, fr.upClose, fr.hops
 	keep = keep && !closing()
 	x.status = rh.status
 
@@ -624,12 +592,12 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
-	if !hasID {
+	if !fr.hasID {
 		bw.WriteString("X-Request-Id: ")
 		bw.Write(x.id)
 		bw.WriteString("\r\n")
 	}
-	if !hasDate {
+	if !fr.hasDate {
 		bw.WriteString("Date: ")
 		bw.Write(httpDate())
 		bw.WriteString("\r\n")
@@ -640,7 +608,6 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	bw.WriteString("\r\n")
 	_, _ = uc.br.Discard(n)
 
-	var err error
 	switch mode {
 	case bodyLength:
 		x.bytes, err = copyLength(bw, uc.br, length)
@@ -663,9 +630,12 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 			zap.String("request_id", string(x.id)), zap.Error(err))
 		return false
 	}
-	if upClose || uc.br.Buffered() > 0 {
+	switch {
+	case !fc.upstream.CompareAndSwap(uc, nil):
+		// Server.Close took it, and closed it.
+	case upClose || uc.br.Buffered() > 0:
 		uc.nc.Close()
-	} else {
+	default:
 		h.h1.put(uc)
 	}
 	return keep
@@ -673,6 +643,71 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 
 // errHeadTooLarge: a head does not fit the read buffer.
 var errHeadTooLarge = errors.New("message head larger than the read buffer")
+
+// respFraming is what a response head says about its body and its
+// connection.
+type respFraming struct {
+	mode    int   // bodyNone, bodyLength, bodyChunked or bodyToClose
+	length  int64 // for bodyLength
+	upClose bool  // the app closes the connection after this answer
+	hasID   bool  // the app set X-Request-Id
+	hasDate bool
+	hops    [][]byte // fields named in Connection
+}
+
+// framing reads rh's framing as net/http's ReadResponse does, and refuses
+// what it refuses: a Transfer-Encoding other than chunked, an invalid or
+// conflicting Content-Length. head says the request was a HEAD.
+func framing(rh *h1head, head bool) (respFraming, error) {
+	fr := respFraming{mode: bodyToClose, upClose: rh.minor == 0}
+	haveLength := false
+	for _, f := range rh.fields {
+		switch {
+		case fieldIs(f.name, "transfer-encoding"):
+			if rh.minor == 0 {
+				continue // ignored on HTTP/1.0, as net/http does
+			}
+			if fr.mode == bodyChunked || !fieldIs(f.value, "chunked") {
+				return fr, errors.New("unsupported Transfer-Encoding " + strconv.Quote(string(clip(f.value))))
+			}
+			fr.mode = bodyChunked
+		case fieldIs(f.name, "content-length"):
+			v, ok := parseContentLength(f.value)
+			if !ok || haveLength && v != fr.length {
+				return fr, errors.New("invalid Content-Length " + strconv.Quote(string(clip(f.value))))
+			}
+			fr.length, haveLength = v, true
+		case fieldIs(f.name, "connection"):
+			eachToken(f.value, func(tok []byte) {
+				switch {
+				case fieldIs(tok, "close"):
+					fr.upClose = true
+				case fieldIs(tok, "keep-alive"):
+					if rh.minor == 0 {
+						fr.upClose = false
+					}
+				default:
+					fr.hops = append(fr.hops, tok)
+				}
+			})
+		case fieldIs(f.name, "x-request-id"):
+			fr.hasID = true
+		case fieldIs(f.name, "date"):
+			fr.hasDate = true
+		}
+	}
+	switch {
+	case head || rh.status < 200 || rh.status == http.StatusNoContent || rh.status == http.StatusNotModified:
+		fr.mode = bodyNone
+	case fr.mode == bodyChunked:
+	case haveLength:
+		fr.mode = bodyLength
+	}
+	if fr.mode == bodyToClose {
+		fr.upClose = true
+	}
+	return fr, nil
+}
 
 // readHead waits until br holds a complete message head and returns its
 // size. A head larger than br's buffer is an error. more is called once,

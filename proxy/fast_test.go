@@ -986,8 +986,8 @@ func TestFastClientGoneCancelsApp(t *testing.T) {
 	if n := r.tracker.InFlight(); n != 1 {
 		t.Fatalf("in flight while the app holds the request: %d, want 1", n)
 	}
-	<-time.After(100 * time.Millisecond) // the proxy watches the client by now (clientWatchAfter)
-	rc.c.Close()
+	rc.c.Close() // before or after the watch starts (clientWatchAfter): both cancel
+
 	recv(t, canceled, "cancellation at the app")
 	waitFor(t, func() bool { return r.tracker.InFlight() == 0 })
 	waitFor(t, func() bool { return testutil.ToFloat64(r.handler.metrics.requests.WithLabelValues("499", "GET")) == 1 })
@@ -1252,7 +1252,8 @@ func TestFastCloseCutsEverything(t *testing.T) {
 	recv(t, entered, "request at the app")
 	waitFor(t, func() bool { return r.tracker.Connections(ProtocolHTTP1) == 2 })
 
-	<-time.After(100 * time.Millisecond) // the proxy watches the busy client by now (clientWatchAfter)
+	// Close cuts the request to the app whether or not the client watch
+	// has started (clientWatchAfter).
 	if err := r.srv.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -1416,5 +1417,34 @@ func TestFastLargeResponseHead(t *testing.T) {
 			t.Fatalf("%s: the client connection closes", tc.path)
 		}
 	}
+	r.expectNetHTTP(t, 0)
+}
+
+// TestFastCloseCutsAQuietStream: Close ends a streamed answer whose app has
+// gone quiet, at the app too: nothing would wake the copy otherwise.
+func TestFastCloseCutsAQuietStream(t *testing.T) {
+	canceled := make(chan struct{}, 1)
+	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "first")
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+		canceled <- struct{}{}
+	})
+	r := newFastRig(t, app.Listener.Addr().String(), nil, nil)
+	rc := dialRaw(t, r.addr)
+	rc.send(t, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "first" {
+		t.Fatalf("first chunk %q, %v", first, err)
+	}
+	if err := r.srv.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	recv(t, canceled, "cancellation at the app")
+	waitFor(t, func() bool { return r.tracker.ConnectionsTotal() == 0 && r.tracker.InFlight() == 0 })
 	r.expectNetHTTP(t, 0)
 }

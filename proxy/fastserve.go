@@ -56,10 +56,10 @@ func (s *Server) serveWithFastPath() error {
 // request unread, to net/http.
 func (s *Server) serveFastConn(c *trackedConn) {
 	s.transition(c, http.StateNew, s.t)
-	s.mu.Lock()
-	s.fastConns[c] = struct{}{}
-	s.mu.Unlock()
 	fc := &fastConn{nc: c, remote: c.RemoteAddr().String()}
+	s.mu.Lock()
+	s.fastConns[c] = fc
+	s.mu.Unlock()
 	if ip, _, err := net.SplitHostPort(fc.remote); err == nil {
 		fc.ip = ip
 	}
@@ -178,8 +178,13 @@ func (s *Server) closeIdleFast() {
 func (s *Server) closeAllFast() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for c := range s.fastConns {
+	for c, fc := range s.fastConns {
 		_ = c.Close()
+		// A request blocked on the app (a stream that has gone quiet)
+		// would not notice its client's close: cut its side too.
+		if u := fc.upstream.Swap(nil); u != nil {
+			_ = u.nc.Close()
+		}
 	}
 }
 

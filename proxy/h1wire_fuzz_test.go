@@ -74,6 +74,8 @@ func FuzzParseResponseHead(f *testing.F) {
 		"HTTP/1.1 099 X\r\n\r\n",
 		"HTTP/1.1 200 OK\r\n Folded\r\n\r\n",
 		"HTTP/2 200\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -86,12 +88,22 @@ func FuzzParseResponseHead(f *testing.F) {
 		if parseResponseHead(b[:n], &h) != nil {
 			return
 		}
+		fr, err := framing(&h, false)
+		if err != nil {
+			return
+		}
 		resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(b[:n])), nil)
 		if err != nil {
 			t.Fatalf("fast path reads %q; net/http refuses it: %v", b[:n], err)
 		}
 		if resp.StatusCode != h.status || resp.ProtoMinor != int(h.minor) {
 			t.Fatalf("%q: status %d HTTP/1.%d; net/http %d HTTP/1.%d", b[:n], h.status, h.minor, resp.StatusCode, resp.ProtoMinor)
+		}
+		if fr.mode == bodyLength && resp.ContentLength != fr.length {
+			t.Fatalf("%q: Content-Length %d; net/http %d", b[:n], fr.length, resp.ContentLength)
+		}
+		if (fr.mode == bodyChunked) != (len(resp.TransferEncoding) > 0 && resp.StatusCode >= 200) {
+			t.Fatalf("%q: chunked is %v; net/http's Transfer-Encoding %q", b[:n], fr.mode == bodyChunked, resp.TransferEncoding)
 		}
 		compareFields(t, b[:n], h.fields, resp.Header, "Transfer-Encoding", "Content-Length")
 	})

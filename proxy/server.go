@@ -99,7 +99,7 @@ type Server struct {
 	closing           atomic.Bool   // Shutdown or Close began
 	stopped           chan struct{} // closed by Close and Shutdown
 	stopOnce          sync.Once
-	fastConns         map[*trackedConn]struct{} // touched once per connection
+	fastConns         map[*trackedConn]*fastConn // touched once per connection
 }
 
 // Listen binds addr on TCP. The error names the address.
@@ -142,7 +142,7 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		readHeaderTimeout: o.ReadHeaderTimeout,
 		idleTimeout:       o.IdleTimeout,
 		stopped:           make(chan struct{}),
-		fastConns:         make(map[*trackedConn]struct{}),
+		fastConns:         make(map[*trackedConn]*fastConn),
 	}
 	if o.FastPath != nil && o.FastPath.fastOK() && o.TLS == nil {
 		s.fast = o.FastPath
