@@ -153,19 +153,7 @@ func takeFast(fc *fastConn) bool {
 }
 
 // validHostByte marks the bytes net/http accepts in a Host header.
-var validHostByte = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!$%&'()*+,-.:;=[]_~" {
-		t[c] = true
-	}
-	return t
-}()
+var validHostByte = byteSet("!$%&'()*+,-.:;=[]_~")
 
 func validHostField(h []byte) bool {
 	if len(h) == 0 {
@@ -286,12 +274,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 			(replayableMethod(fc.head.method) || r.idempotencyKey) {
 			continue
 		}
-		f := classify(context.Background(), err)
-		x.failure = &f
-		h.upstreamFailed(fc, &x, f, err)
-		keep = keep && !closing()
-		x.bytes = writeFailureRaw(bw, f, x.id, keep)
-		return keep && bw.Flush() == nil
+		return h.failFast(fc, bw, &x, classify(context.Background(), err), err, keep, closing)
 	}
 	if h.access != nil {
 		x.headers = h.now()
@@ -519,25 +502,16 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 			uc.nc.Close()
 			f := classify(context.Background(), err)
 			if !isEOF(err) {
-				f = failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
+				f = errUpstream
 			}
-			x.failure = &f
-			h.upstreamFailed(fc, x, f, err)
-			keep = keep && !closing()
-			x.bytes = writeFailureRaw(bw, f, x.id, keep)
-			return keep && bw.Flush() == nil
+			return h.failFast(fc, bw, x, f, err, keep, closing)
 		}
 		if rh.status >= 200 {
 			break
 		}
 		if _, err := framing(rh, false); err != nil {
 			uc.nc.Close()
-			f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
-			x.failure = &f
-			h.upstreamFailed(fc, x, f, err)
-			keep = keep && !closing()
-			x.bytes = writeFailureRaw(bw, f, x.id, keep)
-			return keep && bw.Flush() == nil
+			return h.failFast(fc, bw, x, errUpstream, err, keep, closing)
 		}
 		if rh.status != http.StatusContinue {
 			// 102, 103: relayed, as net/http does.
@@ -554,12 +528,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	fr, err := framing(rh, string(fc.head.method) == http.MethodHead)
 	if err != nil {
 		uc.nc.Close()
-		f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
-		x.failure = &f
-		h.upstreamFailed(fc, x, f, err)
-		keep = keep && !closing()
-		x.bytes = writeFailureRaw(bw, f, x.id, keep)
-		return keep && bw.Flush() == nil
+		return h.failFast(fc, bw, x, errUpstream, err, keep, closing)
 	}
 	mode, length, upClose, hops := fr.mode, fr.length, fr.upClose, fr.hops
 	keep = keep && !closing()
@@ -872,12 +841,7 @@ func (h *Handler) relayLarge(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fast
 			err = errors.New("app switched protocols on a plain request")
 		}
 		if err != nil {
-			f := failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
-			x.failure = &f
-			h.upstreamFailed(fc, x, f, err)
-			keep = keep && !closing()
-			x.bytes = writeFailureRaw(bw, f, x.id, keep)
-			return keep && bw.Flush() == nil
+			return h.failFast(fc, bw, x, errUpstream, err, keep, closing)
 		}
 		if resp.StatusCode >= 200 {
 			break
@@ -1005,6 +969,20 @@ func writeFields(bw *bufio.Writer, hdr http.Header, hops [][]byte) {
 			bw.WriteString("\r\n")
 		}
 	}
+}
+
+// errUpstream is the answer to an app that answered what HTTP/1.1 does
+// not allow.
+var errUpstream = failure{http.StatusBadGateway, ReasonUpstreamError, true, "upstream error"}
+
+// failFast answers a request the app could not answer with f, counted and
+// logged; it reports whether the connection may go on.
+func (h *Handler) failFast(fc *fastConn, bw *bufio.Writer, x *fastExchange, f failure, err error, keep bool, closing func() bool) bool {
+	x.failure = &f
+	h.upstreamFailed(fc, x, f, err)
+	keep = keep && !closing()
+	x.bytes = writeFailureRaw(bw, f, x.id, keep)
+	return keep && bw.Flush() == nil
 }
 
 // upstreamFailed counts and logs a failed exchange with the app.

@@ -963,23 +963,31 @@ func TestFastAppDiesMidBody(t *testing.T) {
 	r.expectNetHTTP(t, 0)
 }
 
-// TestFastClientGoneCancelsApp: a client that leaves while the app works
-// on its GET cancels the request at the app; it is counted as 499.
-func TestFastClientGoneCancelsApp(t *testing.T) {
-	started, canceled := make(chan struct{}, 1), make(chan struct{}, 1)
+// newHangRig is a fast-path rig in front of an app that holds every
+// request until its client is gone (or the test ends), signalling on
+// started and canceled; n is the most requests held at once. There is no
+// ResponseHeaderTimeout: only the client's leaving may end a request.
+func newHangRig(t *testing.T, n int) (r *fastRig, started, canceled chan struct{}) {
+	t.Helper()
+	started, canceled = make(chan struct{}, n), make(chan struct{}, n)
 	hold, release := releaser(t)
-	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {
+	app := upstreamServer(t, func(w http.ResponseWriter, req *http.Request) {
 		started <- struct{}{}
 		select {
-		case <-r.Context().Done():
+		case <-req.Context().Done():
 			canceled <- struct{}{}
 		case <-hold:
 		}
 	})
-	// No ResponseHeaderTimeout: only the client's leaving may end the
-	// request.
-	r := newFastRig(t, app.Listener.Addr().String(), func(o *Options) { o.TransportOptions.ResponseHeaderTimeout = 0 }, nil)
+	r = newFastRig(t, app.Listener.Addr().String(), func(o *Options) { o.TransportOptions.ResponseHeaderTimeout = 0 }, nil)
 	t.Cleanup(release)
+	return r, started, canceled
+}
+
+// TestFastClientGoneCancelsApp: a client that leaves while the app works
+// on its GET cancels the request at the app; it is counted as 499.
+func TestFastClientGoneCancelsApp(t *testing.T) {
+	r, started, canceled := newHangRig(t, 1)
 	rc := dialRaw(t, r.addr)
 	rc.send(t, "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
 	recv(t, started, "request at the app")
@@ -1010,20 +1018,7 @@ func TestFastClientGoneCancelsApp(t *testing.T) {
 // on scheduling, so the test tries many times, several clients at once.
 func TestFastClientGoneEarly(t *testing.T) {
 	const rounds, clients = 20, 10
-	started, canceled := make(chan struct{}, clients), make(chan struct{}, clients)
-	hold, release := releaser(t)
-	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {
-		started <- struct{}{}
-		select {
-		case <-r.Context().Done():
-			canceled <- struct{}{}
-		case <-hold:
-		}
-	})
-	// No ResponseHeaderTimeout: only the client's leaving may end the
-	// request.
-	r := newFastRig(t, app.Listener.Addr().String(), func(o *Options) { o.TransportOptions.ResponseHeaderTimeout = 0 }, nil)
-	t.Cleanup(release)
+	r, started, canceled := newHangRig(t, clients)
 	for round := range rounds {
 		rcs := make([]*rawClient, clients)
 		for i := range rcs {

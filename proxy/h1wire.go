@@ -59,8 +59,8 @@ func scanHead(b []byte) (int, error) {
 	}
 }
 
-// tchar marks the bytes allowed in a token (RFC 9110 §5.6.2).
-var tchar = func() (t [256]bool) {
+// byteSet returns the set of ASCII letters, digits and the bytes of extra.
+func byteSet(extra string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -68,11 +68,14 @@ var tchar = func() (t [256]bool) {
 		t[c] = true
 		t[c-'a'+'A'] = true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
+	for _, c := range extra {
 		t[c] = true
 	}
 	return t
-}()
+}
+
+// tchar marks the bytes allowed in a token (RFC 9110 §5.6.2).
+var tchar = byteSet("!#$%&'*+-.^_`|~")
 
 func isToken(b []byte) bool {
 	if len(b) == 0 {
@@ -203,16 +206,25 @@ func parseFields(b []byte, h *h1head) error {
 			return fmt.Errorf("malformed field name %q", clip(name))
 		}
 		value := trimOWS(line[colon+1:])
-		for _, c := range value {
-			if (c < ' ' && c != '\t') || c == 0x7f {
-				return fmt.Errorf("control byte in field %s", name)
-			}
+		if !validFieldValue(value) {
+			return fmt.Errorf("control byte in field %s", name)
 		}
 		if len(h.fields) == maxFields {
 			return fmt.Errorf("more than %d fields", maxFields)
 		}
 		h.fields = append(h.fields, h1field{name, value})
 	}
+}
+
+// validFieldValue reports whether a field value has no control bytes but
+// HTAB (RFC 9110 §5.5), as net/http requires.
+func validFieldValue(v []byte) bool {
+	for _, c := range v {
+		if (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func trimOWS(b []byte) []byte {
@@ -305,10 +317,14 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 				return n, errSrc{fmt.Errorf("control byte in chunk line %q", clip(line))}
 			}
 		}
+		// As net/http reads it: trailing whitespace, then extensions, off;
+		// what is left is hex digits only.
+		for len(line) > 0 && (line[len(line)-1] == ' ' || line[len(line)-1] == '\t') {
+			line = line[:len(line)-1]
+		}
 		if i := bytes.IndexByte(line, ';'); i >= 0 {
 			line = line[:i]
 		}
-		line = trimOWS(line)
 		size, ok := parseHexSize(line)
 		if !ok {
 			return n, errSrc{fmt.Errorf("malformed chunk size %q", clip(line))}
@@ -364,7 +380,7 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 		}
 		if len(line) > 0 {
 			colon := bytes.IndexByte(line, ':')
-			if colon <= 0 || !isToken(line[:colon]) || !validHeaderValue(string(trimOWS(line[colon+1:]))) {
+			if colon <= 0 || !isToken(line[:colon]) || !validFieldValue(trimOWS(line[colon+1:])) {
 				return n, errSrc{fmt.Errorf("malformed trailer field %q", clip(line))}
 			}
 		}
