@@ -785,7 +785,6 @@ var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b 
 // chunked, flushing whenever src has nothing more buffered.
 func copyToClose(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 	var n int64
-	var hex [16]byte
 	for {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
@@ -800,8 +799,7 @@ func copyToClose(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 			}
 		}
 		b := peekN(src, src.Buffered())
-		dst.Write(strconv.AppendUint(hex[:0], uint64(len(b)), 16))
-		dst.WriteString("\r\n")
+		_ = writeChunkSize(dst, int64(len(b)))
 		w, err := dst.Write(b)
 		n += int64(w)
 		_, _ = src.Discard(w)
@@ -894,8 +892,7 @@ func (h *Handler) relayLarge(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fast
 			n, err = resp.Body.Read(buf)
 			if n > 0 {
 				if chunked {
-					bw.Write(strconv.AppendUint(num[:0], uint64(n), 16))
-					bw.WriteString("\r\n")
+					_ = writeChunkSize(bw, int64(n))
 				}
 				bw.Write(buf[:n])
 				x.bytes += int64(n)

@@ -571,17 +571,8 @@ func TestFastStreamsChunks(t *testing.T) {
 	})
 	r := newFastRig(t, app.addr, nil, nil)
 	t.Cleanup(release) // before the rig's cleanup: the app must not hold it up
-	rc := dialRaw(t, r.addr)
-	rc.send(t, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-	resp, err := http.ReadResponse(rc.br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := make([]byte, 5)
 	// The app is blocked on next: the first chunk must come without it.
-	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "first" {
-		t.Fatalf("first chunk: %q, %v", first, err)
-	}
+	resp := readFirstChunk(t, r.addr, "first")
 	release()
 	rest, err := io.ReadAll(resp.Body)
 	if err != nil || string(rest) != "second" {
@@ -1426,20 +1417,28 @@ func TestFastCloseCutsAQuietStream(t *testing.T) {
 		canceled <- struct{}{}
 	})
 	r := newFastRig(t, app.Listener.Addr().String(), nil, nil)
-	rc := dialRaw(t, r.addr)
-	rc.send(t, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
-	resp, err := http.ReadResponse(rc.br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := make([]byte, 5)
-	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "first" {
-		t.Fatalf("first chunk %q, %v", first, err)
-	}
+	readFirstChunk(t, r.addr, "first")
 	if err := r.srv.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	recv(t, canceled, "cancellation at the app")
 	waitFor(t, func() bool { return r.tracker.ConnectionsTotal() == 0 && r.tracker.InFlight() == 0 })
 	r.expectNetHTTP(t, 0)
+}
+
+// readFirstChunk asks addr for /stream and reads the start of the answer's
+// body, which must be want, without waiting for the rest.
+func readFirstChunk(t *testing.T, addr, want string) *http.Response {
+	t.Helper()
+	rc := dialRaw(t, addr)
+	rc.send(t, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != want {
+		t.Fatalf("first chunk %q, %v; want %q", got, err, want)
+	}
+	return resp
 }

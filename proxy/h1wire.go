@@ -301,7 +301,6 @@ const (
 // from the client's.
 func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 	var n int64
-	var hex [16]byte
 	for {
 		if src.Buffered() == 0 {
 			if err := dst.Flush(); err != nil {
@@ -332,10 +331,7 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 		if size == 0 {
 			break
 		}
-		if _, err := dst.Write(strconv.AppendUint(hex[:0], uint64(size), 16)); err != nil {
-			return n, err
-		}
-		if _, err := dst.WriteString("\r\n"); err != nil {
+		if err := writeChunkSize(dst, size); err != nil {
 			return n, err
 		}
 		for size > 0 {
@@ -394,6 +390,14 @@ func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 			return n, nil
 		}
 	}
+}
+
+// writeChunkSize writes a chunk's size line.
+func writeChunkSize(dst *bufio.Writer, size int64) error {
+	var hex [16]byte
+	dst.Write(strconv.AppendUint(hex[:0], uint64(size), 16))
+	_, err := dst.WriteString("\r\n")
+	return err
 }
 
 // errSrc marks an error on the side a body is read from.
