@@ -47,6 +47,9 @@ type failure struct {
 	message  string // the body the client sees: short, stable, no Go error text
 }
 
+// body is the text the client gets with a failure's status.
+func (f failure) body() string { return "tidegate: " + f.message + "\n" }
+
 // classify maps an error from forwarding a request to what the client sees.
 // ctx is the inbound request's context.
 func classify(ctx context.Context, err error) failure {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -193,23 +194,11 @@ func hopByHop(name []byte) bool {
 
 func namedIn(name []byte, list [][]byte) bool {
 	for _, tok := range list {
-		if len(tok) == len(name) && fieldIs(name, lowerASCII(tok)) {
+		if bytes.EqualFold(name, tok) {
 			return true
 		}
 	}
 	return false
-}
-
-// lowerASCII returns b in lower case as a string; used only for the rare
-// fields a Connection header names.
-func lowerASCII(b []byte) string {
-	s := []byte(string(b))
-	for i, c := range s {
-		if 'A' <= c && c <= 'Z' {
-			s[i] = c + 'a' - 'A'
-		}
-	}
-	return string(s)
 }
 
 // fastExchange is the state of one request on the fast path.
@@ -282,7 +271,9 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 	return h.relayResponse(uc, fc, bw, &x, keep, closing)
 }
 
-func replayableMethod(m []byte) bool {
+// replayableMethod reports whether a request with method m may be sent
+// again after a failure on a reused connection: GET, HEAD, OPTIONS, TRACE.
+func replayableMethod[T string | []byte](m T) bool {
 	switch string(m) {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
@@ -561,20 +552,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
-	if !fr.hasID {
-		bw.WriteString("X-Request-Id: ")
-		bw.Write(x.id)
-		bw.WriteString("\r\n")
-	}
-	if !fr.hasDate {
-		bw.WriteString("Date: ")
-		bw.Write(httpDate())
-		bw.WriteString("\r\n")
-	}
-	if !keep {
-		bw.WriteString("Connection: close\r\n")
-	}
-	bw.WriteString("\r\n")
+	endHead(bw, x.id, fr.hasID, fr.hasDate, keep)
 	_, _ = uc.br.Discard(n)
 
 	switch mode {
@@ -678,6 +656,25 @@ func framing(rh *h1head, head bool) (respFraming, error) {
 	return fr, nil
 }
 
+// endHead ends a response head with what tidegate adds: X-Request-Id and
+// Date when the app sent none, Connection: close when the client must go.
+func endHead(bw *bufio.Writer, id []byte, hasID, hasDate, keep bool) {
+	if !hasID {
+		bw.WriteString("X-Request-Id: ")
+		bw.Write(id)
+		bw.WriteString("\r\n")
+	}
+	if !hasDate {
+		bw.WriteString("Date: ")
+		bw.Write(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if !keep {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
 // readHead waits until br holds a complete message head and returns its
 // size. A head larger than br's buffer is an error. more is called once,
 // before the first read the head needs, if any.
@@ -706,6 +703,13 @@ func peekN(br *bufio.Reader, n int) []byte {
 	return b
 }
 
+// dropFromResponse reports whether a response field stays behind: framing
+// (written anew), hop-by-hop fields but Trailer, and those named in hops.
+func dropFromResponse(name []byte, hops [][]byte) bool {
+	return hopByHop(name) && !fieldIs(name, "trailer") || fieldIs(name, "content-length") ||
+		len(hops) > 0 && namedIn(name, hops)
+}
+
 // writeHead writes a response's status line and its end-to-end fields;
 // framing, Connection and the fields in hops are left out.
 func writeHead(bw *bufio.Writer, rh *h1head, hops [][]byte) {
@@ -720,8 +724,7 @@ func writeHead(bw *bufio.Writer, rh *h1head, hops [][]byte) {
 	}
 	bw.WriteString("\r\n")
 	for _, f := range rh.fields {
-		if hopByHop(f.name) && !fieldIs(f.name, "trailer") || fieldIs(f.name, "content-length") ||
-			len(hops) > 0 && namedIn(f.name, hops) {
+		if dropFromResponse(f.name, hops) {
 			continue
 		}
 		bw.Write(f.name)
@@ -870,23 +873,13 @@ func (h *Handler) relayLarge(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fast
 		bw.Write(strconv.AppendInt(num[:0], resp.ContentLength, 10))
 		bw.WriteString("\r\n")
 	}
-	if resp.Header.Get(RequestIDHeader) == "" {
-		bw.WriteString("X-Request-Id: ")
-		bw.Write(x.id)
-		bw.WriteString("\r\n")
-	}
-	if _, ok := resp.Header["Date"]; !ok {
-		bw.WriteString("Date: ")
-		bw.Write(httpDate())
-		bw.WriteString("\r\n")
-	}
-	if !keep {
-		bw.WriteString("Connection: close\r\n")
-	}
-	bw.WriteString("\r\n")
+	_, hasDate := resp.Header["Date"]
+	endHead(bw, x.id, resp.Header.Get(RequestIDHeader) != "", hasDate, keep)
 	var err error
 	if !noBody {
-		buf := make([]byte, 32<<10)
+		big := bodyBufs.Get().(*[]byte)
+		defer bodyBufs.Put(big)
+		buf := *big
 		for err == nil {
 			var n int
 			n, err = resp.Body.Read(buf)
@@ -954,9 +947,7 @@ func writeHeader(bw *bufio.Writer, code int, status string, hdr http.Header) {
 // hop-by-hop fields and those named in hops.
 func writeFields(bw *bufio.Writer, hdr http.Header, hops [][]byte) {
 	for k, vs := range hdr {
-		name := []byte(k)
-		if hopByHop(name) && !fieldIs(name, "trailer") || fieldIs(name, "content-length") ||
-			len(hops) > 0 && namedIn(name, hops) {
+		if dropFromResponse([]byte(k), hops) {
 			continue
 		}
 		for _, v := range vs {
@@ -1001,7 +992,7 @@ func (h *Handler) upstreamFailed(fc *fastConn, x *fastExchange, f failure, err e
 
 // writeFailureRaw writes the answer writeFailure gives on net/http.
 func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) int64 {
-	body := "tidegate: " + f.message + "\n"
+	body := f.body()
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(f.status))
 	bw.WriteByte(' ')
@@ -1066,24 +1057,14 @@ func (h *Handler) finishFast(fc *fastConn, x *fastExchange) {
 	if !x.sent.IsZero() && !x.headers.IsZero() {
 		upstream = x.headers.Sub(x.sent)
 	}
-	fields := make([]zap.Field, 0, 12)
-	fields = append(fields,
-		zap.String("method", method),
-		zap.String("path", targetPath(fc.head.target)),
-		zap.String("proto", "HTTP/1.1"),
-		zap.Int("status", status),
-		zap.Int64("bytes", x.bytes),
-		zap.Duration("duration", end.Sub(x.start)),
-		zap.Duration("upstream_duration", upstream),
-		zap.String("request_id", string(x.id)),
-		zap.String("remote_addr", fc.remote),
-	)
+	reason := ""
 	if x.failure != nil {
-		fields = append(fields, zap.String("reason", string(x.failure.reason)))
+		reason = string(x.failure.reason)
 	} else if x.aborted {
-		fields = append(fields, zap.String("reason", "aborted"))
+		reason = "aborted"
 	}
-	h.access.Info("request", fields...)
+	h.logAccess(accessEntry{method: method, path: targetPath(fc.head.target), proto: "HTTP/1.1", status: status,
+		bytes: x.bytes, duration: end.Sub(x.start), upstream: upstream, id: string(x.id), remote: fc.remote, reason: reason})
 }
 
 // methodString returns m as a string, without allocating for the common

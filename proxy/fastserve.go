@@ -123,26 +123,18 @@ func (s *Server) serveFastConn(c *trackedConn) {
 // returns its size. ok is false for a head the fast path leaves to
 // net/http: too large for the buffer, or with bare LF line ends.
 func (s *Server) readRequestHead(fc *fastConn, idle bool) (n int, ok bool, err error) {
-	deadlineSet := !idle // a new connection's deadline is the header timeout already
-	for {
-		n, err := scanHead(peekN(fc.br, fc.br.Buffered()))
-		if err != nil {
-			return 0, false, nil
-		}
-		if n > 0 {
-			return n, true, nil
-		}
-		if fc.br.Buffered() == fc.br.Size() {
-			return 0, false, nil
-		}
-		if !deadlineSet {
-			_ = fc.nc.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
-			deadlineSet = true
-		}
-		if _, err := fc.br.Peek(fc.br.Buffered() + 1); err != nil {
-			return 0, false, err
-		}
+	var more func() // a new connection's deadline is the header timeout already
+	if idle {
+		more = func() { _ = fc.nc.SetReadDeadline(time.Now().Add(s.readHeaderTimeout)) }
 	}
+	n, err = readHead(fc.br, more)
+	switch {
+	case errors.Is(err, errHeadTooLarge), errors.Is(err, errBareLF):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, err
+	}
+	return n, true, nil
 }
 
 // closingNow reports whether responses should ask the client to go.

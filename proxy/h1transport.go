@@ -101,8 +101,7 @@ type errNothingRead struct{ error }
 func (e errNothingRead) Unwrap() error { return e.error }
 
 func replayable(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	if replayableMethod(req.Method) {
 		return true
 	}
 	_, a := req.Header["Idempotency-Key"]

@@ -369,7 +369,7 @@ func writeFailure(w http.ResponseWriter, f failure, id string) {
 		hdr.Set(RequestIDHeader, id)
 	}
 	w.WriteHeader(f.status)
-	_, _ = w.Write([]byte("tidegate: " + f.message + "\n"))
+	_, _ = w.Write([]byte(f.body()))
 }
 
 // finish records a completed request in the metrics and the access log.
@@ -394,22 +394,42 @@ func (h *Handler) finish(r *http.Request, rec *recorder, st *reqState, start tim
 	if !st.sent.IsZero() && !st.headers.IsZero() {
 		upstream = st.headers.Sub(st.sent)
 	}
-	fields := make([]zap.Field, 0, 12)
-	fields = append(fields,
-		zap.String("method", r.Method),
-		zap.String("path", r.URL.Path),
-		zap.String("proto", r.Proto),
-		zap.Int("status", status),
-		zap.Int64("bytes", rec.bytes),
-		zap.Duration("duration", end.Sub(start)),
-		zap.Duration("upstream_duration", upstream),
-		zap.String("request_id", st.id),
-		zap.String("remote_addr", r.RemoteAddr),
-	)
+	reason := ""
 	if st.failure != nil {
-		fields = append(fields, zap.String("reason", string(st.failure.reason)))
+		reason = string(st.failure.reason)
 	} else if st.panicked {
-		fields = append(fields, zap.String("reason", "aborted"))
+		reason = "aborted"
+	}
+	h.logAccess(accessEntry{method: r.Method, path: r.URL.Path, proto: r.Proto, status: status, bytes: rec.bytes,
+		duration: end.Sub(start), upstream: upstream, id: st.id, remote: r.RemoteAddr, reason: reason})
+}
+
+// accessEntry is one access-log line; both data paths (ServeHTTP and the
+// fast path) log through logAccess, so their lines have the same fields.
+type accessEntry struct {
+	method, path, proto string
+	status              int
+	bytes               int64
+	duration, upstream  time.Duration
+	id, remote          string
+	reason              string // "" when the request went well
+}
+
+func (h *Handler) logAccess(e accessEntry) {
+	fields := make([]zap.Field, 0, 10)
+	fields = append(fields,
+		zap.String("method", e.method),
+		zap.String("path", e.path),
+		zap.String("proto", e.proto),
+		zap.Int("status", e.status),
+		zap.Int64("bytes", e.bytes),
+		zap.Duration("duration", e.duration),
+		zap.Duration("upstream_duration", e.upstream),
+		zap.String("request_id", e.id),
+		zap.String("remote_addr", e.remote),
+	)
+	if e.reason != "" {
+		fields = append(fields, zap.String("reason", e.reason))
 	}
 	h.access.Info("request", fields...)
 }
