@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tidegate/tidegate/test/fakeapp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,77 +19,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
-
-// testService implements the four RPC kinds of grpc-go's interop
-// TestService, plus errors with trailers and deadline reporting.
-type testService struct {
-	testpb.UnimplementedTestServiceServer
-}
-
-func payload(n int32) *testpb.Payload {
-	return &testpb.Payload{Body: []byte(strings.Repeat("p", int(n)))}
-}
-
-func (testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-	if st := req.GetResponseStatus(); st != nil && st.GetCode() != 0 {
-		_ = grpc.SetTrailer(ctx, metadata.Pairs("x-detail", "from-the-app"))
-		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
-	}
-	msg := ""
-	if d, ok := ctx.Deadline(); ok {
-		msg = "deadline in " + time.Until(d).Round(time.Second).String()
-	}
-	return &testpb.SimpleResponse{Payload: payload(req.GetResponseSize()), Username: msg}, nil
-}
-
-func (testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, s grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
-	for _, p := range req.GetResponseParameters() {
-		if d := time.Duration(p.GetIntervalUs()) * time.Microsecond; d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-s.Context().Done():
-				t.Stop()
-				return s.Context().Err()
-			}
-		}
-		if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: payload(p.GetSize())}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (testService) StreamingInputCall(s grpc.ClientStreamingServer[testpb.StreamingInputCallRequest, testpb.StreamingInputCallResponse]) error {
-	var total int32
-	for {
-		m, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			return s.SendAndClose(&testpb.StreamingInputCallResponse{AggregatedPayloadSize: total})
-		}
-		if err != nil {
-			return err
-		}
-		total += int32(len(m.GetPayload().GetBody()))
-	}
-}
-
-func (testService) FullDuplexCall(s grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
-	for {
-		m, err := s.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		for _, p := range m.GetResponseParameters() {
-			if err := s.Send(&testpb.StreamingOutputCallResponse{Payload: payload(p.GetSize())}); err != nil {
-				return err
-			}
-		}
-	}
-}
 
 // grpcRig is a grpc-go server behind tidegate's public server.
 type grpcRig struct {
@@ -122,7 +52,7 @@ func newGRPCRigTimeout(t *testing.T, protocol UpstreamProtocol, headerTimeout ti
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	testpb.RegisterTestServiceServer(gs, testService{})
+	testpb.RegisterTestServiceServer(gs, fakeapp.GRPCService{})
 	gsDone := make(chan struct{})
 	go func() { _ = gs.Serve(ln); close(gsDone) }()
 
@@ -200,7 +130,7 @@ func TestGRPCAllFourKindsThroughTheProxy(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, n := range []int32{100, 200, 300} {
-				if err := cs.Send(&testpb.StreamingInputCallRequest{Payload: payload(n)}); err != nil {
+				if err := cs.Send(&testpb.StreamingInputCallRequest{Payload: &testpb.Payload{Body: []byte(strings.Repeat("p", int(n)))}}); err != nil {
 					t.Fatal(err)
 				}
 			}
