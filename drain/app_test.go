@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // trapShell is a child that exits 0 on SIGTERM; ignoreShell ignores it.
@@ -281,20 +283,10 @@ func TestReaperReapsLingeringZombiesOnly(t *testing.T) {
 	_ = cmd.Process.Release()
 }
 
-// waitFor polls cond every 5ms for up to 5s.
+// waitFor polls cond for up to 5s (test/wait).
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
+	wait.For(t, what, cond)
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tidegate/tidegate/drain"
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // flippable is an app whose /health answers what the test says.
@@ -53,17 +54,7 @@ func get(t *testing.T, url string) (int, http.Header, string) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline.C:
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
+	wait.For(t, what, cond)
 }
 
 func TestProbesGateStartAndTraffic(t *testing.T) {

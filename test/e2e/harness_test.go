@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // Deadlines. Generous enough for a loaded CI machine under the race
@@ -387,19 +389,7 @@ func decodeJSON(t *testing.T, body []byte, v any) {
 // passes; then it fails the test with cond's last explanation.
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s: %s", what, timeout, detail)
-		}
-		<-tick.C
-	}
+	wait.Until(t, timeout, what, cond)
 }
 
 // recv waits for one value on ch or fails the test.
