@@ -95,7 +95,14 @@ func (s *Server) serveFastConn(c *trackedConn) {
 		if err != nil {
 			return // a timeout or a close half way: net/http would close too
 		}
-		if !ok || !parseRequestHead(peekN(fc.br, n), &fc.head) || !takeFast(fc) || (s.fastOpen != nil && !s.fastOpen()) {
+		if ok && !idle && s.h2own && n == len(prefaceHead) && string(peekN(fc.br, n)) == prefaceHead && consumePreface(fc.br) {
+			s.mu.Lock()
+			delete(s.fastConns, c) // Shutdown and Close reach it as an HTTP/2 connection
+			s.mu.Unlock()
+			s.serveH2Fast(fc)
+			return
+		}
+		if !ok || !s.fastH1 || !parseRequestHead(peekN(fc.br, n), &fc.head) || !takeFast(fc) || (s.fastOpen != nil && !s.fastOpen()) {
 			handed = s.handOff(c, fc)
 			return
 		}
@@ -118,6 +125,10 @@ func (s *Server) serveFastConn(c *trackedConn) {
 		idle = true
 	}
 }
+
+// prefaceHead is the part of the HTTP/2 client preface that reads as a
+// request head.
+const prefaceHead = "PRI * HTTP/2.0\r\n\r\n"
 
 // readRequestHead waits until fc.br holds a complete request head and
 // returns its size. ok is false for a head the fast path leaves to

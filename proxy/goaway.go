@@ -264,9 +264,16 @@ func (c *h2Conn) readyForFinalGoAway(now time.Time) bool {
 // h2Key finds a request's h2Conn in its context.
 type h2Key struct{}
 
-// h2ConnOf returns the h2Conn a request arrived on, or nil.
-func h2ConnOf(r *http.Request) *h2Conn {
-	c, _ := r.Context().Value(h2Key{}).(*h2Conn)
+// h2Drainer is an HTTP/2 connection that takes the two-step GOAWAY:
+// net/http's under an h2Conn, or tidegate's own (h2serve.go).
+type h2Drainer interface {
+	beginGoAway()
+	readyForFinalGoAway(now time.Time) bool
+}
+
+// h2ConnOf returns the HTTP/2 connection a request arrived on, or nil.
+func h2ConnOf(r *http.Request) h2Drainer {
+	c, _ := r.Context().Value(h2Key{}).(h2Drainer)
 	return c
 }
 

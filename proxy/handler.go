@@ -80,6 +80,7 @@ type Handler struct {
 	rp        *httputil.ReverseProxy
 	transport http.RoundTripper
 	h1        *h1Transport // the transport of the fast path; nil: no fast path
+	splice    UpstreamProtocol // which HTTP/2 streams are spliced to the app over h2c (h2splice.go); "": none
 	tracker   *Tracker
 	metrics   *Metrics
 	log       *zap.Logger
@@ -152,8 +153,10 @@ func NewHandler(o Options) (*Handler, error) {
 		case UpstreamAuto:
 			// Only gRPC over HTTP/2 goes to h2c: HTTP/1.1 may take the fast path.
 			h.h1 = h1
+			h.splice = UpstreamAuto
 			h.transport = router{mode: o.Protocol, h1: h1, h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
 		case UpstreamH2C:
+			h.splice = UpstreamH2C
 			h.transport = router{mode: o.Protocol, h1: h1, h2c: NewH2CTransport(o.Upstream, o.TransportOptions)}
 		default:
 			return nil, fmt.Errorf("proxy: upstream protocol %q: want %q, %q or %q", o.Protocol, UpstreamHTTP1, UpstreamH2C, UpstreamAuto)

@@ -86,12 +86,15 @@ type Server struct {
 
 	mu      sync.Mutex
 	fresh   map[*trackedConn]time.Time // accepted, no request yet; touched once per connection
-	h2conns map[*h2Conn]struct{}       // HTTP/2 connections being served
+	h2conns map[h2Drainer]struct{}     // HTTP/2 connections being served
 
 	// The fast path (fastserve.go); fast is nil without it.
 	t                 *Tracker
 	log               *zap.Logger
 	fast              *Handler
+	fastH1            bool // the fast path serves HTTP/1.1 requests (the app speaks HTTP/1.1)
+	h2own             bool // h2c connections are served by tidegate's HTTP/2 server (h2serve.go)
+	maxHeaderBytes    int
 	fastOpen          func() bool
 	handoff           *handoffListener
 	readHeaderTimeout time.Duration
@@ -133,7 +136,7 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		ln:      &trackedListener{Listener: ln},
 		grace:   o.NewConnGrace,
 		fresh:   make(map[*trackedConn]time.Time),
-		h2conns: make(map[*h2Conn]struct{}),
+		h2conns: make(map[h2Drainer]struct{}),
 
 		goAwayBound: goAwayRTTBound,
 
@@ -144,8 +147,11 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		stopped:           make(chan struct{}),
 		fastConns:         make(map[*trackedConn]*fastConn),
 	}
-	if o.FastPath != nil && o.FastPath.fastOK() && o.TLS == nil {
+	s.maxHeaderBytes = o.MaxHeaderBytes
+	if o.FastPath != nil && o.TLS == nil && (o.FastPath.fastOK() || (o.FastPath.splice != "" && !o.DisableH2C)) {
 		s.fast = o.FastPath
+		s.fastH1 = o.FastPath.fastOK()
+		s.h2own = !o.DisableH2C
 		s.fastOpen = o.FastPathOpen
 		s.handoff = newHandoffListener(ln.Addr())
 	}
@@ -348,7 +354,7 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 type drainWriter struct {
 	http.ResponseWriter
 	draining *atomic.Bool
-	h2       *h2Conn // nil for HTTP/1.1
+	h2       h2Drainer // nil for HTTP/1.1
 	wrote    bool
 }
 
@@ -431,6 +437,9 @@ func (s *Server) EndDrain() { s.draining.Store(false) }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.finishFirstGoAways(ctx)
 	s.stop()
+	for _, c := range s.ownH2Conns() {
+		c.shutdown()
+	}
 	if s.fast != nil {
 		_ = s.ln.Close()
 		s.closeIdleFast()
@@ -492,7 +501,7 @@ func (s *Server) stop() {
 // real GOAWAY goes to every connection when Shutdown starts.
 func (s *Server) finishFirstGoAways(ctx context.Context) {
 	s.mu.Lock()
-	conns := make([]*h2Conn, 0, len(s.h2conns))
+	conns := make([]h2Drainer, 0, len(s.h2conns))
 	for c := range s.h2conns {
 		c.beginGoAway()
 		conns = append(conns, c)
@@ -507,7 +516,7 @@ func (s *Server) finishFirstGoAways(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		now := time.Now()
-		conns = slices.DeleteFunc(conns, func(c *h2Conn) bool { return c.readyForFinalGoAway(now) })
+		conns = slices.DeleteFunc(conns, func(c h2Drainer) bool { return c.readyForFinalGoAway(now) })
 		if len(conns) == 0 {
 			return
 		}
@@ -519,6 +528,19 @@ func (s *Server) finishFirstGoAways(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// ownH2Conns lists the connections of tidegate's own HTTP/2 server.
+func (s *Server) ownH2Conns() []*h2sConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var cs []*h2sConn
+	for c := range s.h2conns {
+		if hc, ok := c.(*h2sConn); ok {
+			cs = append(cs, hc)
+		}
+	}
+	return cs
 }
 
 // closeStaleFresh closes connections that have waited longer than the
@@ -542,6 +564,9 @@ func (s *Server) closeStaleFresh() {
 // Close closes the listener and every connection at once.
 func (s *Server) Close() error {
 	s.stop()
+	for _, c := range s.ownH2Conns() {
+		c.closeNow()
+	}
 	err := s.srv.Close()
 	if s.fast != nil {
 		_ = s.ln.Close()

@@ -1,0 +1,717 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// tidegate's own HTTP/2 server, for connections that open with the h2c
+// preface (prior knowledge) on a cleartext listener with the fast path.
+//
+// Why: golang.org/x/net/http2 reads every frame with two system calls,
+// runs a goroutine per stream and writes each response on its own, and
+// its client side does the same again. Here one goroutine reads the
+// client's frames through a buffer, one writes what a batch of streams
+// produced in one system call, and gRPC streams are spliced frame by
+// frame onto a connection to the app (h2splice.go) with no goroutine per
+// stream at all. Every other stream is served by the server's handler
+// (h2handler.go), like net/http would, so the gate, CONNECT, body limits
+// and HTTP/1.1 apps keep working.
+//
+// What it keeps from the net/http path: the two-step GOAWAY on drain
+// (goaway.go), connection states for Shutdown, request ids, X-Forwarded-*
+// and hop-by-hop hygiene, metrics and access-log lines.
+
+const (
+	// h2MaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS, as net/http's.
+	h2MaxStreams = 250
+	// h2StreamWindow and h2ConnWindow are the receive windows tidegate
+	// announces: what a client may send ahead on one stream and on the
+	// connection before tidegate has passed it on.
+	h2StreamWindow = 256 << 10
+	h2ConnWindow   = 1 << 20
+)
+
+// h2sConn is one client connection served by tidegate's HTTP/2 server.
+type h2sConn struct {
+	s      *Server
+	h      *Handler
+	tc     *trackedConn
+	fr     *http2.Framer
+	remote string
+	ip     string
+	ctx    context.Context // the base of the handler's request contexts
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	cond    sync.Cond // on mu: windows grew, a stream or the connection ended
+	down    h2peer    // writes to the client
+	in      h2inflow  // the connection's receive window
+	streams map[uint32]*h2stream
+	maxID   uint32 // the highest stream the client opened
+	active  int    // streams not finished
+	closed  bool   // the client connection is gone
+	final   bool   // the real GOAWAY went out: no new streams
+	idle    *time.Timer
+	up      *h2uConn // the app connection of new spliced streams
+
+	activeN atomic.Int32 // active, for syncState
+	stateMu sync.Mutex   // orders connection-state changes
+
+	goAwayState atomic.Int32 // goAway* of goaway.go
+	sentAt      atomic.Int64 // unix nanos of the first GOAWAY
+}
+
+// h2stream is one client stream: spliced to the app (up != nil) or served
+// by the handler (rw != nil). Its fields are guarded by c.mu.
+type h2stream struct {
+	c        *h2sConn
+	id       uint32
+	out      h2flow   // to the client
+	in       h2inflow // from the client
+	reqEnded bool     // the client sent END_STREAM, or the stream was reset
+	reqCL    int64    // the request's content-length; -1 if none
+	reqBytes int64    // request body bytes received
+	finished bool
+
+	// A spliced stream (h2splice.go).
+	up        *h2uConn
+	uid       uint32 // its stream on up; 0 until opened
+	upOut     h2flow
+	upIn      h2inflow
+	reqFields []hpack.HeaderField // until opened
+	respSeen  bool                // the app's final response headers came
+	method    string
+	path      string
+	reqID     string
+	start     time.Time
+	sent      time.Time
+	headers   time.Time
+	status    int
+	bytes     int64
+	failure   *failure
+	clientRst bool
+	aborted   bool // the app's side failed after its answer began
+
+	// A stream served by the handler (h2handler.go).
+	rw          *h2rw
+	body        *h2body
+	cancel      context.CancelFunc
+	handlerDone bool
+}
+
+// serveH2Fast serves c, whose preface has been read, with tidegate's own
+// HTTP/2 server until it closes.
+func (s *Server) serveH2Fast(fc *fastConn) {
+	tc := fc.nc.(*trackedConn)
+	if tc.proto.CompareAndSwap(int32(ProtocolHTTP1), int32(ProtocolH2C)) {
+		s.t.ConnMoved(ProtocolHTTP1, ProtocolH2C)
+	}
+	_ = tc.SetReadDeadline(time.Time{})
+	c := &h2sConn{s: s, h: s.fast, tc: tc, remote: fc.remote, ip: fc.ip, streams: make(map[uint32]*h2stream)}
+	c.cond.L = &c.mu
+	c.fr = http2.NewFramer(nil, fc.br)
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.fr.MaxHeaderListSize = uint32(s.maxHeaderBytes)
+	c.fr.SetReuseFrames()
+	c.down.init(newFrameOut(&c.mu, tc))
+	ctx := context.WithValue(context.Background(), connKey{}, fc.nc)
+	ctx = context.WithValue(ctx, h2Key{}, h2Drainer(c))
+	ctx = context.WithValue(ctx, http.ServerContextKey, s.srv)
+	c.ctx, c.cancel = context.WithCancel(ctx)
+
+	s.mu.Lock()
+	s.h2conns[c] = struct{}{}
+	closing := s.closing.Load()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.h2conns, c)
+		s.mu.Unlock()
+	}()
+
+	go c.down.out.run(func(error) { _ = tc.Close() })
+	c.mu.Lock()
+	c.down.settings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: h2StreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(s.maxHeaderBytes)},
+	)
+	c.down.windowUpdate(0, h2ConnWindow-h2DefaultWindow)
+	c.in.avail = h2ConnWindow
+	c.idle = time.AfterFunc(s.idleTimeout, c.idleTimeout)
+	if closing {
+		c.shutdownLocked()
+	}
+	c.mu.Unlock()
+
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			if c.readError(err) {
+				continue
+			}
+			break
+		}
+		c.mu.Lock()
+		ok := c.process(f)
+		c.mu.Unlock()
+		c.syncState()
+		if !ok {
+			break
+		}
+	}
+	c.teardown()
+}
+
+// readError handles an error of ReadFrame; true to go on reading.
+func (c *h2sConn) readError(err error) bool {
+	var se http2.StreamError
+	var ce http2.ConnectionError
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case errors.As(err, &se):
+		// A malformed header block of a new stream, or a bad frame on
+		// one stream: that stream fails, the connection goes on.
+		if se.StreamID > c.maxID && se.StreamID%2 == 1 {
+			c.maxID = se.StreamID
+		}
+		if st := c.streams[se.StreamID]; st != nil {
+			c.resetStream(st, se.Code, true)
+		} else {
+			c.down.rst(se.StreamID, se.Code)
+		}
+		return true
+	case errors.As(err, &ce):
+		c.connError(http2.ErrCode(ce))
+	}
+	return false
+}
+
+// connError ends the connection with a GOAWAY carrying code; mu is held.
+func (c *h2sConn) connError(code http2.ErrCode) {
+	if !c.closed {
+		c.down.goAway(c.maxID, code)
+		c.down.out.closeAfterFlush()
+	}
+}
+
+// process handles one frame from the client; mu is held. false ends the
+// connection.
+func (c *h2sConn) process(f http2.Frame) bool {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return c.onHeaders(f)
+	case *http2.DataFrame:
+		return c.onData(f)
+	case *http2.WindowUpdateFrame:
+		if f.StreamID == 0 {
+			if !growWindow(&c.down.window, f.Increment) {
+				c.connError(http2.ErrCodeFlowControl)
+				return false
+			}
+			c.pumpAll()
+			return true
+		}
+		if f.StreamID > c.maxID {
+			c.connError(http2.ErrCodeProtocol)
+			return false
+		}
+		if st := c.streams[f.StreamID]; st != nil {
+			if !growWindow(&st.out.window, f.Increment) {
+				c.resetStream(st, http2.ErrCodeFlowControl, true)
+				return true
+			}
+			c.pumpStream(st)
+			c.cond.Broadcast()
+		}
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			return true
+		}
+		err := c.down.applySettings(f, func(delta int64) {
+			for _, st := range c.streams {
+				st.out.window += delta
+			}
+		})
+		if err != nil {
+			var ce http2.ConnectionError
+			code := http2.ErrCodeProtocol
+			if errors.As(err, &ce) {
+				code = http2.ErrCode(ce)
+			}
+			c.connError(code)
+			return false
+		}
+		c.down.settingsAck()
+		c.pumpAll()
+	case *http2.PingFrame:
+		if f.IsAck() {
+			if f.Data == goAwayPingData {
+				c.goAwayState.CompareAndSwap(goAwaySent, goAwayAcked)
+			}
+			return true
+		}
+		c.down.ping(true, f.Data)
+	case *http2.RSTStreamFrame:
+		if f.StreamID > c.maxID {
+			c.connError(http2.ErrCodeProtocol)
+			return false
+		}
+		if st := c.streams[f.StreamID]; st != nil {
+			c.clientReset(st)
+		}
+	case *http2.PushPromiseFrame:
+		c.connError(http2.ErrCodeProtocol)
+		return false
+	case *http2.GoAwayFrame:
+		// The client will open no more streams; those open finish.
+	}
+	// PRIORITY and unknown frames are ignored, as RFC 9113 allows.
+	return true
+}
+
+// onHeaders opens a stream, or takes a request's trailers; mu is held.
+func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
+	id := f.StreamID
+	if id%2 == 0 {
+		c.connError(http2.ErrCodeProtocol)
+		return false
+	}
+	if st := c.streams[id]; st != nil {
+		if st.reqEnded {
+			c.resetStream(st, http2.ErrCodeStreamClosed, true)
+			return true
+		}
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+			c.resetStream(st, http2.ErrCodeProtocol, true)
+			return true
+		}
+		c.requestTrailers(st, f.RegularFields())
+		return true
+	}
+	if id <= c.maxID {
+		c.connError(http2.ErrCodeStreamClosed)
+		return false
+	}
+	c.maxID = id
+	if c.final || c.closed {
+		return true // after the real GOAWAY: ignored, the client retries elsewhere
+	}
+	if c.active >= h2MaxStreams {
+		c.down.rst(id, http2.ErrCodeRefusedStream)
+		return true
+	}
+	rq, ok := parseH2Request(f)
+	if !ok {
+		c.down.rst(id, http2.ErrCodeProtocol)
+		return true
+	}
+	st := &h2stream{c: c, id: id, reqEnded: f.StreamEnded(), reqCL: rq.contentLength}
+	st.out.window = int64(c.down.initWindow)
+	st.in.avail = h2StreamWindow
+	c.streams[id] = st
+	c.active++
+	c.activeN.Store(int32(c.active))
+	c.idle.Stop()
+	if c.spliceable(&rq) {
+		c.startSplice(st, &rq)
+	} else {
+		c.startHandler(st, &rq)
+	}
+	return true
+}
+
+// onData takes request body bytes; mu is held.
+func (c *h2sConn) onData(f *http2.DataFrame) bool {
+	id := f.StreamID
+	if id == 0 || id > c.maxID {
+		c.connError(http2.ErrCodeProtocol)
+		return false
+	}
+	n := f.Header().Length // flow control counts the padding too
+	if !c.in.take(n) {
+		c.connError(http2.ErrCodeFlowControl)
+		return false
+	}
+	data := f.Data()
+	st := c.streams[id]
+	if st == nil || st.reqEnded {
+		c.giveConn(int(n))
+		if st != nil {
+			c.resetStream(st, http2.ErrCodeStreamClosed, true)
+		} else {
+			c.down.rst(id, http2.ErrCodeStreamClosed)
+		}
+		return true
+	}
+	if !st.in.take(n) {
+		c.giveConn(int(n))
+		c.resetStream(st, http2.ErrCodeFlowControl, true)
+		return true
+	}
+	if pad := int(n) - len(data); pad > 0 {
+		c.giveBack(st, pad)
+	}
+	st.reqBytes += int64(len(data))
+	end := f.StreamEnded()
+	if st.reqCL >= 0 && (st.reqBytes > st.reqCL || (end && st.reqBytes != st.reqCL)) {
+		c.giveConn(len(data))
+		c.resetStream(st, http2.ErrCodeProtocol, true)
+		return true
+	}
+	if end {
+		st.reqEnded = true
+	}
+	if st.rw != nil {
+		c.handlerData(st, data, end)
+	} else {
+		c.spliceData(st, data, end)
+	}
+	return true
+}
+
+// giveBack returns n bytes of st's request to the client's windows; mu
+// is held.
+func (c *h2sConn) giveBack(st *h2stream, n int) {
+	if n <= 0 || c.closed {
+		return
+	}
+	c.giveConn(n)
+	if st.reqEnded || st.finished {
+		return
+	}
+	if u := give(&st.in.unacked, n, h2StreamWindow); u > 0 {
+		st.in.avail += int32(u)
+		c.down.windowUpdate(st.id, u)
+	}
+}
+
+func (c *h2sConn) giveConn(n int) {
+	if u := give(&c.in.unacked, n, h2ConnWindow); u > 0 && !c.closed {
+		c.in.avail += int32(u)
+		c.down.windowUpdate(0, u)
+	}
+}
+
+// pumpAll sends what waits on every stream after the windows grew.
+func (c *h2sConn) pumpAll() {
+	for _, st := range c.streams {
+		c.pumpStream(st)
+	}
+	c.cond.Broadcast()
+}
+
+// pumpStream sends what waits on st for the client; mu is held.
+func (c *h2sConn) pumpStream(st *h2stream) {
+	if len(st.out.pend) == 0 && !st.out.end {
+		return
+	}
+	n := c.down.pump(st.id, &st.out)
+	if st.up != nil && n > 0 {
+		st.up.giveBack(st, n)
+	}
+	c.maybeFinish(st)
+}
+
+// resetStream ends st with RST_STREAM(code) to the client; mu is held.
+// For a spliced stream the app's side is cancelled too.
+func (c *h2sConn) resetStream(st *h2stream, code http2.ErrCode, protocol bool) {
+	if !st.out.done && !c.closed {
+		c.down.rst(st.id, code)
+	}
+	c.dropOut(st)
+	if !st.reqEnded {
+		st.reqEnded = true
+	}
+	if protocol && st.failure == nil && !st.respSeen {
+		f := failure{http.StatusBadRequest, "", false, "malformed request"}
+		st.failure = &f
+	}
+	c.streamGone(st, errStreamReset)
+	c.maybeFinish(st)
+}
+
+// clientReset handles the client's RST_STREAM for st; mu is held.
+func (c *h2sConn) clientReset(st *h2stream) {
+	st.clientRst = true
+	c.dropOut(st)
+	st.reqEnded = true
+	c.streamGone(st, errClientReset)
+	c.maybeFinish(st)
+}
+
+var (
+	errClientReset = errors.New("client reset the stream")
+	errStreamReset = errors.New("stream reset")
+	errConnGone    = errors.New("client connection closed")
+)
+
+// streamGone tells st's other side that the client's side is gone.
+func (c *h2sConn) streamGone(st *h2stream, err error) {
+	if st.rw != nil {
+		c.handlerGone(st, err)
+	} else {
+		c.spliceGone(st)
+	}
+	c.cond.Broadcast()
+}
+
+// maybeFinish finishes st once both directions are done; mu is held.
+func (c *h2sConn) maybeFinish(st *h2stream) {
+	if st.finished || !st.out.done {
+		return
+	}
+	if !st.reqEnded {
+		// The answer is complete and the client is still sending: tell
+		// it to stop (RFC 9113 §8.1).
+		if !c.closed {
+			c.down.rst(st.id, http2.ErrCodeNo)
+		}
+		st.reqEnded = true
+		c.streamGone(st, errStreamReset)
+	}
+	if st.rw != nil && !st.handlerDone {
+		return
+	}
+	st.finished = true
+	delete(c.streams, st.id)
+	c.active--
+	c.activeN.Store(int32(c.active))
+	if st.up != nil {
+		c.finishSplice(st)
+	}
+	if c.active == 0 {
+		if c.final {
+			c.down.out.closeAfterFlush()
+		} else if !c.closed {
+			c.idle.Reset(c.s.idleTimeout)
+		}
+	}
+}
+
+// syncState moves the connection between StateActive and StateIdle as its
+// streams come and go, for Shutdown; call it without mu.
+func (c *h2sConn) syncState() {
+	want := http.StateIdle
+	if c.activeN.Load() > 0 {
+		want = http.StateActive
+	}
+	if http.ConnState(c.tc.state.Load()) == want {
+		return
+	}
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	want = http.StateIdle
+	if c.activeN.Load() > 0 {
+		want = http.StateActive
+	}
+	if cur := http.ConnState(c.tc.state.Load()); cur != want && cur != http.StateClosed {
+		c.s.transition(c.tc, want, c.s.t)
+	}
+}
+
+// idleTimeout closes a connection without streams for the idle timeout.
+func (c *h2sConn) idleTimeout() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.active == 0 && !c.closed {
+		c.final = true
+		c.down.goAway(c.maxID, http2.ErrCodeNo)
+		c.down.out.closeAfterFlush()
+	}
+}
+
+// teardown ends every stream once the client connection is gone.
+func (c *h2sConn) teardown() {
+	c.mu.Lock()
+	c.closed = true
+	c.idle.Stop()
+	for _, st := range c.streams {
+		if !st.out.done {
+			st.clientRst = true
+		}
+		c.dropOut(st)
+		st.reqEnded = true
+		c.streamGone(st, errConnGone)
+		c.maybeFinish(st)
+	}
+	if c.up != nil {
+		c.up.closeWhenIdle()
+	}
+	close(c.down.out.done)
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.cancel()
+	_ = c.tc.Close()
+	c.syncState()
+}
+
+// beginGoAway takes the first step of the two-step GOAWAY (goaway.go):
+// GOAWAY(2^31-1) and a PING. It never blocks on the network.
+func (c *h2sConn) beginGoAway() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.beginGoAwayLocked()
+}
+
+func (c *h2sConn) beginGoAwayLocked() {
+	if !c.goAwayState.CompareAndSwap(goAwayNone, goAwayQueued) {
+		return
+	}
+	c.sentAt.Store(time.Now().UnixNano())
+	c.goAwayState.Store(goAwaySent)
+	if !c.closed && !c.final {
+		c.down.out.buf = append(c.down.out.buf, firstGoAway...)
+		c.down.out.wake()
+	}
+}
+
+// dropOut ends what st sends to the client, discarding what waits; the
+// app's windows get the discarded bytes back. mu is held.
+func (c *h2sConn) dropOut(st *h2stream) {
+	if n := len(st.out.pend); n > 0 && st.up != nil {
+		st.up.giveConn(n)
+	}
+	st.out.done, st.out.pend = true, nil
+}
+
+// readyForFinalGoAway is h2Conn's: the PING came back, or goAwayRTTBound
+// passed.
+func (c *h2sConn) readyForFinalGoAway(now time.Time) bool {
+	switch c.goAwayState.Load() {
+	case goAwayAcked:
+		return true
+	case goAwaySent:
+		return now.UnixNano()-c.sentAt.Load() >= int64(c.s.goAwayBound)
+	}
+	return false
+}
+
+// shutdown sends the real GOAWAY and closes the connection once its
+// streams are done; Shutdown calls it after the first step.
+func (c *h2sConn) shutdown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.shutdownLocked()
+}
+
+func (c *h2sConn) shutdownLocked() {
+	if c.final || c.closed {
+		return
+	}
+	c.final = true
+	c.down.goAway(c.maxID, http2.ErrCodeNo)
+	if c.active == 0 {
+		c.down.out.closeAfterFlush()
+	}
+}
+
+// closeNow closes the connection at once (Server.Close).
+func (c *h2sConn) closeNow() {
+	_ = c.tc.Close()
+	c.mu.Lock()
+	if c.up != nil {
+		_ = c.up.nc.Close()
+	}
+	c.mu.Unlock()
+}
+
+// h2Request is what a request's header block says.
+type h2Request struct {
+	method, scheme, authority, path string
+	fields                          []hpack.HeaderField // the regular fields
+	contentType, userAgent, id      string
+	contentLength                   int64 // -1: none
+}
+
+// parseH2Request checks a request's header block (RFC 9113 §8.3.1 and
+// §8.2.2): the pseudo-fields a request needs, no connection-specific
+// fields, a valid content-length. false means a malformed request.
+func parseH2Request(f *http2.MetaHeadersFrame) (h2Request, bool) {
+	rq := h2Request{contentLength: -1}
+	for _, hf := range f.PseudoFields() {
+		var dst *string
+		switch hf.Name {
+		case ":method":
+			dst = &rq.method
+		case ":scheme":
+			dst = &rq.scheme
+		case ":authority":
+			dst = &rq.authority
+		case ":path":
+			dst = &rq.path
+		default:
+			return rq, false // :protocol (extended CONNECT is not offered), :status
+		}
+		if *dst != "" || hf.Value == "" {
+			return rq, false
+		}
+		*dst = hf.Value
+	}
+	if rq.method == "" {
+		return rq, false
+	}
+	if rq.method == http.MethodConnect {
+		if rq.authority == "" || rq.scheme != "" || rq.path != "" {
+			return rq, false
+		}
+	} else if rq.scheme == "" || rq.path == "" {
+		return rq, false
+	}
+	rq.fields = f.RegularFields()
+	for _, hf := range rq.fields {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return rq, false
+		case "te":
+			if hf.Value != "trailers" {
+				return rq, false
+			}
+		case "content-length":
+			n, err := strconv.ParseUint(hf.Value, 10, 63)
+			if err != nil || (rq.contentLength >= 0 && int64(n) != rq.contentLength) {
+				return rq, false
+			}
+			rq.contentLength = int64(n)
+		case "content-type":
+			rq.contentType = hf.Value
+		case "user-agent":
+			rq.userAgent = hf.Value
+		case "x-request-id":
+			rq.id = hf.Value
+		}
+	}
+	if f.StreamEnded() && rq.contentLength > 0 {
+		return rq, false
+	}
+	return rq, true
+}
+
+// logH2 logs a connection-level problem at debug level: clients that
+// misbehave are normal on the internet.
+func (c *h2sConn) logH2(msg string, err error) {
+	c.s.log.Debug(msg, zap.String("remote_addr", c.remote), zap.Error(err))
+}
+
+// preface reports whether br starts with the HTTP/2 client preface, and
+// consumes it if so. The caller has seen "PRI * HTTP/2.0\r\n\r\n" already.
+func consumePreface(br *bufio.Reader) bool {
+	b, err := br.Peek(clientPrefaceLen)
+	if err != nil || string(b) != http2.ClientPreface {
+		return false
+	}
+	_, _ = br.Discard(clientPrefaceLen)
+	return true
+}
