@@ -95,7 +95,10 @@ func (s *Server) serveFastConn(c *trackedConn) {
 		if err != nil {
 			return // a timeout or a close half way: net/http would close too
 		}
-		if ok && !idle && s.h2own && n == len(prefaceHead) && string(peekN(fc.br, n)) == prefaceHead && consumePreface(fc.br) {
+		if ok && !idle && s.h2own && n == len(prefaceHead) && string(peekN(fc.br, n)) == prefaceHead {
+			if !consumePreface(fc.br) {
+				return // not HTTP/2 after all, nor HTTP/1.1: RFC 9113 §3.4
+			}
 			s.mu.Lock()
 			delete(s.fastConns, c) // Shutdown and Close reach it as an HTTP/2 connection
 			s.mu.Unlock()

@@ -29,6 +29,7 @@ func (c *h2sConn) startHandler(st *h2stream, rq *h2Request) {
 		return
 	}
 	st.rw = &h2rw{c: c, st: st, hdr: make(http.Header), head: rq.method == http.MethodHead}
+	c.handlers.Add(1)
 	go c.runHandler(st, r)
 }
 
@@ -110,6 +111,7 @@ func (c *h2sConn) runHandler(st *h2stream, r *http.Request) {
 		c.maybeFinish(st)
 		c.mu.Unlock()
 		st.cancel()
+		c.handlers.Add(-1)
 		c.syncState()
 	}()
 	c.s.srv.Handler.ServeHTTP(rw, r)

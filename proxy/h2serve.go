@@ -65,8 +65,9 @@ type h2sConn struct {
 	idle    *time.Timer
 	up      *h2uConn // the app connection of new spliced streams
 
-	activeN atomic.Int32 // active, for syncState
-	stateMu sync.Mutex   // orders connection-state changes
+	activeN  atomic.Int32 // active, for syncState
+	handlers atomic.Int32 // handler goroutines running
+	stateMu  sync.Mutex   // orders connection-state changes
 
 	goAwayState atomic.Int32 // goAway* of goaway.go
 	sentAt      atomic.Int64 // unix nanos of the first GOAWAY
@@ -124,7 +125,9 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = uint32(s.maxHeaderBytes)
 	c.fr.SetReuseFrames()
+	c.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	c.down.init(newFrameOut(&c.mu, tc))
+	c.down.out.yield = &c.handlers
 	ctx := context.WithValue(context.Background(), connKey{}, fc.nc)
 	ctx = context.WithValue(ctx, h2Key{}, h2Drainer(c))
 	ctx = context.WithValue(ctx, http.ServerContextKey, s.srv)
@@ -195,6 +198,8 @@ func (c *h2sConn) readError(err error) bool {
 		return true
 	case errors.As(err, &ce):
 		c.connError(http2.ErrCode(ce))
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		c.connError(http2.ErrCodeFrameSize)
 	}
 	return false
 }
@@ -272,6 +277,14 @@ func (c *h2sConn) process(f http2.Frame) bool {
 		if st := c.streams[f.StreamID]; st != nil {
 			c.clientReset(st)
 		}
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			if st := c.streams[f.StreamID]; st != nil {
+				c.resetStream(st, http2.ErrCodeProtocol, true)
+			} else {
+				c.down.rst(f.StreamID, http2.ErrCodeProtocol)
+			}
+		}
 	case *http2.PushPromiseFrame:
 		c.connError(http2.ErrCodeProtocol)
 		return false
@@ -291,7 +304,7 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 	}
 	if st := c.streams[id]; st != nil {
 		if st.reqEnded {
-			c.resetStream(st, http2.ErrCodeStreamClosed, true)
+			c.closedStream(st)
 			return true
 		}
 		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
@@ -308,6 +321,10 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 	c.maxID = id
 	if c.final || c.closed {
 		return true // after the real GOAWAY: ignored, the client retries elsewhere
+	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		c.down.rst(id, http2.ErrCodeProtocol)
+		return true
 	}
 	if c.active >= h2MaxStreams {
 		c.down.rst(id, http2.ErrCodeRefusedStream)
@@ -350,7 +367,7 @@ func (c *h2sConn) onData(f *http2.DataFrame) bool {
 	if st == nil || st.reqEnded {
 		c.giveConn(int(n))
 		if st != nil {
-			c.resetStream(st, http2.ErrCodeStreamClosed, true)
+			c.closedStream(st)
 		} else {
 			c.down.rst(id, http2.ErrCodeStreamClosed)
 		}
@@ -441,6 +458,16 @@ func (c *h2sConn) resetStream(st *h2stream, code http2.ErrCode, protocol bool) {
 	}
 	c.streamGone(st, errStreamReset)
 	c.maybeFinish(st)
+}
+
+// closedStream answers a frame the client sent on a stream it had closed
+// (ended or reset) with RST_STREAM(STREAM_CLOSED); mu is held.
+func (c *h2sConn) closedStream(st *h2stream) {
+	if st.out.done {
+		c.down.rst(st.id, http2.ErrCodeStreamClosed)
+		return
+	}
+	c.resetStream(st, http2.ErrCodeStreamClosed, true)
 }
 
 // clientReset handles the client's RST_STREAM for st; mu is held.
@@ -550,10 +577,14 @@ func (c *h2sConn) teardown() {
 	if c.up != nil {
 		c.up.closeWhenIdle()
 	}
-	close(c.down.out.done)
+	// What is queued (a GOAWAY saying why) goes out before the close, if
+	// the client takes it within a second.
+	c.down.out.closeAfterFlush()
+	_ = c.tc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.cancel()
+	<-c.down.out.exited
 	_ = c.tc.Close()
 	c.syncState()
 }

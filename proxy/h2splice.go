@@ -166,6 +166,7 @@ func (up *h2uConn) dial() {
 	up.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	up.fr.MaxHeaderListSize = 1 << 20 // as the HTTP/1.1 transport's MaxResponseHeaderBytes
 	up.fr.SetReuseFrames()
+	up.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	up.peer.init(newFrameOut(&c.mu, nc))
 	up.peer.out.buf = append(up.peer.out.buf, http2.ClientPreface...)
 	up.peer.settings(

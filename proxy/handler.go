@@ -79,7 +79,7 @@ type Options struct {
 type Handler struct {
 	rp        *httputil.ReverseProxy
 	transport http.RoundTripper
-	h1        *h1Transport // the transport of the fast path; nil: no fast path
+	h1        *h1Transport     // the transport of the fast path; nil: no fast path
 	splice    UpstreamProtocol // which HTTP/2 streams are spliced to the app over h2c (h2splice.go); "": none
 	tracker   *Tracker
 	metrics   *Metrics
