@@ -724,6 +724,8 @@ func TestFastHandsOffToNetHTTP(t *testing.T) {
 	})
 
 	t.Run("h2c prior knowledge", func(t *testing.T) {
+		// tidegate's own HTTP/2 server: a GET goes the direct path, a
+		// POST through the handler; net/http's server sees neither.
 		r := newFastRig(t, addr, nil, nil)
 		p := new(http.Protocols)
 		p.SetUnencryptedHTTP2(true)
@@ -739,7 +741,17 @@ func TestFastHandsOffToNetHTTP(t *testing.T) {
 		if err != nil || resp.ProtoMajor != 2 || string(b) != "GET /h2  pad=0 xff=127.0.0.1" {
 			t.Fatalf("h2c: %s %q %v", resp.Proto, b, err)
 		}
-		r.expectNetHTTP(t, 1)
+		r.expectNetHTTP(t, 0)
+		resp, err = c.Post("http://"+r.addr+"/h2post", "text/plain", strings.NewReader("hello"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.ProtoMajor != 2 || string(b) != "POST /h2post hello pad=0 xff=127.0.0.1" {
+			t.Fatalf("h2c POST: %s %q %v", resp.Proto, b, err)
+		}
+		r.expectNetHTTP(t, 1) // the handler chain, through tidegate's HTTP/2 server
 		waitFor(t, func() bool {
 			return r.tracker.Connections(ProtocolH2C) == 1 && r.tracker.Connections(ProtocolHTTP1) == 0
 		})

@@ -343,7 +343,7 @@ func (w *h2rw) sendLocked(end bool) error {
 	}
 	b := w.buf
 	for len(b) > 0 {
-		b = b[c.down.sendData(st.id, &st.out, b):]
+		b = b[c.down.sendData(st.id, &st.out, b, end && trailers == nil):]
 		if len(b) == 0 {
 			break
 		}
@@ -354,7 +354,7 @@ func (w *h2rw) sendLocked(end bool) error {
 		c.cond.Wait()
 	}
 	w.buf = w.buf[:0]
-	if end {
+	if end && !st.out.done {
 		c.down.endWith(st.id, &st.out, trailers)
 	}
 	return nil

@@ -104,6 +104,11 @@ type h2stream struct {
 	clientRst bool
 	aborted   bool // the app's side failed after its answer began
 
+	// A stream on the direct path (h2direct.go), and its app connection
+	// while the answer is awaited.
+	direct   bool
+	directUC *h1Conn
+
 	// A stream served by the handler (h2handler.go).
 	rw          *h2rw
 	body        *h2body
@@ -342,9 +347,12 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 	c.active++
 	c.activeN.Store(int32(c.active))
 	c.idle.Stop()
-	if c.spliceable(&rq) {
+	switch {
+	case c.spliceable(&rq):
 		c.startSplice(st, &rq)
-	} else {
+	case c.directable(st, &rq):
+		c.startDirect(st, &rq)
+	default:
 		c.startHandler(st, &rq)
 	}
 	return true
@@ -487,9 +495,12 @@ var (
 
 // streamGone tells st's other side that the client's side is gone.
 func (c *h2sConn) streamGone(st *h2stream, err error) {
-	if st.rw != nil {
+	switch {
+	case st.rw != nil:
 		c.handlerGone(st, err)
-	} else {
+	case st.direct:
+		c.directGone(st)
+	default:
 		c.spliceGone(st)
 	}
 	c.cond.Broadcast()
@@ -509,15 +520,19 @@ func (c *h2sConn) maybeFinish(st *h2stream) {
 		st.reqEnded = true
 		c.streamGone(st, errStreamReset)
 	}
-	if st.rw != nil && !st.handlerDone {
+	if (st.rw != nil || st.direct) && !st.handlerDone {
 		return
 	}
 	st.finished = true
 	delete(c.streams, st.id)
 	c.active--
 	c.activeN.Store(int32(c.active))
-	if st.up != nil {
+	switch {
+	case st.up != nil:
 		c.finishSplice(st)
+		c.record(st)
+	case st.direct:
+		c.record(st)
 	}
 	if c.active == 0 {
 		if c.final {

@@ -565,8 +565,8 @@ func (c *h2sConn) spliceGone(st *h2stream) {
 	st.upOut.done, st.upOut.pend = true, nil
 }
 
-// finishSplice records a finished spliced stream, as finishFast does;
-// mu is held.
+// finishSplice lets go of a finished spliced stream's app side; mu is
+// held.
 func (c *h2sConn) finishSplice(st *h2stream) {
 	up := st.up
 	if st.uid != 0 && up.streams[st.uid] == st {
@@ -581,6 +581,11 @@ func (c *h2sConn) finishSplice(st *h2stream) {
 			break
 		}
 	}
+}
+
+// record accounts for a finished stream that the handler did not serve
+// (spliced or direct), as finishFast does; mu is held.
+func (c *h2sConn) record(st *h2stream) {
 	h := c.h
 	h.tracker.RequestDone()
 	end := h.now()

@@ -228,13 +228,13 @@ func (p *h2peer) data(stream uint32, f *h2flow, b []byte, end bool) int {
 		f.end = f.end || end
 		return 0
 	}
-	sent := p.sendData(stream, f, b)
+	sent := p.sendData(stream, f, b, end)
 	if rest := b[sent:]; len(rest) > 0 {
 		f.pend = append(f.pend[:0], rest...)
 		f.end = end
 		return sent
 	}
-	if end {
+	if end && !f.done {
 		p.finishFlow(stream, f)
 	}
 	return sent
@@ -257,14 +257,14 @@ func (p *h2peer) pump(stream uint32, f *h2flow) int {
 	if f.done || (len(f.pend) == 0 && !f.end) {
 		return 0
 	}
-	sent := p.sendData(stream, f, f.pend)
+	sent := p.sendData(stream, f, f.pend, f.end)
 	n := copy(f.pend, f.pend[sent:])
 	f.pend = f.pend[:n]
 	if n == 0 {
 		if cap(f.pend) > 64<<10 {
 			f.pend = nil
 		}
-		if f.end {
+		if f.end && !f.done {
 			p.finishFlow(stream, f)
 		}
 	}
@@ -272,8 +272,9 @@ func (p *h2peer) pump(stream uint32, f *h2flow) int {
 }
 
 // sendData writes DATA frames of b within the windows and returns how
-// much went.
-func (p *h2peer) sendData(stream uint32, f *h2flow, b []byte) int {
+// much went. end puts END_STREAM on the frame that carries the last of b,
+// if it goes and no trailers follow.
+func (p *h2peer) sendData(stream uint32, f *h2flow, b []byte, end bool) int {
 	sent := 0
 	for len(b) > 0 {
 		n := int64(len(b))
@@ -281,7 +282,11 @@ func (p *h2peer) sendData(stream uint32, f *h2flow, b []byte) int {
 		if n <= 0 {
 			break
 		}
-		p.frameHeader(int(n), frameData, 0, stream)
+		var flags byte
+		if end && n == int64(len(b)) && f.trailers == nil {
+			flags, f.done = flagEndStream, true
+		}
+		p.frameHeader(int(n), frameData, flags, stream)
 		p.out.buf = append(p.out.buf, b[:n]...)
 		f.window -= n
 		p.window -= n
