@@ -135,10 +135,7 @@ func (c *h2sConn) handlerTrailers(st *h2stream, fields []hpack.HeaderField) {
 	if b == nil {
 		return
 	}
-	for _, f := range fields {
-		k := http.CanonicalHeaderKey(f.Name)
-		b.trailer[k] = append(b.trailer[k], f.Value)
-	}
+	b.trailers = fields // into Request.Trailer at EOF, when the handler may read it
 	b.eof = true
 	c.cond.Broadcast()
 }
@@ -157,13 +154,14 @@ func (c *h2sConn) handlerGone(st *h2stream, err error) {
 // h2body is a request body fed by DATA frames; its fields are guarded by
 // c.mu.
 type h2body struct {
-	c       *h2sConn
-	st      *h2stream
-	buf     []byte
-	eof     bool
-	err     error
-	closed  bool
-	trailer http.Header
+	c        *h2sConn
+	st       *h2stream
+	buf      []byte
+	eof      bool
+	err      error
+	closed   bool
+	trailer  http.Header         // the request's Trailer
+	trailers []hpack.HeaderField // received, not yet in trailer
 }
 
 var errBodyClosed = errors.New("http2: read on closed request body")
@@ -189,6 +187,11 @@ func (b *h2body) Read(p []byte) (int, error) {
 	case b.err != nil:
 		return 0, b.err
 	}
+	for _, f := range b.trailers {
+		k := http.CanonicalHeaderKey(f.Name)
+		b.trailer[k] = append(b.trailer[k], f.Value)
+	}
+	b.trailers = nil
 	return 0, io.EOF
 }
 
