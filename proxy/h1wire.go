@@ -111,19 +111,8 @@ func parseRequestHead(head []byte, h *h1head) bool {
 		return false
 	}
 	h.target = line[:sp]
-	inPath := true
-	for i, c := range h.target {
-		switch {
-		case c <= ' ' || c >= 0x7f:
-			return false
-		case c == '?':
-			inPath = false
-		case c == '%' && inPath:
-			// net/http refuses a path with a bad escape (400): let it.
-			if i+2 >= len(h.target) || !isHex(h.target[i+1]) || !isHex(h.target[i+2]) {
-				return false
-			}
-		}
+	if !plainTarget(h.target) {
+		return false
 	}
 	if string(line[sp+1:]) != "HTTP/1.1" {
 		return false
@@ -457,4 +446,24 @@ func parseHexSize(b []byte) (int64, bool) {
 		n = n<<4 | int64(c)
 	}
 	return n, true
+}
+
+// plainTarget reports whether an origin-form target is one the fast paths
+// pass on as is: visible ASCII only, and valid escapes in the path
+// (net/http refuses a path with a bad escape: let it).
+func plainTarget[T string | []byte](target T) bool {
+	inPath := true
+	for i := 0; i < len(target); i++ {
+		switch c := target[i]; {
+		case c <= ' ' || c >= 0x7f:
+			return false
+		case c == '?':
+			inPath = false
+		case c == '%' && inPath:
+			if i+2 >= len(target) || !isHex(target[i+1]) || !isHex(target[i+2]) {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -44,10 +44,8 @@ func (c *h2sConn) directable(st *h2stream, rq *h2Request) bool {
 			return false
 		}
 	}
-	for i := 0; i < len(rq.path); i++ {
-		if b := rq.path[i]; b <= ' ' || b == 0x7f {
-			return false
-		}
+	if !plainTarget(rq.path) {
+		return false
 	}
 	for _, f := range rq.fields {
 		if f.Name == "host" || f.Name == "expect" {

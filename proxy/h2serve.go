@@ -92,6 +92,7 @@ type h2stream struct {
 	upIn      h2inflow
 	reqFields []hpack.HeaderField // until opened
 	respSeen  bool                // the app's final response headers came
+	upEnded   bool                // the app ended its response
 	method    string
 	path      string
 	reqID     string
@@ -609,10 +610,22 @@ func (c *h2sConn) teardown() {
 func (c *h2sConn) beginGoAway() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.beginGoAwayLocked()
+	c.firstGoAwayLocked()
 }
 
+// beginGoAwayLocked asks the client to move when a response's header goes
+// out during the drain, as drainWriter does for the handler's answers: the
+// first step of the two-step GOAWAY, or, once its PING came back (or the
+// bound passed), the real GOAWAY. mu is held.
 func (c *h2sConn) beginGoAwayLocked() {
+	if c.readyForFinalGoAway(time.Now()) {
+		c.shutdownLocked()
+		return
+	}
+	c.firstGoAwayLocked()
+}
+
+func (c *h2sConn) firstGoAwayLocked() {
 	if !c.goAwayState.CompareAndSwap(goAwayNone, goAwayQueued) {
 		return
 	}

@@ -479,6 +479,7 @@ func (c *h2sConn) responseFields(status string, fields []hpack.HeaderField, id s
 
 // responseEnded notes that the app ended st's response; mu is held.
 func (up *h2uConn) responseEnded(st *h2stream) {
+	st.upEnded = true
 	if st.upOut.done {
 		up.remove(st) // both halves closed on the app's side
 	}
@@ -493,7 +494,7 @@ func (c *h2sConn) upstreamReset(st *h2stream, code http2.ErrCode) {
 		return
 	}
 	switch {
-	case code == http2.ErrCodeNo && st.respSeen:
+	case code == http2.ErrCodeNo && st.upEnded:
 		// The app answered in full and does not want the rest of the
 		// request: the client's stream ends when the answer has gone.
 		return
