@@ -142,6 +142,46 @@ func (h *h2Client) expectFirstStep() (ping [8]byte) {
 	return p.Data
 }
 
+// startH2Server serves app on a cleartext listener: with own, through a
+// Handler in front of app on HTTP/1.1, with tidegate's own HTTP/2 server
+// (ServerOptions.FastPath); else app itself is the server's handler and
+// net/http serves h2c.
+func startH2Server(t *testing.T, own bool, app http.Handler, o ServerOptions, adjust func(*Server)) (*Server, *Tracker) {
+	t.Helper()
+	if !own {
+		return startServerWith(t, app, o, adjust)
+	}
+	as := upstreamServer(t, app.ServeHTTP)
+	up, err := ParseUpstream(as.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHandler(Options{Upstream: up, Tracker: NewTracker(TrackerOptions{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.CloseIdleConnections)
+	o.FastPath = h
+	s, tr := startServerWith(t, h, o, adjust)
+	if !s.h2own {
+		t.Fatal("NewServer left tidegate's own HTTP/2 server off")
+	}
+	return s, tr
+}
+
+// expectOwnH2 checks that a connection is being served by tidegate's own
+// HTTP/2 server exactly when it should be.
+func expectOwnH2(t *testing.T, s *Server, own bool) {
+	t.Helper()
+	n := len(s.ownH2Conns())
+	if own && n != 1 {
+		t.Fatalf("%d connections on tidegate's own HTTP/2 server, want 1", n)
+	}
+	if !own && n != 0 {
+		t.Fatalf("%d connections on tidegate's own HTTP/2 server, want net/http to serve", n)
+	}
+}
+
 func okHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok")
@@ -152,10 +192,12 @@ func okHandler() http.Handler {
 // client opens after the first GOAWAY (it was on the wire) is served, the
 // real GOAWAY waits for the PING to come back and then names the last
 // stream served, and the connection closes once it is done.
-func TestTwoStepGoAway(t *testing.T) {
+func TestTwoStepGoAway(t *testing.T) { forEachServer(t, testTwoStepGoAway) }
+
+func testTwoStepGoAway(t *testing.T, own bool) {
 	// A bound far above the test's length: only the PING's ACK can
 	// release the real GOAWAY.
-	s, tr := startServerWith(t, okHandler(), ServerOptions{}, func(s *Server) { s.goAwayBound = time.Hour })
+	s, tr := startH2Server(t, own, okHandler(), ServerOptions{}, func(s *Server) { s.goAwayBound = time.Hour })
 	nc, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -166,6 +208,7 @@ func TestTwoStepGoAway(t *testing.T) {
 	if st, others := h.response(1); st != "200" || len(goAways(others)) != 0 {
 		t.Fatalf("before the drain: status %s, frames %v", st, others)
 	}
+	expectOwnH2(t, s, own)
 
 	s.BeginDrain()
 	ping := h.expectFirstStep()
@@ -221,13 +264,17 @@ func TestTwoStepGoAway(t *testing.T) {
 // during the drain still gets the first GOAWAY, then the real one only
 // after its PING is answered or the bound passes.
 func TestShutdownGivesIdleH2ConnsBothSteps(t *testing.T) {
+	forEachServer(t, testShutdownGivesIdleH2ConnsBothSteps)
+}
+
+func testShutdownGivesIdleH2ConnsBothSteps(t *testing.T, own bool) {
 	for _, ack := range []bool{true, false} {
 		t.Run(fmt.Sprintf("ack=%v", ack), func(t *testing.T) {
 			bound := time.Hour // only the ACK releases the real GOAWAY
 			if !ack {
 				bound = 200 * time.Millisecond
 			}
-			s, _ := startServerWith(t, okHandler(), ServerOptions{}, func(s *Server) { s.goAwayBound = bound })
+			s, tr := startH2Server(t, own, okHandler(), ServerOptions{}, func(s *Server) { s.goAwayBound = bound })
 			nc, err := net.Dial("tcp", s.Addr().String())
 			if err != nil {
 				t.Fatal(err)
@@ -238,6 +285,7 @@ func TestShutdownGivesIdleH2ConnsBothSteps(t *testing.T) {
 			if st, _ := h.response(1); st != "200" {
 				t.Fatalf("status %s", st)
 			}
+			expectOwnH2(t, s, own)
 
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
@@ -261,6 +309,11 @@ func TestShutdownGivesIdleH2ConnsBothSteps(t *testing.T) {
 			if err := <-shut; err != nil {
 				t.Fatalf("Shutdown: %v", err)
 			}
+			// The idle connection closes after its real GOAWAY.
+			if f, err := h.fr.ReadFrame(); !errors.Is(err, io.EOF) {
+				t.Fatalf("after the real GOAWAY: %v, %v; want EOF", f, err)
+			}
+			waitFor(t, func() bool { return tr.ConnectionsTotal() == 0 })
 		})
 	}
 }
@@ -323,8 +376,13 @@ func TestTwoStepGoAwayOverTLS(t *testing.T) {
 // sending through BeginDrain and Shutdown; every request succeeds, and the
 // client moves to new connections.
 func TestH2ClientsMoveWithoutErrorsThroughTheDrain(t *testing.T) {
+	forEachServer(t, testH2ClientsMoveWithoutErrorsThroughTheDrain)
+}
+
+func testH2ClientsMoveWithoutErrorsThroughTheDrain(t *testing.T, own bool) {
 	var conns atomic.Int64
-	s, _ := startServer(t, okHandler(), ServerOptions{})
+	var ownSeen atomic.Bool
+	s, _ := startH2Server(t, own, okHandler(), ServerOptions{}, nil)
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conns.Add(1)
@@ -368,6 +426,9 @@ func TestH2ClientsMoveWithoutErrorsThroughTheDrain(t *testing.T) {
 					continue
 				}
 				okCount.Add(1)
+				if len(s.ownH2Conns()) > 0 {
+					ownSeen.Store(true)
+				}
 			}
 		}()
 	}
@@ -382,6 +443,9 @@ func TestH2ClientsMoveWithoutErrorsThroughTheDrain(t *testing.T) {
 	}
 	if n := conns.Load(); n < 2 {
 		t.Fatalf("the client used %d connection(s); the drain should have moved it to new ones", n)
+	}
+	if ownSeen.Load() != own {
+		t.Fatalf("tidegate's own HTTP/2 server served: %v; want %v", ownSeen.Load(), own)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

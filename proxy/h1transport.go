@@ -112,6 +112,14 @@ func replayable(req *http.Request) bool {
 // exchange sends req on c and reads the answer's header. On success the
 // response's body owns c; on error c is closed.
 func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request) (*http.Response, error) {
+	// The answer's head is awaited under the header timeout. Set before
+	// the cancel below is armed, so that a cancel is never overwritten.
+	if t.headerTimeout > 0 {
+		_ = c.nc.SetReadDeadline(time.Now().Add(t.headerTimeout))
+	} else if c.readDeadline {
+		_ = c.nc.SetReadDeadline(time.Time{})
+	}
+	c.readDeadline = false
 	// Cancel by deadline: it wakes a blocked read or write at once.
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
 	fail := func(err error) (*http.Response, error) {
@@ -128,12 +136,6 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 	if err := c.bw.Flush(); err != nil {
 		return fail(errNothingRead{err})
 	}
-	if t.headerTimeout > 0 {
-		_ = c.nc.SetReadDeadline(time.Now().Add(t.headerTimeout))
-	} else if c.readDeadline {
-		_ = c.nc.SetReadDeadline(time.Time{})
-	}
-	c.readDeadline = false
 	if _, err := c.br.Peek(1); err != nil {
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			return fail(err) // the app is slow, not gone: no retry
@@ -158,6 +160,9 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 	}
 	if t.headerTimeout > 0 {
 		_ = c.nc.SetReadDeadline(time.Time{})
+		if ctx.Err() != nil {
+			return fail(ctx.Err()) // canceled just before: the reset above undid its deadline
+		}
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Upgrades are proxied by serveUpgrade, never through here.

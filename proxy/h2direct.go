@@ -249,10 +249,7 @@ func (c *h2sConn) awaitDirect(uc *h1Conn, st *h2stream) error {
 	if t := c.h.h1.headerTimeout; t > 0 {
 		d = st.sent.Add(t)
 	}
-	if !d.IsZero() || uc.readDeadline {
-		_ = uc.nc.SetReadDeadline(d)
-	}
-	uc.readDeadline = !d.IsZero()
+	c.setReadDeadline(st, uc, d)
 	if _, err := uc.br.Peek(1); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if c.gone(st) {
@@ -263,6 +260,23 @@ func (c *h2sConn) awaitDirect(uc *h1Conn, st *h2stream) error {
 		return errNothingRead{err}
 	}
 	return nil
+}
+
+// setReadDeadline sets uc's read deadline to d, unless st's client has
+// gone: then directGone's deadline in the past stays. Under mu, so that
+// the two never undo each other.
+func (c *h2sConn) setReadDeadline(st *h2stream, uc *h1Conn, d time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st.clientRst || c.closed {
+		_ = uc.nc.SetReadDeadline(time.Unix(1, 0))
+		uc.readDeadline = true
+		return
+	}
+	if !d.IsZero() || uc.readDeadline {
+		_ = uc.nc.SetReadDeadline(d)
+	}
+	uc.readDeadline = !d.IsZero()
 }
 
 // directGone cuts the app request of a direct stream whose client reset
@@ -328,8 +342,7 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		length = 0
 	}
 	if length > int64(uc.br.Buffered()-n) {
-		_ = uc.nc.SetReadDeadline(time.Time{})
-		uc.readDeadline = false
+		c.setReadDeadline(st, uc, time.Time{})
 	}
 	fields := directFields(rh, fr, st.reqID, nil)
 	_, _ = uc.br.Discard(n)
@@ -371,8 +384,7 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 		}
 		return err
 	}
-	_ = uc.nc.SetReadDeadline(time.Time{})
-	uc.readDeadline = false
+	c.setReadDeadline(st, uc, time.Time{})
 	defer resp.Body.Close()
 	st.status = resp.StatusCode
 	st.headers = h.now()

@@ -266,17 +266,20 @@ func (w *h2rw) WriteHeader(code int) {
 }
 
 func (w *h2rw) Write(p []byte) (int, error) {
-	if !w.sniffed {
-		w.sniffed = true
-		if _, ok := w.hdr["Content-Type"]; !ok && len(p) > 0 && w.status == 0 {
-			w.hdr.Set("Content-Type", http.DetectContentType(p))
-		}
-	}
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !bodyAllowed(w.status) {
 		return 0, http.ErrBodyNotAllowed
+	}
+	// As net/http: a body without a Content-Type gets a sniffed one, also
+	// after an explicit WriteHeader, until the header has gone.
+	// (sentHeader changes only on this, the handler's, goroutine.)
+	if !w.sniffed && len(p) > 0 {
+		w.sniffed = true
+		if _, ok := w.hdr["Content-Type"]; !ok && !w.sentHeader {
+			w.hdr.Set("Content-Type", http.DetectContentType(p))
+		}
 	}
 	if w.head {
 		return len(p), nil
@@ -370,11 +373,11 @@ func (w *h2rw) fields(code int, length int) []hpack.HeaderField {
 	out = append(out, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(code)})
 	hasDate := false
 	for k, vv := range w.hdr {
-		if strings.HasPrefix(k, http.TrailerPrefix) || k == "Trailer" {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
 		}
 		name := strings.ToLower(k)
-		if hopByHop([]byte(name)) {
+		if hopByHop([]byte(name)) && name != "trailer" { // net/http announces the trailers
 			continue
 		}
 		if name == "date" {

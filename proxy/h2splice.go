@@ -104,8 +104,10 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 			if authority == "" {
 				authority = f.Value
 			}
-		case "te":
-			// "trailers", the only value parseH2Request lets through.
+		case "te", "trailer":
+			// te: "trailers", the only value parseH2Request lets through.
+			// trailer: the trailers this request declares, which an app
+			// (net/http's server) may need to take them.
 		default:
 			if hopByHop([]byte(f.Name)) {
 				continue
@@ -461,6 +463,8 @@ func (c *h2sConn) responseFields(status string, fields []hpack.HeaderField, id s
 			hasID = true
 		case "date":
 			hasDate = true
+		case "trailer":
+			// The trailers announced, as ReverseProxy's answers have it.
 		default:
 			if hopByHop([]byte(f.Name)) {
 				continue
