@@ -137,32 +137,19 @@ func (c *h2sConn) directFailed(st *h2stream, f failure, err error) {
 // sendDirect writes st's request to the app, rewritten as fast.go's
 // sendFast does.
 func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated bool) error {
-	h, bw := c.h, uc.bw
+	bw := uc.bw
 	bw.WriteString(rq.method)
 	bw.WriteByte(' ')
 	bw.WriteString(rq.path)
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(rq.authority)
 	bw.WriteString("\r\n")
-	var xff []string
-	var xfp, xfh string
 	cookies := 0
 	te := false
 	for _, f := range rq.fields {
 		switch f.Name {
-		case "x-forwarded-for":
-			xff = append(xff, f.Value)
-			continue
-		case "x-forwarded-proto":
-			if xfp == "" {
-				xfp = f.Value
-			}
-			continue
-		case "x-forwarded-host":
-			if xfh == "" {
-				xfh = f.Value
-			}
-			continue
+		case "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host":
+			continue // set below
 		case "x-request-id":
 			if generated {
 				continue
@@ -197,22 +184,11 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	if cookies > 0 {
 		bw.WriteString("\r\n")
 	}
-	if c.ip != "" {
+	xff, xfp, xfh := c.forwarded(rq.fields, rq.authority)
+	if xff != "" {
 		bw.WriteString("X-Forwarded-For: ")
-		if h.forwarded == ForwardedAppend && len(xff) > 0 {
-			for _, v := range xff {
-				bw.WriteString(v)
-				bw.WriteString(", ")
-			}
-		}
-		bw.WriteString(c.ip)
+		bw.WriteString(xff)
 		bw.WriteString("\r\n")
-	}
-	if h.forwarded != ForwardedAppend || xfp == "" {
-		xfp = "http"
-	}
-	if h.forwarded != ForwardedAppend || xfh == "" {
-		xfh = rq.authority
 	}
 	bw.WriteString("X-Forwarded-Proto: ")
 	bw.WriteString(xfp)
@@ -235,7 +211,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	}
 	st.directUC = uc
 	c.mu.Unlock()
-	st.sent = h.now()
+	st.sent = c.h.now()
 	if err := bw.Flush(); err != nil {
 		return errNothingRead{err}
 	}

@@ -2,18 +2,15 @@ package proxy
 
 import (
 	"bufio"
-	"errors"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // Tests of the direct path of tidegate's HTTP/2 server (h2direct.go): a
@@ -21,92 +18,9 @@ import (
 // Every test checks that the server's handler (net/http's side) saw
 // nothing, so the direct path really answered.
 
-// h2Answer is what a raw client read for one stream.
-type h2Answer struct {
-	info     []string // statuses of 1xx answers
-	status   string
-	fields   map[string][]string
-	body     []byte
-	trailers map[string][]string
-	reset    http2.ErrCode
-	wasReset bool
-}
-
-// send opens stream id with the given pseudo and regular fields, in order.
-func (h *h2Client) send(id uint32, end bool, fields ...string) {
-	h.t.Helper()
-	h.encBuf.Reset()
-	for i := 0; i+1 < len(fields); i += 2 {
-		if err := h.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]}); err != nil {
-			h.t.Fatal(err)
-		}
-	}
-	if err := h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: h.encBuf.Bytes(), EndStream: end, EndHeaders: true}); err != nil {
-		h.t.Fatal(err)
-	}
-}
-
-// answer reads stream id to its end (or reset), returning window to the
-// server as DATA arrives.
-func (h *h2Client) answer(id uint32) h2Answer {
-	h.t.Helper()
-	a := h2Answer{fields: map[string][]string{}}
-	for {
-		f := h.next()
-		if f.Header().StreamID != id {
-			continue
-		}
-		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			st := f.PseudoValue("status")
-			switch {
-			case st != "" && st[0] == '1':
-				a.info = append(a.info, st)
-			case st != "":
-				a.status = st
-				for _, hf := range f.RegularFields() {
-					a.fields[hf.Name] = append(a.fields[hf.Name], hf.Value)
-				}
-			default:
-				a.trailers = map[string][]string{}
-				for _, hf := range f.RegularFields() {
-					a.trailers[hf.Name] = append(a.trailers[hf.Name], hf.Value)
-				}
-			}
-			if f.StreamEnded() {
-				return a
-			}
-		case *http2.DataFrame:
-			a.body = append(a.body, f.Data()...)
-			if n := len(f.Data()); n > 0 {
-				_ = h.fr.WriteWindowUpdate(0, uint32(n))
-				_ = h.fr.WriteWindowUpdate(id, uint32(n))
-			}
-			if f.StreamEnded() {
-				return a
-			}
-		case *http2.RSTStreamFrame:
-			a.reset, a.wasReset = f.ErrCode, true
-			return a
-		}
-	}
-}
-
-func (a h2Answer) get(name string) string {
-	if v := a.fields[name]; len(v) > 0 {
-		return v[0]
-	}
-	return ""
-}
-
-func dialRig(t *testing.T, r *fastRig) *h2Client {
+func dialRig(t *testing.T, r *fastRig) *ownClient {
 	t.Helper()
-	nc, err := net.Dial("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	return dialH2(t, nc)
+	return dialOwn(t, r.addr)
 }
 
 func TestH2DirectRewritesRequestAndResponse(t *testing.T) {
@@ -122,10 +36,10 @@ func TestH2DirectRewritesRequestAndResponse(t *testing.T) {
 	})
 	r := newFastRig(t, app.Listener.Addr().String(), nil, nil)
 	c := dialRig(t, r)
-	c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "front.example", ":path", "/p?q=1",
+	c.block(1, true, ":method", "GET", ":scheme", "http", ":authority", "front.example", ":path", "/p?q=1",
 		"cookie", "a=1", "x-forwarded-for", "1.2.3.4", "x-forwarded-proto", "https", "cookie", "b=2",
 		"te", "trailers", "proxy-authorization", "secret", "user-agent", "t/1")
-	a := c.answer(1)
+	a := c.read(1)
 	if a.status != "200" || string(a.body) != "hello q=1" {
 		t.Fatalf("answer %s %q", a.status, a.body)
 	}
@@ -147,16 +61,16 @@ func TestH2DirectRewritesRequestAndResponse(t *testing.T) {
 		}
 	}
 	id := req.Header.Get("X-Request-Id")
-	if !validRequestID(id) || a.get("x-request-id") != id {
-		t.Errorf("request id: app saw %q, client got %q", id, a.get("x-request-id"))
+	if !validRequestID(id) || a.header.Get("X-Request-Id") != id {
+		t.Errorf("request id: app saw %q, client got %q", id, a.header.Get("X-Request-Id"))
 	}
 	for _, hop := range []string{"connection", "x-hop", "keep-alive"} {
-		if _, ok := a.fields[hop]; ok {
+		if len(a.header.Values(hop)) > 0 {
 			t.Errorf("hop-by-hop field %q reached the client", hop)
 		}
 	}
-	if a.get("x-app") != "yes" || a.get("content-type") != "text/plain" || a.get("date") == "" || a.get("content-length") != "9" {
-		t.Errorf("response fields %v", a.fields)
+	if a.header.Get("X-App") != "yes" || a.header.Get("Content-Type") != "text/plain" || a.header.Get("Date") == "" || a.header.Get("Content-Length") != "9" {
+		t.Errorf("response fields %v", a.header)
 	}
 	r.expectNetHTTP(t, 0)
 	waitFor(t, func() bool { return r.access.Len() == 1 })
@@ -187,24 +101,24 @@ func TestH2DirectFramings(t *testing.T) {
 	})
 	r := newFastRig(t, app.addr, nil, nil)
 	c := dialRig(t, r)
-	get := func(id uint32, method, path string) h2Answer {
-		c.send(id, true, ":method", method, ":scheme", "http", ":authority", "x", ":path", path)
-		return c.answer(id)
+	get := func(id uint32, method, path string) h2Resp {
+		c.block(id, true, ":method", method, ":scheme", "http", ":authority", "x", ":path", path)
+		return c.read(id)
 	}
-	if a := get(1, "GET", "/chunked"); a.status != "200" || string(a.body) != "abcde" || a.trailers["x-sum"][0] != "5" {
-		t.Errorf("chunked: %s %q trailers %v", a.status, a.body, a.trailers)
+	if a := get(1, "GET", "/chunked"); a.status != "200" || string(a.body) != "abcde" || a.trailer.Get("X-Sum") != "5" {
+		t.Errorf("chunked: %s %q trailers %v", a.status, a.body, a.trailer)
 	}
 	if a := get(3, "GET", "/close"); a.status != "200" || string(a.body) != "until the end" {
 		t.Errorf("read to close: %s %q", a.status, a.body)
 	}
-	if a := get(5, "HEAD", "/head"); a.status != "200" || len(a.body) != 0 || a.get("content-length") != "42" {
-		t.Errorf("HEAD: %s %q %v", a.status, a.body, a.fields)
+	if a := get(5, "HEAD", "/head"); a.status != "200" || len(a.body) != 0 || a.header.Get("Content-Length") != "42" {
+		t.Errorf("HEAD: %s %q %v", a.status, a.body, a.header)
 	}
 	if a := get(7, "GET", "/204"); a.status != "204" || len(a.body) != 0 {
 		t.Errorf("204: %s %q", a.status, a.body)
 	}
-	if a := get(9, "GET", "/hints"); a.status != "200" || string(a.body) != "ok" || len(a.info) != 1 || a.info[0] != "103" {
-		t.Errorf("1xx: informational %v (want 103 alone), final %s %q", a.info, a.status, a.body)
+	if a := get(9, "GET", "/hints"); a.status != "200" || string(a.body) != "ok" || len(a.infos) != 1 || a.infos[0] != "103" {
+		t.Errorf("1xx: informational %v (want 103 alone), final %s %q", a.infos, a.status, a.body)
 	}
 	r.expectNetHTTP(t, 0)
 }
@@ -219,10 +133,10 @@ func TestH2DirectFailures(t *testing.T) {
 		ln.Close()
 		r := newFastRig(t, addr, nil, nil)
 		c := dialRig(t, r)
-		c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
-		a := c.answer(1)
-		if a.status != "502" || a.get("x-tidegate-reason") != string(ReasonConnectRefused) || !strings.Contains(string(a.body), "refused") {
-			t.Fatalf("got %s %v %q", a.status, a.fields, a.body)
+		c.block(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
+		a := c.read(1)
+		if a.status != "502" || a.header.Get("X-Tidegate-Reason") != string(ReasonConnectRefused) || !strings.Contains(string(a.body), "refused") {
+			t.Fatalf("got %s %v %q", a.status, a.header, a.body)
 		}
 		r.expectNetHTTP(t, 0)
 	})
@@ -233,10 +147,10 @@ func TestH2DirectFailures(t *testing.T) {
 		})
 		r := newFastRig(t, app.addr, nil, nil)
 		c := dialRig(t, r)
-		c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
-		a := c.answer(1)
-		if !a.wasReset || a.reset != http2.ErrCodeInternal || a.status != "200" {
-			t.Fatalf("got status %s, reset %v %v, body %q; want 200 then RST_STREAM INTERNAL_ERROR", a.status, a.wasReset, a.reset, a.body)
+		c.block(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
+		a := c.read(1)
+		if !a.reset || a.code != http2.ErrCodeInternal || a.status != "200" {
+			t.Fatalf("got status %s, reset %v %v, body %q; want 200 then RST_STREAM INTERNAL_ERROR", a.status, a.reset, a.code, a.body)
 		}
 		waitFor(t, func() bool { return r.tracker.InFlight() == 0 })
 	})
@@ -249,98 +163,12 @@ func TestH2DirectFailures(t *testing.T) {
 		})
 		r := newFastRig(t, app.addr, func(o *Options) { o.TransportOptions.ResponseHeaderTimeout = 100 * time.Millisecond }, nil)
 		c := dialRig(t, r)
-		c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
-		a := c.answer(1)
-		if a.status != "504" || a.get("x-tidegate-reason") != string(ReasonResponseTimeout) {
-			t.Fatalf("got %s %v", a.status, a.fields)
+		c.block(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
+		a := c.read(1)
+		if a.status != "504" || a.header.Get("X-Tidegate-Reason") != string(ReasonResponseTimeout) {
+			t.Fatalf("got %s %v", a.status, a.header)
 		}
 	})
-}
-
-// A client's RST_STREAM while the app works cuts the app's connection (the
-// app sees it close) and the request is recorded as 499.
-func TestH2DirectClientResetCancelsTheApp(t *testing.T) {
-	appSawClose := make(chan struct{})
-	app := newRawApp(t, func(c net.Conn, req *http.Request) bool {
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) && req.URL.Path == "/slow" {
-			close(appSawClose)
-		}
-		return false
-	})
-	r := newFastRig(t, app.addr, nil, nil)
-	c := dialRig(t, r)
-	c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/slow")
-	waitFor(t, func() bool { return app.accepted.Load() == 1 && r.tracker.InFlight() == 1 })
-	if err := c.fr.WriteRSTStream(1, http2.ErrCodeCancel); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-appSawClose:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the app's connection stayed open after the client reset the stream")
-	}
-	waitFor(t, func() bool { return r.tracker.InFlight() == 0 && r.access.Len() == 1 })
-	if e := r.access.All()[0].ContextMap(); e["status"] != int64(StatusClientClosed) || e["reason"] != string(ReasonClientCanceled) {
-		t.Errorf("access log %v, want status 499 client_canceled", e)
-	}
-	// The connection goes on.
-	c.send(3, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/next")
-	if err := c.fr.WriteRSTStream(3, http2.ErrCodeCancel); err != nil {
-		t.Fatal(err)
-	}
-	r.expectNetHTTP(t, 0)
-}
-
-// The answer goes out only as fast as the client's windows open.
-func TestH2DirectFlowControl(t *testing.T) {
-	const size = 100 << 10
-	body := strings.Repeat("0123456789abcdef", size/16)
-	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, body) })
-	r := newFastRig(t, app.Listener.Addr().String(), nil, nil)
-	c := dialRig(t, r)
-	if err := c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1000}); err != nil {
-		t.Fatal(err)
-	}
-	c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/big")
-	var got []byte
-	for len(got) < 1000 {
-		switch f := c.next().(type) {
-		case *http2.DataFrame:
-			got = append(got, f.Data()...)
-		case *http2.RSTStreamFrame:
-			t.Fatalf("reset: %v", f.ErrCode)
-		}
-	}
-	if len(got) != 1000 {
-		t.Fatalf("received %d bytes on a window of 1000", len(got))
-	}
-	// Nothing more until the window opens.
-	_ = c.c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	if f, err := c.fr.ReadFrame(); err == nil {
-		if d, ok := f.(*http2.DataFrame); ok && len(d.Data()) > 0 {
-			t.Fatalf("DATA beyond the window: %d bytes", len(d.Data()))
-		}
-	} else if !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatal(err)
-	}
-	_ = c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	_ = c.fr.WriteWindowUpdate(1, size)
-	_ = c.fr.WriteWindowUpdate(0, size)
-	for {
-		f, ok := c.next().(*http2.DataFrame)
-		if !ok {
-			continue
-		}
-		got = append(got, f.Data()...)
-		if f.StreamEnded() {
-			break
-		}
-	}
-	if string(got) != body {
-		t.Fatalf("received %d bytes, want %d, byte-exact", len(got), len(body))
-	}
-	r.expectNetHTTP(t, 0)
 }
 
 // A GET that fails on a pooled connection the app had closed is sent again
@@ -355,9 +183,9 @@ func TestH2DirectReplaysOnAStaleConnection(t *testing.T) {
 	r := newFastRig(t, app.addr, nil, nil)
 	c := dialRig(t, r)
 	for id := uint32(1); id <= 5; id += 2 {
-		c.send(id, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
-		if a := c.answer(id); a.status != "200" {
-			t.Fatalf("stream %d: %s %v %q", id, a.status, a.fields, a.body)
+		c.block(id, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
+		if a := c.read(id); a.status != "200" {
+			t.Fatalf("stream %d: %s %v %q", id, a.status, a.header, a.body)
 		}
 	}
 	if app.accepted.Load() < 3 {
@@ -375,22 +203,22 @@ func TestH2DirectLeavesBodiesAndTheGateToTheHandler(t *testing.T) {
 	var open atomic.Bool
 	r := newFastRig(t, app.Listener.Addr().String(), nil, func(o *ServerOptions) { o.FastPathOpen = open.Load })
 	c := dialRig(t, r)
-	c.send(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
-	if a := c.answer(1); a.status != "200" || string(a.body) != "GET " {
+	c.block(1, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
+	if a := c.read(1); a.status != "200" || string(a.body) != "GET " {
 		t.Fatalf("gate closed: %s %q", a.status, a.body)
 	}
 	r.expectNetHTTP(t, 1)
 	open.Store(true)
-	c.send(3, false, ":method", "POST", ":scheme", "http", ":authority", "x", ":path", "/", "content-length", "5")
+	c.block(3, false, ":method", "POST", ":scheme", "http", ":authority", "x", ":path", "/", "content-length", "5")
 	if err := c.fr.WriteData(3, true, []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	if a := c.answer(3); a.status != "200" || string(a.body) != "POST hello" {
+	if a := c.read(3); a.status != "200" || string(a.body) != "POST hello" {
 		t.Fatalf("POST: %s %q", a.status, a.body)
 	}
 	r.expectNetHTTP(t, 2)
-	c.send(5, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
-	if a := c.answer(5); a.status != "200" {
+	c.block(5, true, ":method", "GET", ":scheme", "http", ":authority", "x", ":path", "/")
+	if a := c.read(5); a.status != "200" {
 		t.Fatalf("GET with the gate open: %s", a.status)
 	}
 	r.expectNetHTTP(t, 2)

@@ -74,36 +74,25 @@ func (c *h2sConn) startSplice(st *h2stream, rq *h2Request) {
 // X-Forwarded-* set and the request id, as the handler's rewrite does.
 func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 	authority := rq.authority
+	if authority == "" {
+		for _, f := range rq.fields {
+			if f.Name == "host" {
+				authority = f.Value
+				break
+			}
+		}
+	}
 	out := make([]hpack.HeaderField, 0, len(rq.fields)+8)
 	out = append(out, hpack.HeaderField{Name: ":method", Value: rq.method},
 		hpack.HeaderField{Name: ":scheme", Value: "http"})
-	if authority != "" {
-		out = append(out, hpack.HeaderField{Name: ":authority", Value: authority})
+	if rq.authority != "" {
+		out = append(out, hpack.HeaderField{Name: ":authority", Value: rq.authority})
 	}
 	out = append(out, hpack.HeaderField{Name: ":path", Value: rq.path})
-	var xff []string
-	var xfp, xfh string
 	for _, f := range rq.fields {
 		switch f.Name {
-		case "x-forwarded-for":
-			xff = append(xff, f.Value)
-			continue
-		case "x-forwarded-proto":
-			if xfp == "" {
-				xfp = f.Value
-			}
-			continue
-		case "x-forwarded-host":
-			if xfh == "" {
-				xfh = f.Value
-			}
-			continue
-		case "x-request-id":
-			continue
-		case "host":
-			if authority == "" {
-				authority = f.Value
-			}
+		case "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id":
+			continue // set below
 		case "te", "trailer":
 			// te: "trailers", the only value parseH2Request lets through.
 			// trailer: the trailers this request declares, which an app
@@ -115,23 +104,49 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 		}
 		out = append(out, f)
 	}
-	h := c.h
-	switch {
-	case c.ip == "":
-	case h.forwarded == ForwardedAppend && len(xff) > 0:
-		out = append(out, hpack.HeaderField{Name: "x-forwarded-for", Value: joinComma(xff) + ", " + c.ip})
-	default:
-		out = append(out, hpack.HeaderField{Name: "x-forwarded-for", Value: c.ip})
-	}
-	if h.forwarded != ForwardedAppend || xfp == "" {
-		xfp = "http"
-	}
-	if h.forwarded != ForwardedAppend || xfh == "" {
-		xfh = authority
+	xff, xfp, xfh := c.forwarded(rq.fields, authority)
+	if xff != "" {
+		out = append(out, hpack.HeaderField{Name: "x-forwarded-for", Value: xff})
 	}
 	return append(out, hpack.HeaderField{Name: "x-forwarded-proto", Value: xfp},
 		hpack.HeaderField{Name: "x-forwarded-host", Value: xfh},
 		hpack.HeaderField{Name: "x-request-id", Value: id})
+}
+
+// forwarded returns the X-Forwarded-For, -Proto and -Host values for the
+// app, from the client's fields, by the rules of setForwardedHeaders. xff
+// is "" when the client's address is unknown.
+func (c *h2sConn) forwarded(fields []hpack.HeaderField, authority string) (xff, xfp, xfh string) {
+	var list []string
+	for _, f := range fields {
+		switch f.Name {
+		case "x-forwarded-for":
+			list = append(list, f.Value)
+		case "x-forwarded-proto":
+			if xfp == "" {
+				xfp = f.Value
+			}
+		case "x-forwarded-host":
+			if xfh == "" {
+				xfh = f.Value
+			}
+		}
+	}
+	appendMode := c.h.forwarded == ForwardedAppend
+	switch {
+	case c.ip == "":
+	case appendMode && len(list) > 0:
+		xff = joinComma(list) + ", " + c.ip
+	default:
+		xff = c.ip
+	}
+	if !appendMode || xfp == "" {
+		xfp = "http"
+	}
+	if !appendMode || xfh == "" {
+		xfh = authority
+	}
+	return xff, xfp, xfh
 }
 
 // upConn returns the app connection for a new stream, dialing one if
