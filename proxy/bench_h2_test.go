@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidegate/tidegate/test/fakeapp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -27,33 +26,8 @@ func benchH2CClient(b *testing.B) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
-// benchFront starts tidegate's public server in front of upstream.
-func benchFront(b *testing.B, upstream string, protocol UpstreamProtocol, fast bool) string {
-	up, _ := ParseUpstream(upstream)
-	tr := NewTracker(TrackerOptions{})
-	m, err := NewMetrics(prometheus.NewRegistry(), tr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := NewHandler(Options{Upstream: up, Tracker: tr, Metrics: m, Protocol: protocol,
-		TransportOptions: TransportOptions{IdleConnTimeout: time.Minute}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := Listen("127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	o := ServerOptions{}
-	if fast {
-		o.FastPath = h
-	}
-	srv := NewServer(ln, h, tr, o)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
-	b.Cleanup(func() { _ = srv.Close(); <-served; h.CloseIdleConnections() })
-	return ln.Addr().String()
-}
+// autoProtocol sends gRPC to the app over h2c, the rest over HTTP/1.1.
+func autoProtocol(o *Options) { o.Protocol = UpstreamAuto }
 
 // BenchmarkDirectH2C is a 1 KiB GET over h2c to a Go app, no proxy.
 func BenchmarkDirectH2C(b *testing.B) {
@@ -68,14 +42,14 @@ func BenchmarkDirectH2C(b *testing.B) {
 // server to an HTTP/1.1 app.
 func BenchmarkProxyH2C(b *testing.B) {
 	app := benchApp(b)
-	benchGet(b, benchH2CClient(b), "http://"+benchFront(b, app.Listener.Addr().String(), UpstreamAuto, true)+"/")
+	benchGet(b, benchH2CClient(b), "http://"+benchFront(b, app.Listener.Addr().String(), true, autoProtocol)+"/")
 }
 
 // BenchmarkProxyH2CNetHTTP is BenchmarkProxyH2C with net/http's HTTP/2
 // server and ReverseProxy (--net-http-only).
 func BenchmarkProxyH2CNetHTTP(b *testing.B) {
 	app := benchApp(b)
-	benchGet(b, benchH2CClient(b), "http://"+benchFront(b, app.Listener.Addr().String(), UpstreamAuto, false)+"/")
+	benchGet(b, benchH2CClient(b), "http://"+benchFront(b, app.Listener.Addr().String(), false, autoProtocol)+"/")
 }
 
 func benchGRPCApp(b *testing.B) string {
@@ -120,11 +94,11 @@ func BenchmarkDirectGRPC(b *testing.B) { benchGRPC(b, benchGRPCApp(b)) }
 // BenchmarkProxyGRPC is the same call through tidegate, spliced frame by
 // frame onto an h2c connection to the app.
 func BenchmarkProxyGRPC(b *testing.B) {
-	benchGRPC(b, benchFront(b, benchGRPCApp(b), UpstreamAuto, true))
+	benchGRPC(b, benchFront(b, benchGRPCApp(b), true, autoProtocol))
 }
 
 // BenchmarkProxyGRPCNetHTTP is BenchmarkProxyGRPC through net/http's HTTP/2
 // server, ReverseProxy and x/net's HTTP/2 client (--net-http-only).
 func BenchmarkProxyGRPCNetHTTP(b *testing.B) {
-	benchGRPC(b, benchFront(b, benchGRPCApp(b), UpstreamAuto, false))
+	benchGRPC(b, benchFront(b, benchGRPCApp(b), false, autoProtocol))
 }

@@ -62,35 +62,46 @@ func benchProxy(b *testing.B, access *zap.Logger) { benchProxyWith(b, access, ni
 
 func benchProxyWith(b *testing.B, access *zap.Logger, transport func(Upstream) http.RoundTripper, fast bool) {
 	app := benchApp(b)
-	up, _ := ParseUpstream(app.Listener.Addr().String())
-	var rt http.RoundTripper
-	if transport != nil {
-		rt = transport(up)
-	}
+	addr := benchFront(b, app.Listener.Addr().String(), fast, func(o *Options) {
+		o.AccessLog = access
+		if transport != nil {
+			o.Transport = transport(o.Upstream)
+		}
+	})
+	benchGet(b, benchClient(b), "http://"+addr+"/")
+}
+
+// benchFront starts the real public server (hardening, connection
+// accounting, drain writer) and a Handler in front of upstream, with the
+// fast paths when fast is set; opts adjusts the Handler's options.
+func benchFront(b *testing.B, upstream string, fast bool, opts func(*Options)) string {
+	up, _ := ParseUpstream(upstream)
 	tr := NewTracker(TrackerOptions{})
 	m, err := NewMetrics(prometheus.NewRegistry(), tr)
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := NewHandler(Options{Upstream: up, Tracker: tr, Metrics: m, AccessLog: access, Transport: rt,
-		TransportOptions: TransportOptions{IdleConnTimeout: time.Minute}})
+	o := Options{Upstream: up, Tracker: tr, Metrics: m, TransportOptions: TransportOptions{IdleConnTimeout: time.Minute}}
+	if opts != nil {
+		opts(&o)
+	}
+	h, err := NewHandler(o)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The real public server: hardening, connection accounting, drain writer.
 	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	o := ServerOptions{}
+	so := ServerOptions{}
 	if fast {
-		o.FastPath = h
+		so.FastPath = h
 	}
-	srv := NewServer(ln, h, tr, o)
+	srv := NewServer(ln, h, tr, so)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	b.Cleanup(func() { _ = srv.Close(); <-served; h.CloseIdleConnections() })
-	benchGet(b, benchClient(b), "http://"+ln.Addr().String()+"/")
+	return ln.Addr().String()
 }
 
 // BenchmarkProxyHTTP1 is a 1 KiB GET through tidegate with metrics on and

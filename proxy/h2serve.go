@@ -418,16 +418,12 @@ func (c *h2sConn) giveBack(st *h2stream, n int) {
 	if st.reqEnded || st.finished {
 		return
 	}
-	if u := give(&st.in.unacked, n, h2StreamWindow); u > 0 {
-		st.in.avail += int32(u)
-		c.down.windowUpdate(st.id, u)
-	}
+	c.down.giveBack(&st.in, st.id, n, h2StreamWindow)
 }
 
 func (c *h2sConn) giveConn(n int) {
-	if u := give(&c.in.unacked, n, h2ConnWindow); u > 0 && !c.closed {
-		c.in.avail += int32(u)
-		c.down.windowUpdate(0, u)
+	if !c.closed {
+		c.down.giveBack(&c.in, 0, n, h2ConnWindow)
 	}
 }
 

@@ -730,15 +730,11 @@ func (up *h2uConn) giveBack(st *h2stream, n int) {
 	if up.streams[st.uid] != st {
 		return
 	}
-	if u := give(&st.upIn.unacked, n, h2StreamWindow); u > 0 {
-		st.upIn.avail += int32(u)
-		up.peer.windowUpdate(st.uid, u)
-	}
+	up.peer.giveBack(&st.upIn, st.uid, n, h2StreamWindow)
 }
 
 func (up *h2uConn) giveConn(n int) {
-	if u := give(&up.in.unacked, n, h2ConnWindow); u > 0 && !up.dead {
-		up.in.avail += int32(u)
-		up.peer.windowUpdate(0, u)
+	if !up.dead {
+		up.peer.giveBack(&up.in, 0, n, h2ConnWindow)
 	}
 }

@@ -355,15 +355,15 @@ func (f *h2inflow) take(n uint32) bool {
 	return true
 }
 
-// give returns n used bytes; it reports how much to announce in a
-// WINDOW_UPDATE now (0: not yet, wait for more), batching small updates up
-// to a quarter of the window.
-func give(unacked *int32, n int, window int32) uint32 {
-	*unacked += int32(n)
-	if *unacked < window/4 {
-		return 0
+// giveBack returns n used bytes of a receive window to the peer (stream
+// 0: the connection's). Small amounts wait until a quarter of the window
+// has gathered, so that small messages cost no WINDOW_UPDATE each.
+func (p *h2peer) giveBack(in *h2inflow, stream uint32, n int, window int32) {
+	in.unacked += int32(n)
+	if in.unacked < window/4 {
+		return
 	}
-	u := *unacked
-	*unacked = 0
-	return uint32(u)
+	p.windowUpdate(stream, uint32(in.unacked))
+	in.avail += in.unacked
+	in.unacked = 0
 }
