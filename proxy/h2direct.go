@@ -380,7 +380,7 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 		}
 	}
 	if !hasID {
-		fields = append(fields, hpack.HeaderField{Name: "x-request-id", Value: st.reqID})
+		fields = append(fields, requestIDField(st.reqID))
 	}
 	if !hasDate {
 		fields = append(fields, hpack.HeaderField{Name: "date", Value: string(httpDate())})
@@ -448,7 +448,7 @@ func directFields(rh *h1head, fr respFraming, id string, out []hpack.HeaderField
 	}
 	if id != "" {
 		if !fr.hasID {
-			out = append(out, hpack.HeaderField{Name: "x-request-id", Value: id})
+			out = append(out, requestIDField(id))
 		}
 		if !fr.hasDate {
 			out = append(out, hpack.HeaderField{Name: "date", Value: string(httpDate())})

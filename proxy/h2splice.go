@@ -110,7 +110,7 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 	}
 	return append(out, hpack.HeaderField{Name: "x-forwarded-proto", Value: xfp},
 		hpack.HeaderField{Name: "x-forwarded-host", Value: xfh},
-		hpack.HeaderField{Name: "x-request-id", Value: id})
+		requestIDField(id))
 }
 
 // forwarded returns the X-Forwarded-For, -Proto and -Host values for the
@@ -488,7 +488,7 @@ func (c *h2sConn) responseFields(status string, fields []hpack.HeaderField, id s
 		out = append(out, f)
 	}
 	if !hasID {
-		out = append(out, hpack.HeaderField{Name: "x-request-id", Value: id})
+		out = append(out, requestIDField(id))
 	}
 	if !hasDate {
 		out = append(out, hpack.HeaderField{Name: "date", Value: string(httpDate())})
@@ -556,7 +556,7 @@ func (c *h2sConn) upstreamFailed(st *h2stream, f failure, err error) {
 		{Name: "content-type", Value: "text/plain; charset=utf-8"},
 		{Name: "x-content-type-options", Value: "nosniff"},
 		{Name: "x-tidegate-reason", Value: string(f.reason)},
-		{Name: "x-request-id", Value: st.reqID},
+		requestIDField(st.reqID),
 		{Name: "content-length", Value: strconv.Itoa(len(body))},
 		{Name: "date", Value: string(httpDate())},
 	}, false)

@@ -367,3 +367,9 @@ func (p *h2peer) giveBack(in *h2inflow, stream uint32, n int, window int32) {
 	in.avail += in.unacked
 	in.unacked = 0
 }
+
+// requestIDField is an X-Request-Id field, sent never-indexed: a value
+// that never repeats would only churn the peer's HPACK table (and ours).
+func requestIDField(id string) hpack.HeaderField {
+	return hpack.HeaderField{Name: "x-request-id", Value: id, Sensitive: true}
+}
