@@ -313,7 +313,7 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 			c.closedStream(st)
 			return true
 		}
-		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated {
 			c.resetStream(st, http2.ErrCodeProtocol, true)
 			return true
 		}
@@ -334,6 +334,11 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 	}
 	if c.active >= h2MaxStreams {
 		c.down.rst(id, http2.ErrCodeRefusedStream)
+		return true
+	}
+	if f.Truncated {
+		// Over MaxHeaderBytes: 431, as net/http answers.
+		c.tooLarge(id)
 		return true
 	}
 	rq, ok := parseH2Request(f)
@@ -406,6 +411,17 @@ func (c *h2sConn) onData(f *http2.DataFrame) bool {
 		c.spliceData(st, data, end)
 	}
 	return true
+}
+
+// tooLarge answers stream id, whose header block passed MaxHeaderBytes,
+// with 431, as net/http does; mu is held. The stream is never opened:
+// nothing is counted.
+func (c *h2sConn) tooLarge(id uint32) {
+	c.down.headers(id, []hpack.HeaderField{
+		{Name: ":status", Value: "431"},
+		{Name: "content-length", Value: "0"},
+		{Name: "date", Value: string(httpDate())},
+	}, true)
 }
 
 // giveBack returns n bytes of st's request to the client's windows; mu

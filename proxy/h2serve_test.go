@@ -1238,3 +1238,29 @@ func TestH2OwnAccessLog(t *testing.T) {
 	}
 	r.expectNetHTTP(t, 0)
 }
+
+// A header block over MaxHeaderBytes gets 431, as from net/http, without
+// reaching the app; the connection goes on. (A block that goes on in
+// CONTINUATION frames once over the limit ends the connection: x/net's
+// Framer guards against CONTINUATION floods.)
+func TestH2OwnHeaderBlockTooLarge(t *testing.T) {
+	var seen atomic.Int32
+	app := h2cApp(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		_, _ = io.WriteString(w, "ok")
+	})
+	r := ownRig(t, app, UpstreamH2C, func(o *ServerOptions) { o.MaxHeaderBytes = 8 << 10 })
+	c := dialOwn(t, r.addr)
+	fields := []string{}
+	for i := range 12 { // 12 fields of 1 KiB: none over the limit, the list is
+		fields = append(fields, "x-big-"+strconv.Itoa(i), strings.Repeat("b", 1<<10))
+	}
+	c.open(1, "GET", "/big", true, fields...)
+	if resp := c.read(1); resp.status != "431" || resp.reset {
+		t.Fatalf("oversized header block: status %q reset %v %v, want 431", resp.status, resp.reset, resp.code)
+	}
+	expectOK(t, c.do(3, "GET", "/small", nil), "ok")
+	if n := seen.Load(); n != 1 {
+		t.Fatalf("the app saw %d requests, want 1 (the small one)", n)
+	}
+}

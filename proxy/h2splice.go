@@ -432,6 +432,13 @@ func (c *h2sConn) onUpHeaders(st *h2stream, f *http2.MetaHeadersFrame) {
 	if st.out.done {
 		return
 	}
+	if f.Truncated {
+		// Over the 1 MiB the HTTP/1.1 transport allows too.
+		up.peer.rst(st.uid, http2.ErrCodeCancel)
+		up.remove(st)
+		c.upstreamFailed(st, errUpstream, errors.New("the app's header block is over 1 MiB"))
+		return
+	}
 	if st.respSeen {
 		if !f.StreamEnded() {
 			up.peer.rst(st.uid, http2.ErrCodeProtocol)
