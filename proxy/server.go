@@ -265,7 +265,16 @@ type connKey struct{}
 // transition accounts for one connection state change: two atomic
 // operations per request, and the fresh-set lock once per connection.
 func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
-	from := http.ConnState(c.state.Swap(int32(to)))
+	var from http.ConnState
+	for {
+		from = http.ConnState(c.state.Load())
+		if from == http.StateClosed || from == http.StateHijacked {
+			return // closed stays closed: a late change (a stream of the own HTTP/2 server ending) is moot
+		}
+		if c.state.CompareAndSwap(int32(from), int32(to)) {
+			break
+		}
+	}
 	wasBusy := from == http.StateNew || from == http.StateActive
 	isBusy := to == http.StateNew || to == http.StateActive
 	switch {
