@@ -26,6 +26,7 @@ type h2Client struct {
 	fr     *http2.Framer
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
+	read   func() (http2.Frame, error) // where next reads; nil: fr.ReadFrame
 }
 
 func dialH2(t *testing.T, c net.Conn) *h2Client {
@@ -57,8 +58,12 @@ func dialH2(t *testing.T, c net.Conn) *h2Client {
 // does not matter here (SETTINGS ACK, WINDOW_UPDATE).
 func (h *h2Client) next() http2.Frame {
 	h.t.Helper()
+	read := h.read
+	if read == nil {
+		read = h.fr.ReadFrame
+	}
 	for {
-		f, err := h.fr.ReadFrame()
+		f, err := read()
 		if err != nil {
 			h.t.Fatalf("read frame: %v", err)
 		}

@@ -63,6 +63,7 @@ func dialOwn(t *testing.T, addr string, settings ...http2.Setting) *ownClient {
 		t.Fatal(err)
 	}
 	c := &ownClient{h2Client: hc, settings: map[http2.SettingID]uint32{}, sendConn: 65535, sendStream: map[uint32]int64{}, recvConn: 65535}
+	hc.read = c.frame // next keeps the books of WINDOW_UPDATEs
 	f, err := hc.fr.ReadFrame()
 	if err != nil {
 		t.Fatal(err)
@@ -94,26 +95,6 @@ func (c *ownClient) frame() (http2.Frame, error) {
 		}
 	}
 	return f, err
-}
-
-// nextFrame is frame without SETTINGS ACKs and WINDOW_UPDATEs.
-func (c *ownClient) nextFrame() http2.Frame {
-	c.t.Helper()
-	for {
-		f, err := c.frame()
-		if err != nil {
-			c.t.Fatalf("read frame: %v", err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if f.IsAck() {
-				continue
-			}
-		case *http2.WindowUpdateFrame:
-			continue
-		}
-		return f
-	}
 }
 
 // open sends a request's header block on stream id: the pseudo-fields of
@@ -212,7 +193,7 @@ func (c *ownClient) read(id uint32) h2Resp {
 	c.t.Helper()
 	var r h2Resp
 	for {
-		f := c.nextFrame()
+		f := c.next()
 		if f.Header().StreamID != id {
 			r.others = append(r.others, f)
 			continue
@@ -395,7 +376,7 @@ func TestH2OwnSettingsPingAndConnCount(t *testing.T) {
 	if err := c.fr.WritePing(false, data); err != nil {
 		t.Fatal(err)
 	}
-	f = c.nextFrame()
+	f = c.next()
 	if p, ok := f.(*http2.PingFrame); !ok || !p.IsAck() || p.Data != data {
 		t.Fatalf("after PING, got %v; want its ACK", f)
 	}
@@ -408,7 +389,7 @@ func TestH2OwnSettingsPingAndConnCount(t *testing.T) {
 	if err := c.fr.WritePing(false, data2); err != nil {
 		t.Fatal(err)
 	}
-	if p, ok := c.nextFrame().(*http2.PingFrame); !ok || !p.IsAck() || p.Data != data2 {
+	if p, ok := c.next().(*http2.PingFrame); !ok || !p.IsAck() || p.Data != data2 {
 		t.Fatalf("after a PING ACK and a PING, got %v; want the second PING's ACK", p)
 	}
 
@@ -443,7 +424,7 @@ func (c *ownClient) readWindowed(id uint32, streamWin, streamStep int64) (r h2Re
 	c.t.Helper()
 	connWin := &c.recvConn
 	for {
-		f := c.nextFrame()
+		f := c.next()
 		if f.Header().StreamID != id {
 			r.others = append(r.others, f)
 			continue
@@ -1028,7 +1009,7 @@ func TestH2OwnRefusesStreamsOverTheLimit(t *testing.T) {
 		c.open(2*i+1, http.MethodGet, "/hold", true)
 	}
 	c.open(501, http.MethodGet, "/over", true)
-	if f := c.nextFrame(); f.Header().StreamID != 501 {
+	if f := c.next(); f.Header().StreamID != 501 {
 		t.Fatalf("first frame %v; want stream 501's RST_STREAM", f)
 	} else if rst, ok := f.(*http2.RSTStreamFrame); !ok || rst.ErrCode != http2.ErrCodeRefusedStream {
 		t.Fatalf("stream 501: %v; want RST_STREAM REFUSED_STREAM", f)
@@ -1038,7 +1019,7 @@ func TestH2OwnRefusesStreamsOverTheLimit(t *testing.T) {
 	open()
 	done := map[uint32]bool{}
 	for len(done) < 250 {
-		f := c.nextFrame()
+		f := c.next()
 		switch f := f.(type) {
 		case *http2.DataFrame:
 			if f.StreamEnded() {
@@ -1101,14 +1082,14 @@ func TestH2OwnDrain(t *testing.T) {
 			if err := c.fr.WritePing(false, [8]byte{1}); err != nil {
 				t.Fatal(err)
 			}
-			if f := c.nextFrame(); f.(*http2.PingFrame) == nil {
+			if f := c.next(); f.(*http2.PingFrame) == nil {
 				t.Fatalf("got %v; want the PING's ACK", f)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
 			shut := make(chan error, 1)
 			go func() { shut <- r.srv.Shutdown(ctx) }()
-			f := c.nextFrame()
+			f := c.next()
 			g, ok := f.(*http2.GoAwayFrame)
 			if !ok || g.LastStreamID != 3 || g.ErrCode != http2.ErrCodeNo {
 				t.Fatalf("after Shutdown: %v; want the real GOAWAY naming stream 3", f)
@@ -1149,12 +1130,12 @@ func TestH2OwnDrain(t *testing.T) {
 // expectFirstStep is h2Client's, for an ownClient.
 func (c *ownClient) expectFirstStep() [8]byte {
 	c.t.Helper()
-	f := c.nextFrame()
+	f := c.next()
 	g, ok := f.(*http2.GoAwayFrame)
 	if !ok || g.LastStreamID != maxStreamID || g.ErrCode != http2.ErrCodeNo {
 		c.t.Fatalf("after the drain began, got %v; want GOAWAY 2^31-1 NO_ERROR", f)
 	}
-	f = c.nextFrame()
+	f = c.next()
 	p, ok := f.(*http2.PingFrame)
 	if !ok || p.IsAck() || p.Data != goAwayPingData {
 		c.t.Fatalf("after the first GOAWAY, got %v; want tidegate's PING", f)
@@ -1172,7 +1153,7 @@ func TestH2OwnIdleTimeout(t *testing.T) {
 	c := dialOwn(t, r.addr)
 	expectOK(t, c.do(1, http.MethodGet, "/", nil), "ok")
 	last := time.Now()
-	f := c.nextFrame()
+	f := c.next()
 	if g, ok := f.(*http2.GoAwayFrame); !ok || g.LastStreamID != 1 || g.ErrCode != http2.ErrCodeNo {
 		t.Fatalf("idle connection got %v; want GOAWAY last-stream-id 1 NO_ERROR", f)
 	}
