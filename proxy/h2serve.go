@@ -203,8 +203,10 @@ func (c *h2sConn) readError(err error) bool {
 		}
 		return true
 	case errors.As(err, &ce):
+		c.logH2("http2: the client broke the protocol; connection closed with GOAWAY", err)
 		c.connError(http2.ErrCode(ce))
 	case errors.Is(err, http2.ErrFrameTooLarge):
+		c.logH2("http2: the client sent a frame over SETTINGS_MAX_FRAME_SIZE; connection closed with GOAWAY", err)
 		c.connError(http2.ErrCodeFrameSize)
 	}
 	return false
@@ -776,8 +778,8 @@ func (c *h2sConn) logH2(msg string, err error) {
 	c.s.log.Debug(msg, zap.String("remote_addr", c.remote), zap.Error(err))
 }
 
-// preface reports whether br starts with the HTTP/2 client preface, and
-// consumes it if so. The caller has seen "PRI * HTTP/2.0\r\n\r\n" already.
+// consumePreface reports whether br starts with the HTTP/2 client
+// preface, and consumes it if so. The caller has seen "PRI * HTTP/2.0\r\n\r\n" already.
 func consumePreface(br *bufio.Reader) bool {
 	b, err := br.Peek(clientPrefaceLen)
 	if err != nil || string(b) != http2.ClientPreface {
