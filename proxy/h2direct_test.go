@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/net/http2"
 )
 
@@ -222,4 +225,27 @@ func TestH2DirectLeavesBodiesAndTheGateToTheHandler(t *testing.T) {
 		t.Fatalf("GET with the gate open: %s", a.status)
 	}
 	r.expectNetHTTP(t, 2)
+}
+
+// gRPC spliced to an app that speaks only HTTP/1.1 gets 502, and the log
+// says what is wrong in words an operator can act on.
+func TestH2SpliceToAnHTTP1AppSaysSo(t *testing.T) {
+	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "h1") })
+	core, logs := observer.New(zap.WarnLevel)
+	r := newFastRig(t, app.Listener.Addr().String(), func(o *Options) {
+		o.Protocol = UpstreamAuto
+		o.Logger = zap.New(core)
+	}, nil)
+	c := dialRig(t, r)
+	c.block(1, true, ":method", "POST", ":scheme", "http", ":authority", "x", ":path", "/svc/Method",
+		"content-type", "application/grpc", "te", "trailers")
+	a := c.read(1)
+	if a.status != "502" || a.header.Get("X-Tidegate-Reason") != string(ReasonUpstreamError) {
+		t.Fatalf("got %s %v", a.status, a.header)
+	}
+	waitFor(t, func() bool { return logs.Len() > 0 })
+	if e := logs.All()[0].ContextMap(); !strings.Contains(fmt.Sprint(e["error"]), "answered in HTTP/1.1") {
+		t.Fatalf("log %v", e)
+	}
+	r.expectNetHTTP(t, 0)
 }

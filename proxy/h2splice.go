@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -37,9 +39,11 @@ type h2uConn struct {
 	waiting    []*h2stream          // for the dial or a free stream
 	nextID     uint32
 	maxStreams uint32
-	ready      bool // dialed, preface and SETTINGS written
-	gone       bool // takes no new streams: GOAWAY, failure, ids spent
-	dead       bool // failed or closed
+	first      *firstBytes // what the app sent first, to name an HTTP/1.1 app
+	gotFrame   bool        // a frame has been read
+	ready      bool        // dialed, preface and SETTINGS written
+	gone       bool        // takes no new streams: GOAWAY, failure, ids spent
+	dead       bool        // failed or closed
 }
 
 // spliceable reports whether a request is spliced to the app rather than
@@ -179,7 +183,8 @@ func (up *h2uConn) dial() {
 		return
 	}
 	up.nc = nc
-	up.fr = http2.NewFramer(nil, bufio.NewReaderSize(nc, 16<<10))
+	up.first = &firstBytes{r: nc}
+	up.fr = http2.NewFramer(nil, bufio.NewReaderSize(up.first, 16<<10))
 	up.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	up.fr.MaxHeaderListSize = 1 << 20 // as the HTTP/1.1 transport's MaxResponseHeaderBytes
 	up.fr.SetReuseFrames()
@@ -317,11 +322,15 @@ func (up *h2uConn) readLoop() {
 				c.syncState()
 				continue
 			}
+			if !up.gotFrame && bytes.HasPrefix(up.first.b, []byte("HTTP/1.")) {
+				err = errAppSpeaksHTTP1
+			}
 			up.fail(err)
 			c.mu.Unlock()
 			c.syncState()
 			return
 		}
+		up.gotFrame = true
 		if !up.process(f) {
 			up.fail(errUpstreamProtocol)
 			c.mu.Unlock()
@@ -333,7 +342,25 @@ func (up *h2uConn) readLoop() {
 	}
 }
 
-var errUpstreamProtocol = errors.New("the app broke the HTTP/2 protocol")
+var (
+	errUpstreamProtocol = errors.New("the app broke the HTTP/2 protocol")
+	errAppSpeaksHTTP1   = errors.New("the app answered in HTTP/1.1, not h2c: point the upstream at the gRPC server, " +
+		"or use --upstream-protocol http1 if the app is not gRPC")
+)
+
+// firstBytes keeps the first bytes read from the app's connection.
+type firstBytes struct {
+	r io.Reader
+	b []byte
+}
+
+func (f *firstBytes) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if len(f.b) < 16 && n > 0 {
+		f.b = append(f.b, p[:min(n, 16-len(f.b))]...)
+	}
+	return n, err
+}
 
 // process handles one frame from the app; mu is held. false: the app
 // broke the protocol and the connection is dropped.
