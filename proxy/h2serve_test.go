@@ -187,6 +187,20 @@ func fieldsHeader(f *http2.MetaHeadersFrame) http.Header {
 	return h
 }
 
+// headers takes a header block of the answer: 1xx, final or trailers. It
+// reports whether the block ends the stream.
+func (r *h2Resp) headers(f *http2.MetaHeadersFrame) bool {
+	switch s := f.PseudoValue("status"); {
+	case s != "" && s[0] == '1':
+		r.infos = append(r.infos, s)
+	case s != "":
+		r.status, r.header = s, fieldsHeader(f)
+	default:
+		r.trailer = fieldsHeader(f)
+	}
+	return f.StreamEnded()
+}
+
 // read reads stream id's answer to its end (or reset). Each DATA frame's
 // bytes are given back to the server's windows at once.
 func (c *ownClient) read(id uint32) h2Resp {
@@ -200,15 +214,7 @@ func (c *ownClient) read(id uint32) h2Resp {
 		}
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
-			switch s := f.PseudoValue("status"); {
-			case s != "" && s[0] == '1':
-				r.infos = append(r.infos, s)
-			case s != "":
-				r.status, r.header = s, fieldsHeader(f)
-			default:
-				r.trailer = fieldsHeader(f)
-			}
-			if f.StreamEnded() {
+			if r.headers(f) {
 				return r
 			}
 		case *http2.DataFrame:
@@ -431,12 +437,7 @@ func (c *ownClient) readWindowed(id uint32, streamWin, streamStep int64) (r h2Re
 		}
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
-			if s := f.PseudoValue("status"); s != "" {
-				r.status, r.header = s, fieldsHeader(f)
-			} else {
-				r.trailer = fieldsHeader(f)
-			}
-			if f.StreamEnded() {
+			if r.headers(f) {
 				return r, grants
 			}
 		case *http2.DataFrame:
