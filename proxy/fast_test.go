@@ -127,10 +127,7 @@ func (r *fastRig) expectNetHTTP(t *testing.T, n int64) {
 // returns whether to read another request from c.
 type rawApp struct {
 	addr     string
-	accepted atomic.Int64
-	mu       sync.Mutex
-	closed   bool
-	conns    map[net.Conn]struct{}
+	accepted *atomic.Int64
 }
 
 func newRawApp(t *testing.T, answer func(c net.Conn, req *http.Request) bool) *rawApp {
@@ -139,8 +136,30 @@ func newRawApp(t *testing.T, answer func(c net.Conn, req *http.Request) bool) *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &rawApp{addr: ln.Addr().String(), conns: make(map[net.Conn]struct{})}
+	a := &rawApp{addr: ln.Addr().String()}
+	a.accepted = acceptAll(t, ln, func(c net.Conn, _ int64) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil || !answer(c, req) {
+				return
+			}
+		}
+	})
+	return a
+}
+
+// acceptAll serves each connection ln accepts with serve (given the
+// connection's number, from 1) in a goroutine of its own, and closes the
+// connection when serve returns. At the test's end it closes ln and every
+// open connection and waits for all of them. It returns the count of
+// connections accepted.
+func acceptAll(t *testing.T, ln net.Listener, serve func(c net.Conn, n int64)) *atomic.Int64 {
+	var accepted atomic.Int64
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	closed := false
+	conns := make(map[net.Conn]struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -149,48 +168,39 @@ func newRawApp(t *testing.T, answer func(c net.Conn, req *http.Request) bool) *r
 			if err != nil {
 				return
 			}
-			a.accepted.Add(1)
-			a.mu.Lock()
-			if a.closed {
-				a.mu.Unlock()
+			n := accepted.Add(1)
+			mu.Lock()
+			if closed {
+				mu.Unlock()
 				c.Close()
 				return
 			}
-			a.conns[c] = struct{}{}
-			a.mu.Unlock()
+			conns[c] = struct{}{}
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() {
 					c.Close()
-					a.mu.Lock()
-					delete(a.conns, c)
-					a.mu.Unlock()
+					mu.Lock()
+					delete(conns, c)
+					mu.Unlock()
 				}()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if !answer(c, req) {
-						return
-					}
-				}
+				serve(c, n)
 			}()
 		}
 	}()
 	t.Cleanup(func() {
 		ln.Close()
-		a.mu.Lock()
-		a.closed = true
-		for c := range a.conns {
+		mu.Lock()
+		closed = true
+		for c := range conns {
 			c.Close()
 		}
-		a.mu.Unlock()
+		mu.Unlock()
 		wg.Wait()
 	})
-	return a
+	return &accepted
 }
 
 // appWrite writes s to c and reports whether it could.

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -726,7 +725,7 @@ func TestH2OwnDialRefused(t *testing.T) {
 // each connection (numbered from 1) after the preface and SETTINGS.
 type rawH2App struct {
 	addr     string
-	accepted atomic.Int32
+	accepted *atomic.Int64
 }
 
 // rawH2Conn is one connection of a rawH2App.
@@ -736,7 +735,7 @@ type rawH2Conn struct {
 	fr     *http2.Framer
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
-	n      int32
+	n      int64
 }
 
 func newRawH2App(t *testing.T, serve func(c *rawH2Conn)) *rawH2App {
@@ -746,48 +745,19 @@ func newRawH2App(t *testing.T, serve func(c *rawH2Conn)) *rawH2App {
 		t.Fatal(err)
 	}
 	a := &rawH2App{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[nc] = true
-			mu.Unlock()
-			n := a.accepted.Add(1)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
-				preface := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(nc, preface); err != nil || string(preface) != http2.ClientPreface {
-					return
-				}
-				c := &rawH2Conn{t: t, nc: nc, fr: http2.NewFramer(nc, nc), n: n}
-				c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-				c.enc = hpack.NewEncoder(&c.encBuf)
-				if c.fr.WriteSettings() != nil {
-					return
-				}
-				serve(c)
-			}()
+	a.accepted = acceptAll(t, ln, func(nc net.Conn, n int64) {
+		_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(nc, preface); err != nil || string(preface) != http2.ClientPreface {
+			return
 		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for nc := range conns {
-			nc.Close()
+		c := &rawH2Conn{t: t, nc: nc, fr: http2.NewFramer(nc, nc), n: n}
+		c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+		c.enc = hpack.NewEncoder(&c.encBuf)
+		if c.fr.WriteSettings() != nil {
+			return
 		}
-		mu.Unlock()
-		wg.Wait()
+		serve(c)
 	})
 	return a
 }
