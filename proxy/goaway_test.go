@@ -156,16 +156,7 @@ func startH2Server(t *testing.T, own bool, app http.Handler, o ServerOptions, ad
 	if !own {
 		return startServerWith(t, app, o, adjust)
 	}
-	as := upstreamServer(t, app.ServeHTTP)
-	up, err := ParseUpstream(as.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := NewHandler(Options{Upstream: up, Tracker: NewTracker(TrackerOptions{})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.CloseIdleConnections)
+	h := handlerFor(t, app.ServeHTTP)
 	o.FastPath = h
 	s, tr := startServerWith(t, h, o, adjust)
 	if !s.h2own {
@@ -487,4 +478,21 @@ func TestFrameScannerFollowsBoundariesAcrossWrites(t *testing.T) {
 	if s.frames != 0 || s.skip != 0 {
 		t.Fatalf("after the preface: frames %d, skip %d", s.frames, s.skip)
 	}
+}
+
+// handlerFor starts app as an HTTP/1.1 upstream and returns a Handler in
+// front of it.
+func handlerFor(t *testing.T, app http.HandlerFunc) *Handler {
+	t.Helper()
+	as := upstreamServer(t, app)
+	up, err := ParseUpstream(as.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := NewHandler(Options{Upstream: up, Tracker: NewTracker(TrackerOptions{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.CloseIdleConnections)
+	return h
 }

@@ -602,16 +602,7 @@ func TestH2OwnTrailers(t *testing.T) {
 
 	t.Run("handler", func(t *testing.T) {
 		forEachServer(t, func(t *testing.T, own bool) {
-			app := upstreamServer(t, answer)
-			up, err := ParseUpstream(app.Listener.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			h, err := NewHandler(Options{Upstream: up, Tracker: NewTracker(TrackerOptions{})})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(h.CloseIdleConnections)
+			h := handlerFor(t, answer)
 			// The server's handler chain answers /chain itself: the request
 			// trailers come from the stream's body (h2body), the response's
 			// go out through the stream's ResponseWriter (h2rw).
