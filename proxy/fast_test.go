@@ -19,7 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -51,19 +50,8 @@ func newFastRig(t *testing.T, upstream string, handlerOpts func(*Options), serve
 		t.Fatal(err)
 	}
 	r := &fastRig{tracker: NewTracker(TrackerOptions{}), served: make(chan error, 1)}
-	m, err := NewMetrics(prometheus.NewRegistry(), r.tracker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, logs := observer.New(zap.InfoLevel)
-	r.access = logs
-	o := Options{
-		Upstream:         up,
-		TransportOptions: TransportOptions{DialTimeout: time.Second, ResponseHeaderTimeout: 5 * time.Second, IdleConnTimeout: time.Minute},
-		Tracker:          r.tracker,
-		Metrics:          m,
-		AccessLog:        zap.New(core),
-	}
+	var o Options
+	o, r.access = rigOptions(t, up, r.tracker, prometheus.NewRegistry())
 	if handlerOpts != nil {
 		handlerOpts(&o)
 	}
@@ -980,7 +968,7 @@ func TestFastAppDiesMidBody(t *testing.T) {
 // request until its client is gone (or the test ends), signalling on
 // started and canceled; n is the most requests held at once. There is no
 // ResponseHeaderTimeout: only the client's leaving may end a request.
-func newHangRig(t *testing.T, n int) (r *fastRig, started, canceled chan struct{}) {
+func newHangRig(t *testing.T, n int, serverOpts func(*ServerOptions)) (r *fastRig, started, canceled chan struct{}) {
 	t.Helper()
 	started, canceled = make(chan struct{}, n), make(chan struct{}, n)
 	hold, release := releaser(t)
@@ -992,7 +980,7 @@ func newHangRig(t *testing.T, n int) (r *fastRig, started, canceled chan struct{
 		case <-hold:
 		}
 	})
-	r = newFastRig(t, app.Listener.Addr().String(), func(o *Options) { o.TransportOptions.ResponseHeaderTimeout = 0 }, nil)
+	r = newFastRig(t, app.Listener.Addr().String(), func(o *Options) { o.TransportOptions.ResponseHeaderTimeout = 0 }, serverOpts)
 	t.Cleanup(release)
 	return r, started, canceled
 }
@@ -1000,7 +988,7 @@ func newHangRig(t *testing.T, n int) (r *fastRig, started, canceled chan struct{
 // TestFastClientGoneCancelsApp: a client that leaves while the app works
 // on its GET cancels the request at the app; it is counted as 499.
 func TestFastClientGoneCancelsApp(t *testing.T) {
-	r, started, canceled := newHangRig(t, 1)
+	r, started, canceled := newHangRig(t, 1, nil)
 	rc := dialRaw(t, r.addr)
 	rc.send(t, "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
 	recv(t, started, "request at the app")
@@ -1031,7 +1019,7 @@ func TestFastClientGoneCancelsApp(t *testing.T) {
 // on scheduling, so the test tries many times, several clients at once.
 func TestFastClientGoneEarly(t *testing.T) {
 	const rounds, clients = 20, 10
-	r, started, canceled := newHangRig(t, clients)
+	r, started, canceled := newHangRig(t, clients, nil)
 	for round := range rounds {
 		rcs := make([]*rawClient, clients)
 		for i := range rcs {
@@ -1069,25 +1057,10 @@ func TestFastClientGoneAfterReadHeaderTimeout(t *testing.T) {
 	for _, fast := range []bool{true, false} {
 		name := map[bool]string{true: "fast path", false: "net/http"}[fast]
 		t.Run(name, func(t *testing.T) {
-			started, canceled := make(chan struct{}, 1), make(chan struct{}, 1)
-			hold, release := releaser(t)
-			app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {
-				started <- struct{}{}
-				select {
-				case <-r.Context().Done():
-					canceled <- struct{}{}
-				case <-hold:
-				}
-			})
-			// No ResponseHeaderTimeout: only the client's leaving may end
-			// the request.
-			r := newFastRig(t, app.Listener.Addr().String(), func(o *Options) {
-				o.TransportOptions.ResponseHeaderTimeout = 0
-			}, func(o *ServerOptions) {
+			r, started, canceled := newHangRig(t, 1, func(o *ServerOptions) {
 				o.ReadHeaderTimeout = 100 * time.Millisecond
 				o.FastPathOpen = func() bool { return fast }
 			})
-			t.Cleanup(release)
 			rc := dialRaw(t, r.addr)
 			rc.send(t, "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
 			recv(t, started, "request at the app")

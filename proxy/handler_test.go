@@ -23,6 +23,24 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// rigOptions is the Handler options of the test rigs: short dial and
+// header timeouts, metrics on reg, and an access log the test can read.
+func rigOptions(t *testing.T, up Upstream, tr *Tracker, reg *prometheus.Registry) (Options, *observer.ObservedLogs) {
+	t.Helper()
+	m, err := NewMetrics(reg, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	return Options{
+		Upstream:         up,
+		TransportOptions: TransportOptions{DialTimeout: time.Second, ResponseHeaderTimeout: 5 * time.Second, IdleConnTimeout: time.Minute},
+		Tracker:          tr,
+		Metrics:          m,
+		AccessLog:        zap.New(core),
+	}, logs
+}
+
 // rig is a proxy in front of a real upstream, both on loopback.
 type rig struct {
 	tracker *Tracker
@@ -39,19 +57,8 @@ func newRig(t *testing.T, upstream string, mutate func(*Options)) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{tracker: NewTracker(TrackerOptions{}), reg: prometheus.NewRegistry()}
-	m, err := NewMetrics(r.reg, r.tracker)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, logs := observer.New(zap.InfoLevel)
-	r.access = logs
-	o := Options{
-		Upstream:         up,
-		TransportOptions: TransportOptions{DialTimeout: time.Second, ResponseHeaderTimeout: 5 * time.Second, IdleConnTimeout: time.Minute},
-		Tracker:          r.tracker,
-		Metrics:          m,
-		AccessLog:        zap.New(core),
-	}
+	var o Options
+	o, r.access = rigOptions(t, up, r.tracker, r.reg)
 	if mutate != nil {
 		mutate(&o)
 	}
