@@ -64,7 +64,7 @@ func (c *h2sConn) startDirect(st *h2stream, rq *h2Request) {
 	st.reqID = rq.id
 	h.tracker.RequestStarted(h.tracker.IsProbe(rq.userAgent))
 	c.handlers.Add(1)
-	go c.serveDirect(st, rq)
+	c.goStream(func() { c.serveDirect(st, rq) })
 }
 
 var h1heads = sync.Pool{New: func() any { return &h1head{fields: make([]h1field, 0, 16)} }}

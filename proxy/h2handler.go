@@ -30,7 +30,7 @@ func (c *h2sConn) startHandler(st *h2stream, rq *h2Request) {
 	}
 	st.rw = &h2rw{c: c, st: st, hdr: make(http.Header), head: rq.method == http.MethodHead}
 	c.handlers.Add(1)
-	go c.runHandler(st, r)
+	c.goStream(func() { c.runHandler(st, r) })
 }
 
 // newRequest builds the http.Request of a stream, as net/http's HTTP/2

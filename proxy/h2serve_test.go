@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -1206,4 +1207,121 @@ func TestH2OwnHeaderBlockTooLarge(t *testing.T) {
 	if n := seen.Load(); n != 1 {
 		t.Fatalf("the app saw %d requests, want 1 (the small one)", n)
 	}
+}
+
+// TestH2OwnStreamGoroutinesStay: on the direct and the handler paths a
+// stream's goroutine waits, with its stack, for the connection's next
+// stream; at most h2IdleWorkers wait, the next streams reuse them, and they
+// all leave when the connection closes.
+func TestH2OwnStreamGoroutinesStay(t *testing.T) {
+	for _, p := range []h2Path{directPath, handlerPath} {
+		t.Run(p.name, func(t *testing.T) {
+			release, open := releaser(t)
+			var entered atomic.Int32
+			r := p.rig(t, func(w http.ResponseWriter, req *http.Request) {
+				if req.URL.Path == "/hold" {
+					entered.Add(1)
+					select {
+					case <-release:
+					case <-req.Context().Done():
+						return
+					}
+				}
+				_, _ = io.WriteString(w, "done")
+			})
+			c := dialOwn(t, r.addr)
+			const held = h2IdleWorkers + 4
+			for i := range uint32(held) {
+				c.open(2*i+1, p.method, "/hold", p.method == http.MethodGet)
+				if b := p.body(); b != nil {
+					c.send(2*i+1, b, true)
+				}
+			}
+			waitFor(t, func() bool { return entered.Load() == held })
+			if got := streamWorkers(); got != held {
+				t.Fatalf("%d stream goroutines run %d streams; want one each", got, held)
+			}
+			open()
+			c.readEnds(t, held, "done")
+			conn := onlyH2Conn(t, r.srv)
+			waitFor(t, func() bool { return conn.waiting.Load() == h2IdleWorkers && streamWorkers() == h2IdleWorkers })
+
+			// The next streams, one by one and then together, run on
+			// the waiting goroutines: no more are started.
+			id := uint32(2*held + 1)
+			for range 3 {
+				expectOK(t, c.do(id, p.method, "/next", p.body()), "done")
+				id += 2
+				waitFor(t, func() bool { return conn.waiting.Load() == h2IdleWorkers })
+				if got := streamWorkers(); got != h2IdleWorkers {
+					t.Fatalf("%d stream goroutines after a stream; want the %d that wait", got, h2IdleWorkers)
+				}
+			}
+			for i := range uint32(h2IdleWorkers) {
+				c.open(id+2*i, p.method, "/next", p.method == http.MethodGet)
+				if b := p.body(); b != nil {
+					c.send(id+2*i, b, true)
+				}
+			}
+			c.readEnds(t, h2IdleWorkers, "done")
+			if got := streamWorkers(); got > h2IdleWorkers {
+				t.Fatalf("%d stream goroutines for %d streams; want the %d that waited", got, h2IdleWorkers, h2IdleWorkers)
+			}
+			p.expect(t, r, int64(held+3+h2IdleWorkers))
+
+			c.c.Close()
+			waitFor(t, func() bool { return streamWorkers() == 0 })
+		})
+	}
+}
+
+// readEnds reads until n streams have ended, none reset, each with the
+// body want.
+func (c *ownClient) readEnds(t *testing.T, n int, want string) {
+	t.Helper()
+	bodies := map[uint32]string{}
+	for ended := 0; ended < n; {
+		switch f := c.next().(type) {
+		case *http2.DataFrame:
+			bodies[f.StreamID] += string(f.Data())
+			if f.StreamEnded() {
+				ended++
+				if got := bodies[f.StreamID]; got != want {
+					t.Fatalf("stream %d: body %q, want %q", f.StreamID, got, want)
+				}
+			}
+		case *http2.RSTStreamFrame:
+			t.Fatalf("stream %d reset: %v", f.StreamID, f.ErrCode)
+		}
+	}
+}
+
+// streamWorkers counts the stream goroutines of tidegate's own HTTP/2
+// server, in this process.
+func streamWorkers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "proxy.(*h2sConn).streamWorker(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// onlyH2Conn returns the server's one connection on its own HTTP/2 server.
+func onlyH2Conn(t *testing.T, s *Server) *h2sConn {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.h2conns) != 1 {
+		t.Fatalf("%d HTTP/2 connections; want 1", len(s.h2conns))
+	}
+	for c := range s.h2conns {
+		if own, ok := c.(*h2sConn); ok {
+			return own
+		}
+	}
+	t.Fatal("the HTTP/2 connection is net/http's, not tidegate's own")
+	return nil
 }
