@@ -583,7 +583,7 @@ func (c *h2sConn) syncState() {
 
 // h2IdleWorkers is how many stream goroutines of a connection may wait
 // for its next stream.
-const h2IdleWorkers = 16
+const h2IdleWorkers = 32
 
 // goStream runs f, a stream's work on the direct or the handler path, on a
 // stream goroutine of c that waits for one, or on a new one; mu is held.
