@@ -69,6 +69,7 @@ type h2sConn struct {
 	handlers atomic.Int32 // handler goroutines running
 	work     chan func()  // to a stream goroutine waiting for the next stream
 	waiting  atomic.Int32 // stream goroutines waiting on work
+	linger   *time.Timer  // releases them when the connection stays idle
 	stateMu  sync.Mutex   // orders connection-state changes
 
 	goAwayState atomic.Int32 // goAway* of goaway.go
@@ -161,6 +162,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.down.windowUpdate(0, h2ConnWindow-h2DefaultWindow)
 	c.in.avail = h2ConnWindow
 	c.idle = time.AfterFunc(s.idleTimeout, c.idleTimeout)
+	c.linger = time.AfterFunc(h2WorkerLinger, c.releaseIfIdle)
 	if closing {
 		c.shutdownLocked()
 	}
@@ -578,12 +580,36 @@ func (c *h2sConn) syncState() {
 	}
 	if cur := http.ConnState(c.tc.state.Load()); cur != want && cur != http.StateClosed {
 		c.s.transition(c.tc, want, c.s.t)
+		if want == http.StateIdle {
+			// The stream goroutine that ends the last stream has not
+			// begun to wait yet: the timer is armed whether any waits.
+			c.linger.Reset(h2WorkerLinger)
+		}
+	}
+}
+
+// releaseIfIdle tells the stream goroutines that wait to leave if the
+// connection has no stream.
+func (c *h2sConn) releaseIfIdle() {
+	for c.waiting.Load() > 0 && c.activeN.Load() == 0 {
+		select {
+		case c.work <- nil:
+		default:
+			// One counted but not yet waiting: it stays until the
+			// next stream or the connection's end.
+			return
+		}
 	}
 }
 
 // h2IdleWorkers is how many stream goroutines of a connection may wait
 // for its next stream.
 const h2IdleWorkers = 32
+
+// h2WorkerLinger is how long stream goroutines wait on a connection
+// without streams. Clients that send their requests in rounds (h2load,
+// batching gRPC clients) leave a connection idle between two rounds.
+const h2WorkerLinger = time.Second
 
 // goStream runs f, a stream's work on the direct or the handler path, on a
 // stream goroutine of c that waits for one, or on a new one; mu is held.
@@ -592,8 +618,9 @@ const h2IdleWorkers = 32
 // request: copying stacks was 9% of the CPU of an h2c request on the direct
 // path (perf, under make bench's h2c load). A stream goroutine instead
 // stays, with its stack, for the connection's next stream, as grpc-go's
-// stream workers do. At most h2IdleWorkers wait at a time; they all leave
-// when the connection ends.
+// stream workers do. At most h2IdleWorkers wait at a time; when the
+// connection has had no stream for h2WorkerLinger they leave, so that an
+// idle connection holds no goroutine but its reader and writer.
 func (c *h2sConn) goStream(f func()) {
 	select {
 	case c.work <- f:
@@ -612,6 +639,9 @@ func (c *h2sConn) streamWorker(f func()) {
 		select {
 		case f = <-c.work:
 			c.waiting.Add(-1)
+			if f == nil {
+				return // the connection went idle
+			}
 		case <-c.ctx.Done():
 			return
 		}
@@ -634,6 +664,7 @@ func (c *h2sConn) teardown() {
 	c.mu.Lock()
 	c.closed = true
 	c.idle.Stop()
+	c.linger.Stop()
 	for _, st := range c.streams {
 		if !st.out.done {
 			st.clientRst = true

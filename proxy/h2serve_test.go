@@ -1211,18 +1211,24 @@ func TestH2OwnHeaderBlockTooLarge(t *testing.T) {
 
 // TestH2OwnStreamGoroutinesStay: on the direct and the handler paths a
 // stream's goroutine waits, with its stack, for the connection's next
-// stream; at most h2IdleWorkers wait, the next streams reuse them, and they
-// all leave when the connection closes.
+// stream while the connection has streams; at most h2IdleWorkers wait, the
+// next streams reuse them, and they leave when the connection has had no
+// stream for h2WorkerLinger.
 func TestH2OwnStreamGoroutinesStay(t *testing.T) {
 	for _, p := range []h2Path{directPath, handlerPath} {
 		t.Run(p.name, func(t *testing.T) {
 			release, open := releaser(t)
+			unpin, endPin := releaser(t)
 			var entered atomic.Int32
 			r := p.rig(t, func(w http.ResponseWriter, req *http.Request) {
-				if req.URL.Path == "/hold" {
+				hold := release
+				if req.URL.Path == "/pin" {
+					hold = unpin
+				}
+				if req.URL.Path != "/next" {
 					entered.Add(1)
 					select {
-					case <-release:
+					case <-hold:
 					case <-req.Context().Done():
 						return
 					}
@@ -1230,46 +1236,51 @@ func TestH2OwnStreamGoroutinesStay(t *testing.T) {
 				_, _ = io.WriteString(w, "done")
 			})
 			c := dialOwn(t, r.addr)
-			const held = h2IdleWorkers + 4
-			for i := range uint32(held) {
-				c.open(2*i+1, p.method, "/hold", p.method == http.MethodGet)
+			start := func(id uint32, path string) {
+				c.open(id, p.method, path, p.method == http.MethodGet)
 				if b := p.body(); b != nil {
-					c.send(2*i+1, b, true)
+					c.send(id, b, true)
 				}
 			}
-			waitFor(t, func() bool { return entered.Load() == held })
-			if got := streamWorkers(); got != held {
-				t.Fatalf("%d stream goroutines run %d streams; want one each", got, held)
+			// A stream that stays open keeps the connection busy.
+			start(1, "/pin")
+			const held = h2IdleWorkers + 4
+			for i := range uint32(held) {
+				start(2*i+3, "/hold")
+			}
+			waitFor(t, func() bool { return entered.Load() == held+1 })
+			if got := streamWorkers(); got != held+1 {
+				t.Fatalf("%d stream goroutines run %d streams; want one each", got, held+1)
 			}
 			open()
 			c.readEnds(t, held, "done")
 			conn := onlyH2Conn(t, r.srv)
-			waitFor(t, func() bool { return conn.waiting.Load() == h2IdleWorkers && streamWorkers() == h2IdleWorkers })
+			idle := func() bool { return conn.waiting.Load() == h2IdleWorkers && streamWorkers() == h2IdleWorkers+1 }
+			waitFor(t, idle)
 
 			// The next streams, one by one and then together, run on
 			// the waiting goroutines: no more are started.
-			id := uint32(2*held + 1)
+			id := uint32(2*held + 3)
 			for range 3 {
 				expectOK(t, c.do(id, p.method, "/next", p.body()), "done")
 				id += 2
-				waitFor(t, func() bool { return conn.waiting.Load() == h2IdleWorkers })
-				if got := streamWorkers(); got != h2IdleWorkers {
-					t.Fatalf("%d stream goroutines after a stream; want the %d that wait", got, h2IdleWorkers)
-				}
+				waitFor(t, idle)
 			}
 			for i := range uint32(h2IdleWorkers) {
-				c.open(id+2*i, p.method, "/next", p.method == http.MethodGet)
-				if b := p.body(); b != nil {
-					c.send(id+2*i, b, true)
-				}
+				start(id+2*i, "/next")
 			}
 			c.readEnds(t, h2IdleWorkers, "done")
-			if got := streamWorkers(); got > h2IdleWorkers {
-				t.Fatalf("%d stream goroutines for %d streams; want the %d that waited", got, h2IdleWorkers, h2IdleWorkers)
+			if got := streamWorkers(); got > h2IdleWorkers+1 {
+				t.Fatalf("%d stream goroutines for %d streams; want the %d that waited and the pinned one", got, h2IdleWorkers, h2IdleWorkers)
 			}
-			p.expect(t, r, int64(held+3+h2IdleWorkers))
+			p.expect(t, r, int64(1+held+3+h2IdleWorkers))
 
-			c.c.Close()
+			// A connection without streams keeps no stream goroutine
+			// for longer than h2WorkerLinger.
+			endPin()
+			c.readEnds(t, 1, "done")
+			waitFor(t, func() bool { return streamWorkers() == 0 })
+			expectOK(t, c.do(id+2*h2IdleWorkers, p.method, "/next", p.body()), "done")
 			waitFor(t, func() bool { return streamWorkers() == 0 })
 		})
 	}
