@@ -1091,20 +1091,29 @@ func methodString(m []byte) string {
 
 // httpDate returns the current time in the Date header's format, computed
 // at most once a second.
-func httpDate() []byte {
+func httpDate() []byte { return currentDate().val }
+
+// httpDateString is httpDate as a string, for HPACK.
+func httpDateString() string { return currentDate().str }
+
+func currentDate() *cachedDate {
 	now := time.Now()
 	sec := now.Unix()
 	if d := dateCache.Load(); d != nil && d.sec == sec {
-		return d.val
+		return d
 	}
-	d := &cachedDate{sec: sec, val: now.UTC().AppendFormat(nil, http.TimeFormat)}
+	b := now.UTC().AppendFormat(nil, http.TimeFormat)
+	d := &cachedDate{sec: sec, val: b, str: string(b)}
 	dateCache.Store(d)
-	return d.val
+	return d
 }
 
+// cachedDate is one second's Date value, as bytes for HTTP/1.1 and as a
+// string for HTTP/2.
 type cachedDate struct {
 	sec int64
 	val []byte
+	str string
 }
 
 var dateCache atomic.Pointer[cachedDate]

@@ -302,7 +302,8 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		if rh.status != http.StatusContinue {
 			c.mu.Lock()
 			if !st.out.done && !c.closed {
-				c.down.headers(st.id, directFields(rh, fr, "", nil), false)
+				c.fields = directFields(rh, fr, "", &c.strs, c.fields[:0])
+				c.down.headers(st.id, c.fields, false)
 			}
 			c.mu.Unlock()
 		}
@@ -320,9 +321,9 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 	if length > int64(uc.br.Buffered()-n) {
 		c.setReadDeadline(st, uc, time.Time{})
 	}
-	fields := directFields(rh, fr, st.reqID, nil)
+	err := c.directHead(st, rh, fr, length == 0)
 	_, _ = uc.br.Discard(n)
-	if err := c.directHeaders(st, fields, length == 0); err != nil {
+	if err != nil {
 		return err
 	}
 	for length > 0 {
@@ -383,7 +384,7 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 		fields = append(fields, requestIDField(st.reqID))
 	}
 	if !hasDate {
-		fields = append(fields, hpack.HeaderField{Name: "date", Value: string(httpDate())})
+		fields = append(fields, hpack.HeaderField{Name: "date", Value: httpDateString()})
 	}
 	if err := c.directHeaders(st, fields, false); err != nil {
 		return err
@@ -438,23 +439,86 @@ func namedInList(k string, hops []string) bool {
 // directFields is a response head as an HTTP/2 header block: lower-case
 // names, hop-by-hop fields and those named in Connection dropped, the
 // request id and a Date added when absent (id "" adds neither: a 1xx).
-func directFields(rh *h1head, fr respFraming, id string, out []hpack.HeaderField) []hpack.HeaderField {
+// Names and values are strings of strs.
+func directFields(rh *h1head, fr respFraming, id string, strs *h2strings, out []hpack.HeaderField) []hpack.HeaderField {
 	out = append(out, hpack.HeaderField{Name: ":status", Value: statusString(rh.status)})
 	for _, f := range rh.fields {
 		if hopByHop(f.name) || len(fr.hops) > 0 && namedIn(f.name, fr.hops) {
 			continue
 		}
-		out = append(out, hpack.HeaderField{Name: lowerName(f.name), Value: string(f.value)})
+		out = append(out, hpack.HeaderField{Name: strs.name(f.name), Value: strs.value(f.value)})
 	}
 	if id != "" {
 		if !fr.hasID {
 			out = append(out, requestIDField(id))
 		}
 		if !fr.hasDate {
-			out = append(out, hpack.HeaderField{Name: "date", Value: string(httpDate())})
+			out = append(out, hpack.HeaderField{Name: "date", Value: httpDateString()})
 		}
 	}
 	return out
+}
+
+// h2strings interns the header names and values an HTTP/1.1 app sends on
+// the direct path of one client connection: the app repeats them answer
+// after answer, and a new string for each was a third of the allocations
+// of a direct stream. It holds at most h2StringsMax bytes, and starts over
+// when full. The zero value is ready; it is guarded by h2sConn.mu.
+type h2strings struct {
+	names  map[string]string // the app's name: its lower case
+	values map[string]string
+	size   int
+}
+
+// h2StringsMax bounds the bytes an h2strings holds; longer strings are not
+// kept.
+const h2StringsMax = 4 << 10
+
+// name returns b in lower case.
+func (s *h2strings) name(b []byte) string {
+	if n, ok := commonNames[string(b)]; ok {
+		return n
+	}
+	if n, ok := s.names[string(b)]; ok {
+		return n
+	}
+	n := strings.ToLower(string(b))
+	if s.room(2 * len(n)) { // the key is a copy of b
+		if s.names == nil {
+			s.names = make(map[string]string)
+		}
+		s.names[string(b)] = n
+	}
+	return n
+}
+
+// value returns b as a string.
+func (s *h2strings) value(b []byte) string {
+	if v, ok := s.values[string(b)]; ok {
+		return v
+	}
+	v := string(b)
+	if s.room(len(v)) {
+		if s.values == nil {
+			s.values = make(map[string]string)
+		}
+		s.values[v] = v
+	}
+	return v
+}
+
+// room reports whether n more bytes may be kept, starting over if need be.
+func (s *h2strings) room(n int) bool {
+	if n > h2StringsMax/8 {
+		return false
+	}
+	if s.size+n > h2StringsMax {
+		clear(s.names)
+		clear(s.values)
+		s.size = 0
+	}
+	s.size += n
+	return true
 }
 
 // statusString is strconv.Itoa without allocating for common codes.
@@ -493,10 +557,24 @@ func lowerName(b []byte) string {
 	return strings.ToLower(string(b))
 }
 
+// directHead sends the response header block of a direct stream made from
+// the app's head rh.
+func (c *h2sConn) directHead(st *h2stream, rh *h1head, fr respFraming, end bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fields = directFields(rh, fr, st.reqID, &c.strs, c.fields[:0])
+	return c.directHeadersLocked(st, c.fields, end)
+}
+
 // directHeaders sends the response header block of a direct stream.
 func (c *h2sConn) directHeaders(st *h2stream, fields []hpack.HeaderField, end bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.directHeadersLocked(st, fields, end)
+}
+
+// directHeadersLocked is directHeaders with mu held.
+func (c *h2sConn) directHeadersLocked(st *h2stream, fields []hpack.HeaderField, end bool) error {
 	if st.out.done || c.closed {
 		return errStreamGone
 	}

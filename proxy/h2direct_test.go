@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -248,4 +250,49 @@ func TestH2SpliceToAnHTTP1AppSaysSo(t *testing.T) {
 		t.Fatalf("log %v", e)
 	}
 	r.expectNetHTTP(t, 0)
+}
+
+// TestH2Strings: the direct path's strings of one connection: names in
+// lower case, values as they are, the same string for the same bytes, long
+// ones not kept, and no more than h2StringsMax bytes held.
+func TestH2Strings(t *testing.T) {
+	var s h2strings
+	if got := s.name([]byte("X-Custom-Thing")); got != "x-custom-thing" {
+		t.Fatalf("name: %q, want x-custom-thing", got)
+	}
+	if got := s.name([]byte("Content-Type")); got != "content-type" {
+		t.Fatalf("name: %q, want content-type", got)
+	}
+	b := []byte("text/plain; charset=utf-8")
+	v := s.value(b)
+	b[0] = 'T' // the caller's buffer is reused: the string is not
+	if v != "text/plain; charset=utf-8" {
+		t.Fatalf("value %q changed with the buffer", v)
+	}
+	if again := s.value([]byte("text/plain; charset=utf-8")); unsafe.StringData(again) != unsafe.StringData(v) {
+		t.Fatal("the same value was not the same string")
+	}
+	if allocs := testing.AllocsPerRun(100, func() { _ = s.value([]byte("text/plain; charset=utf-8")) }); allocs != 0 {
+		t.Fatalf("a kept value costs %v allocations, want 0", allocs)
+	}
+	long := bytes.Repeat([]byte("x"), h2StringsMax/8+1)
+	if got := s.value(long); got != string(long) {
+		t.Fatal("a long value was changed")
+	}
+	if _, kept := s.values[string(long)]; kept {
+		t.Fatal("a value over h2StringsMax/8 bytes was kept")
+	}
+	for i := range 1000 {
+		_ = s.value([]byte(fmt.Sprintf("value-%04d", i)))
+		held := 0
+		for k := range s.values {
+			held += len(k)
+		}
+		for k, n := range s.names {
+			held += len(k) + len(n)
+		}
+		if s.size > h2StringsMax || held > h2StringsMax {
+			t.Fatalf("after %d values: %d bytes counted, %d held; want at most %d", i+1, s.size, held, h2StringsMax)
+		}
+	}
 }

@@ -391,7 +391,7 @@ func (w *h2rw) fields(code int, length int) []hpack.HeaderField {
 		out = append(out, hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(length)})
 	}
 	if !hasDate {
-		out = append(out, hpack.HeaderField{Name: "date", Value: string(httpDate())})
+		out = append(out, hpack.HeaderField{Name: "date", Value: httpDateString()})
 	}
 	return out
 }

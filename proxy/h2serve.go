@@ -70,6 +70,10 @@ type h2sConn struct {
 	work     chan func()  // to a stream goroutine waiting for the next stream
 	waiting  atomic.Int32 // stream goroutines waiting on work
 	linger   *time.Timer  // releases them when the connection stays idle
+
+	// For the direct path's response header blocks, under mu.
+	strs   h2strings
+	fields []hpack.HeaderField
 	stateMu  sync.Mutex   // orders connection-state changes
 
 	goAwayState atomic.Int32 // goAway* of goaway.go
@@ -426,7 +430,7 @@ func (c *h2sConn) tooLarge(id uint32) {
 	c.down.headers(id, []hpack.HeaderField{
 		{Name: ":status", Value: "431"},
 		{Name: "content-length", Value: "0"},
-		{Name: "date", Value: string(httpDate())},
+		{Name: "date", Value: httpDateString()},
 	}, true)
 }
 
@@ -591,6 +595,12 @@ func (c *h2sConn) syncState() {
 // releaseIfIdle tells the stream goroutines that wait to leave if the
 // connection has no stream.
 func (c *h2sConn) releaseIfIdle() {
+	c.mu.Lock()
+	if c.active == 0 {
+		c.strs = h2strings{} // an idle connection keeps no strings either
+		c.fields = nil
+	}
+	c.mu.Unlock()
 	for c.waiting.Load() > 0 && c.activeN.Load() == 0 {
 		select {
 		case c.work <- nil:

@@ -525,7 +525,7 @@ func (c *h2sConn) responseFields(status string, fields []hpack.HeaderField, id s
 		out = append(out, requestIDField(id))
 	}
 	if !hasDate {
-		out = append(out, hpack.HeaderField{Name: "date", Value: string(httpDate())})
+		out = append(out, hpack.HeaderField{Name: "date", Value: httpDateString()})
 	}
 	return out
 }
@@ -592,7 +592,7 @@ func (c *h2sConn) upstreamFailed(st *h2stream, f failure, err error) {
 		{Name: "x-tidegate-reason", Value: string(f.reason)},
 		requestIDField(st.reqID),
 		{Name: "content-length", Value: strconv.Itoa(len(body))},
-		{Name: "date", Value: string(httpDate())},
+		{Name: "date", Value: httpDateString()},
 	}, false)
 	st.bytes += int64(len(body))
 	c.down.data(st.id, &st.out, []byte(body), true)
