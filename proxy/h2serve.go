@@ -72,9 +72,9 @@ type h2sConn struct {
 	linger   *time.Timer  // releases them when the connection stays idle
 
 	// For the direct path's response header blocks, under mu.
-	strs   h2strings
-	fields []hpack.HeaderField
-	stateMu  sync.Mutex   // orders connection-state changes
+	strs    h2strings
+	fields  []hpack.HeaderField
+	stateMu sync.Mutex // orders connection-state changes
 
 	goAwayState atomic.Int32 // goAway* of goaway.go
 	sentAt      atomic.Int64 // unix nanos of the first GOAWAY
