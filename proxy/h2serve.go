@@ -70,11 +70,11 @@ type h2sConn struct {
 	work     chan func()  // to a stream goroutine waiting for the next stream
 	waiting  atomic.Int32 // stream goroutines waiting on work
 	linger   *time.Timer  // releases them when the connection stays idle
+	stateMu  sync.Mutex   // orders connection-state changes
 
 	// For the direct path's response header blocks, under mu.
-	strs    h2strings
-	fields  []hpack.HeaderField
-	stateMu sync.Mutex // orders connection-state changes
+	strs   h2strings
+	fields []hpack.HeaderField
 
 	goAwayState atomic.Int32 // goAway* of goaway.go
 	sentAt      atomic.Int64 // unix nanos of the first GOAWAY
