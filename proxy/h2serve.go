@@ -69,6 +69,7 @@ type h2sConn struct {
 	handlers atomic.Int32 // handler goroutines running
 	work     chan func()  // to a stream goroutine waiting for the next stream
 	waiting  atomic.Int32 // stream goroutines waiting on work
+	parallel atomic.Bool  // two ran at once since the connection was last idle
 	linger   *time.Timer  // releases them when the connection stays idle
 	stateMu  sync.Mutex   // orders connection-state changes
 
@@ -597,6 +598,7 @@ func (c *h2sConn) syncState() {
 func (c *h2sConn) releaseIfIdle() {
 	c.mu.Lock()
 	if c.active == 0 {
+		c.parallel.Store(false)
 		c.strs = h2strings{} // an idle connection keeps no strings either
 		c.fields = nil
 	}
@@ -628,10 +630,16 @@ const h2WorkerLinger = time.Second
 // request: copying stacks was 9% of the CPU of an h2c request on the direct
 // path (perf, under make bench's h2c load). A stream goroutine instead
 // stays, with its stack, for the connection's next stream, as grpc-go's
-// stream workers do. At most h2IdleWorkers wait at a time; when the
-// connection has had no stream for h2WorkerLinger they leave, so that an
-// idle connection holds no goroutine but its reader and writer.
+// stream workers do. They wait only on a connection that has run two
+// streams at once (a client that sends one request at a time gains little
+// and would hold a goroutine per connection), at most h2IdleWorkers at a
+// time; when the connection has had no stream for h2WorkerLinger they
+// leave, so that an idle connection holds no goroutine but its reader and
+// writer.
 func (c *h2sConn) goStream(f func()) {
+	if c.handlers.Load() > 1 {
+		c.parallel.Store(true)
+	}
 	select {
 	case c.work <- f:
 	default:
@@ -642,6 +650,9 @@ func (c *h2sConn) goStream(f func()) {
 func (c *h2sConn) streamWorker(f func()) {
 	for {
 		f()
+		if !c.parallel.Load() {
+			return
+		}
 		if c.waiting.Add(1) > h2IdleWorkers {
 			c.waiting.Add(-1)
 			return

@@ -1286,6 +1286,24 @@ func TestH2OwnStreamGoroutinesStay(t *testing.T) {
 	}
 }
 
+// TestH2OwnSequentialStreamsKeepNoGoroutine: a client that sends one
+// request at a time leaves no stream goroutine waiting on its connection.
+func TestH2OwnSequentialStreamsKeepNoGoroutine(t *testing.T) {
+	for _, p := range []h2Path{directPath, handlerPath} {
+		t.Run(p.name, func(t *testing.T) {
+			r := p.rig(t, func(w http.ResponseWriter, req *http.Request) { _, _ = io.WriteString(w, "done") })
+			c := dialOwn(t, r.addr)
+			for i := range uint32(5) {
+				expectOK(t, c.do(2*i+1, p.method, "/one", p.body()), "done")
+				waitFor(t, func() bool { return streamWorkers() == 0 })
+			}
+			if w := onlyH2Conn(t, r.srv).waiting.Load(); w != 0 {
+				t.Fatalf("%d stream goroutines counted as waiting; want 0", w)
+			}
+		})
+	}
+}
+
 // readEnds reads until n streams have ended, none reset, each with the
 // body want.
 func (c *ownClient) readEnds(t *testing.T, n int, want string) {
