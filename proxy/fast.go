@@ -220,7 +220,7 @@ type fastExchange struct {
 func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool) (keep bool) {
 	r := &fc.req
 	x := fastExchange{start: h.now(), id: r.id}
-	h.tracker.RequestStarted(r.ua != nil && h.tracker.isProbeUA(r.ua))
+	h.tracker.requestStartedAt(r.ua != nil && h.tracker.isProbeUA(r.ua), x.start)
 	defer h.tracker.RequestDone()
 	if !validRequestID(x.id) {
 		x.id, x.generated = appendRequestID(fc.id[:0]), true
@@ -235,12 +235,15 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 	var uc *h1Conn
 	for attempt := 0; ; attempt++ {
 		var err error
-		uc, err = t.get(context.Background())
+		uc, err = t.get(context.Background(), x.start)
 		if err == nil {
 			fc.upstream.Store(uc)
+			// The clock read when the request began serves, unless a
+			// dial came between (or the access log wants
+			// upstream_duration exact).
 			x.sent = x.start
-			if h.access != nil {
-				x.sent = h.now() // for upstream_duration
+			if !uc.reused || h.access != nil {
+				x.sent = h.now()
 			}
 			err = h.sendFast(uc, fc, &x)
 			if err == nil {
@@ -583,7 +586,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	case upClose || uc.br.Buffered() > 0:
 		uc.nc.Close()
 	default:
-		h.h1.put(uc)
+		h.h1.put(uc, x.start)
 	}
 	return keep
 }

@@ -79,7 +79,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	for attempt := 0; ; attempt++ {
-		c, err := t.get(ctx)
+		c, err := t.get(ctx, time.Now())
 		if err != nil {
 			return nil, err
 		}
@@ -266,10 +266,9 @@ func (b *h1Body) Close() error {
 	return nil
 }
 
-// get returns the newest idle connection younger than the idle timeout,
-// or dials a new one.
-func (t *h1Transport) get(ctx context.Context) (*h1Conn, error) {
-	now := time.Now()
+// get returns the newest idle connection younger than the idle timeout
+// at now, or dials a new one.
+func (t *h1Transport) get(ctx context.Context, now time.Time) (*h1Conn, error) {
 	t.mu.Lock()
 	for len(t.idle) > 0 {
 		c := t.idle[len(t.idle)-1]
@@ -298,13 +297,13 @@ func (t *h1Transport) release(c *h1Conn, stop func() bool, reuse bool) {
 		c.nc.Close()
 		return
 	}
-	t.put(c)
+	t.put(c, time.Now())
 }
 
-// put puts c, idle and healthy, back in the pool, or closes it when the
-// pool is full or closed.
-func (t *h1Transport) put(c *h1Conn) {
-	c.idleAt = time.Now()
+// put puts c, idle and healthy since now, back in the pool, or closes it
+// when the pool is full or closed.
+func (t *h1Transport) put(c *h1Conn, now time.Time) {
+	c.idleAt = now
 	t.mu.Lock()
 	if t.closed || len(t.idle) >= t.maxIdle {
 		t.mu.Unlock()

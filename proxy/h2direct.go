@@ -62,7 +62,7 @@ func (c *h2sConn) startDirect(st *h2stream, rq *h2Request) {
 	st.method, st.start = rq.method, h.now()
 	st.path, _, _ = strings.Cut(rq.path, "?")
 	st.reqID = rq.id
-	h.tracker.RequestStarted(h.tracker.IsProbe(rq.userAgent))
+	h.tracker.requestStartedAt(h.tracker.IsProbe(rq.userAgent), st.start)
 	c.handlers.Add(1)
 	c.goStream(func() { c.serveDirect(st, rq) })
 }
@@ -91,7 +91,7 @@ func (c *h2sConn) serveDirect(st *h2stream, rq *h2Request) {
 	var uc *h1Conn
 	for attempt := 0; ; attempt++ {
 		var err error
-		uc, err = h.h1.get(c.ctx)
+		uc, err = h.h1.get(c.ctx, st.start)
 		if err == nil {
 			err = c.sendDirect(uc, st, rq, generated)
 		}
@@ -211,7 +211,12 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	}
 	st.directUC = uc
 	c.mu.Unlock()
-	st.sent = c.h.now()
+	// The clock read when the stream began serves, unless a dial came
+	// between (or the access log wants upstream_duration exact).
+	st.sent = st.start
+	if !uc.reused || c.h.access != nil {
+		st.sent = c.h.now()
+	}
 	if err := bw.Flush(); err != nil {
 		return errNothingRead{err}
 	}
@@ -344,7 +349,7 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		uc.nc.Close()
 		return nil
 	}
-	h.h1.put(uc)
+	h.h1.put(uc, st.headers)
 	return nil
 }
 
@@ -421,7 +426,7 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 		uc.nc.Close()
 		return nil
 	}
-	h.h1.put(uc)
+	h.h1.put(uc, st.headers)
 	return nil
 }
 

@@ -159,6 +159,16 @@ func (t *Tracker) RequestStarted(probe bool) {
 	}
 }
 
+// requestStartedAt is RequestStarted for a data path that has read the
+// clock already: the request began at now.
+func (t *Tracker) requestStartedAt(probe bool, now time.Time) {
+	t.inflight.Add(1)
+	t.total.Add(1)
+	if !probe {
+		t.lastActivity.Store(now.UnixNano())
+	}
+}
+
 // RequestDone records a request leaving the proxy.
 func (t *Tracker) RequestDone() { t.inflight.Add(-1) }
 
