@@ -554,14 +554,6 @@ var commonNames = func() map[string]string {
 	return m
 }()
 
-// lowerName returns a field name in lower case.
-func lowerName(b []byte) string {
-	if n, ok := commonNames[string(b)]; ok {
-		return n
-	}
-	return strings.ToLower(string(b))
-}
-
 // directHead sends the response header block of a direct stream made from
 // the app's head rh.
 func (c *h2sConn) directHead(st *h2stream, rh *h1head, fr respFraming, end bool) error {

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -102,6 +104,92 @@ func FuzzH2DirectRequest(f *testing.F) {
 			if !found {
 				t.Fatalf("field %q: %q not among %q", hf.Name, hf.Value, req.Header.Values(hf.Name))
 			}
+		}
+	})
+}
+
+// FuzzH2DirectResponse checks the HTTP/1.1 → HTTP/2 rewriting of the
+// direct path's answers, and the strings it keeps per connection: for any
+// response head the fast path reads, the header block has :status first,
+// then the app's fields in order with names in lower case and values byte
+// for byte, less hop-by-hop ones and those named in Connection, then the
+// request id and Date if the app sent none; the strings do not change when
+// the read buffer is reused, and the same head gives the same block again
+// from the kept strings.
+func FuzzH2DirectResponse(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n",
+		"HTTP/1.1 204 No Content\r\nX-Request-Id: abc\r\nDate: Mon, 02 Jan 2006 15:04:05 GMT\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: x-a, close\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\nX-B: 2\r\n\r\n",
+		"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-MiXeD-CaSe: V\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n, err := scanHead(b)
+		if err != nil || n == 0 {
+			return
+		}
+		head := append([]byte(nil), b[:n]...)
+		var h h1head
+		if parseResponseHead(head, &h) != nil {
+			return
+		}
+		fr, err := framing(&h, false)
+		if err != nil {
+			return
+		}
+		id := ""
+		if h.status >= 200 {
+			id = "req-1"
+		}
+		// What the block must be, built without the kept strings.
+		want := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(h.status)}}
+		for _, fl := range h.fields {
+			name := strings.ToLower(string(fl.name))
+			if hopByHop(fl.name) || namedIn(fl.name, fr.hops) {
+				continue
+			}
+			want = append(want, hpack.HeaderField{Name: name, Value: string(fl.value)})
+		}
+		var strs h2strings
+		got := directFields(&h, fr, id, &strs, nil)
+		if len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
+			t.Fatalf("%q: block %q, want %q first", head, got, want)
+		}
+		extra := got[len(want):]
+		if id != "" && !fr.hasID {
+			if len(extra) == 0 || extra[0].Name != "x-request-id" || extra[0].Value != id {
+				t.Fatalf("%q: no request id after the app's fields: %q", head, extra)
+			}
+			extra = extra[1:]
+		}
+		if id != "" && !fr.hasDate {
+			if len(extra) == 0 || extra[0].Name != "date" {
+				t.Fatalf("%q: no Date after the app's fields: %q", head, extra)
+			}
+			extra = extra[1:]
+		}
+		if len(extra) != 0 {
+			t.Fatalf("%q: unexpected fields %q", head, extra)
+		}
+		kept := slices.Clone(got)
+		for i := range head {
+			head[i] = 'X' // the app connection's buffer, read into again
+		}
+		if !slices.Equal(got, kept) {
+			t.Fatalf("block changed with the read buffer: %q, was %q", got, kept)
+		}
+		// The same head again, from the kept strings.
+		copy(head, b[:n])
+		var h2 h1head
+		if err := parseResponseHead(head, &h2); err != nil {
+			t.Fatalf("%q parsed once, not twice: %v", head, err)
+		}
+		again := directFields(&h2, fr, id, &strs, nil)
+		if len(again) != len(kept) || !slices.Equal(again[:len(want)], kept[:len(want)]) {
+			t.Fatalf("%q: second block %q, first %q", head, again, kept)
 		}
 	})
 }

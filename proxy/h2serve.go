@@ -585,7 +585,7 @@ func (c *h2sConn) syncState() {
 	}
 	if cur := http.ConnState(c.tc.state.Load()); cur != want && cur != http.StateClosed {
 		c.s.transition(c.tc, want, c.s.t)
-		if want == http.StateIdle {
+		if want == http.StateIdle && c.ctx.Err() == nil {
 			// The stream goroutine that ends the last stream has not
 			// begun to wait yet: the timer is armed whether any waits.
 			c.linger.Reset(h2WorkerLinger)
@@ -685,7 +685,6 @@ func (c *h2sConn) teardown() {
 	c.mu.Lock()
 	c.closed = true
 	c.idle.Stop()
-	c.linger.Stop()
 	for _, st := range c.streams {
 		if !st.out.done {
 			st.clientRst = true
@@ -704,10 +703,11 @@ func (c *h2sConn) teardown() {
 	_ = c.tc.SetWriteDeadline(time.Now().Add(time.Second))
 	c.cond.Broadcast()
 	c.mu.Unlock()
-	c.cancel()
+	c.cancel() // stream goroutines that wait leave
 	<-c.down.out.exited
 	_ = c.tc.Close()
 	c.syncState()
+	c.linger.Stop()
 }
 
 // beginGoAway takes the first step of the two-step GOAWAY (goaway.go):
