@@ -956,17 +956,7 @@ func TestH2OwnMalformedRequests(t *testing.T) {
 func TestH2OwnRefusesStreamsOverTheLimit(t *testing.T) {
 	release, open := releaser(t)
 	var entered atomic.Int32
-	r := splicedPath.rig(t, func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/hold" {
-			entered.Add(1)
-			select {
-			case <-release:
-			case <-req.Context().Done():
-				return
-			}
-		}
-		_, _ = io.WriteString(w, "done")
-	})
+	r := splicedPath.rig(t, holding(&entered, map[string]<-chan struct{}{"/hold": release}))
 	c := dialOwn(t, r.addr)
 	for i := range uint32(250) {
 		c.open(2*i+1, http.MethodGet, "/hold", true)
@@ -1220,21 +1210,7 @@ func TestH2OwnStreamGoroutinesStay(t *testing.T) {
 			release, open := releaser(t)
 			unpin, endPin := releaser(t)
 			var entered atomic.Int32
-			r := p.rig(t, func(w http.ResponseWriter, req *http.Request) {
-				hold := release
-				if req.URL.Path == "/pin" {
-					hold = unpin
-				}
-				if req.URL.Path != "/next" {
-					entered.Add(1)
-					select {
-					case <-hold:
-					case <-req.Context().Done():
-						return
-					}
-				}
-				_, _ = io.WriteString(w, "done")
-			})
+			r := p.rig(t, holding(&entered, map[string]<-chan struct{}{"/hold": release, "/pin": unpin}))
 			c := dialOwn(t, r.addr)
 			start := func(id uint32, path string) {
 				c.open(id, p.method, path, p.method == http.MethodGet)
@@ -1301,6 +1277,23 @@ func TestH2OwnSequentialStreamsKeepNoGoroutine(t *testing.T) {
 				t.Fatalf("%d stream goroutines counted as waiting; want 0", w)
 			}
 		})
+	}
+}
+
+// holding is an app that answers "done", after the channel of the path in
+// holds is closed (or the request is cancelled, then without answering);
+// entered counts the requests held.
+func holding(entered *atomic.Int32, holds map[string]<-chan struct{}) http.HandlerFunc {
+	return func(w http.ResponseWriter, req *http.Request) {
+		if hold, ok := holds[req.URL.Path]; ok {
+			entered.Add(1)
+			select {
+			case <-hold:
+			case <-req.Context().Done():
+				return
+			}
+		}
+		_, _ = io.WriteString(w, "done")
 	}
 }
 
