@@ -339,7 +339,7 @@ func (h *Handler) sendFast(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 		bw.WriteString("Te: trailers\r\n")
 	}
 	bw.WriteString("\r\n")
-	if err := bw.Flush(); err != nil {
+	if err := uc.send(); err != nil {
 		return errNothingRead{err}
 	}
 	return nil
@@ -390,7 +390,7 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 			x.clientGone = true
 			return errors.New("client went away")
 		}
-		_, err := uc.br.Peek(1)
+		err := uc.awaitFirst()
 		if err == nil {
 			break
 		}

@@ -3,17 +3,23 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // countedApp is an httptest server that counts the connections it accepts.
@@ -270,5 +276,165 @@ func TestWriteRequestRefusesSplitting(t *testing.T) {
 		if err := writeRequest(bw, req); err == nil {
 			t.Fatalf("request %v %q %v written", req.URL, req.Host, req.Header)
 		}
+	}
+}
+
+// heldPair returns the two ends of a loopback TCP connection: tidegate's,
+// as the pool makes it, and the app's.
+func heldPair(t *testing.T) (*h1Conn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	app, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	c := newH1Conn(nc)
+	if c.rc == nil || !c.mayHold {
+		t.Fatal("a TCP connection to the app holds no send")
+	}
+	return c, app.(*net.TCPConn)
+}
+
+// TestH1ConnHeldSend: send keeps the request's last write, awaitFirst
+// makes it and returns once the answer's first byte is there; the app
+// sees the request byte for byte. The large case holds 4 MiB, more than
+// the sockets' buffers take at once: the rest goes the plain way.
+func TestH1ConnHeldSend(t *testing.T) {
+	for _, size := range []int{0, 4 << 20} {
+		t.Run(strconv.Itoa(size), func(t *testing.T) {
+			c, app := heldPair(t)
+			req := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+			if size > 0 {
+				_ = c.nc.(*net.TCPConn).SetWriteBuffer(64 << 10)
+				_ = app.SetReadBuffer(64 << 10)
+				req = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("p", size) + "\r\n\r\n"
+			}
+			got := make(chan string, 1)
+			go func() { // the app
+				b := make([]byte, len(req))
+				n, err := io.ReadFull(app, b)
+				got <- string(b[:n])
+				if err == nil {
+					_, _ = io.WriteString(app, "HTTP/1.1 204 No Content\r\n\r\n")
+				}
+			}()
+			if size == 0 {
+				_, _ = c.bw.WriteString(req)
+				if err := c.send(); err != nil {
+					t.Fatal(err)
+				}
+				if string(c.out.held) != req {
+					t.Fatalf("held %q, want the request", c.out.held)
+				}
+			} else {
+				c.out.held = []byte(req) // as send leaves it, without bw's 4 KiB bound
+			}
+			_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if err := c.awaitFirst(); err != nil {
+				t.Fatalf("awaitFirst: %v", err)
+			}
+			if s := <-got; s != req {
+				t.Fatalf("the app read %d bytes, want the %d of the request", len(s), len(req))
+			}
+			if line, _ := c.br.ReadString('\n'); line != "HTTP/1.1 204 No Content\r\n" {
+				t.Fatalf("answer %q", line)
+			}
+			if c.out.held != nil || c.out.waiting || c.out.err != nil {
+				t.Fatalf("state left behind: %+v", c.out)
+			}
+		})
+	}
+}
+
+// TestH1ConnHeldSendToAClosedApp: the app closed the connection before
+// the held write (by FIN, or by reset). The wait must end with an error at
+// once, not at the read deadline: a FIN's readiness is forgotten when the
+// wait begins, but the write draws a reset that ends it.
+func TestH1ConnHeldSendToAClosedApp(t *testing.T) {
+	for _, reset := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reset=%v", reset), func(t *testing.T) {
+			c, app := heldPair(t)
+			if reset {
+				_ = app.SetLinger(0)
+			}
+			app.Close()
+			// Our end sees the close before the request goes.
+			wait.For(t, "the app's close to arrive", func() bool {
+				_ = c.nc.SetReadDeadline(time.Now().Add(time.Millisecond))
+				_, err := c.br.Peek(1)
+				return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+			})
+			_, _ = c.bw.WriteString("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+			err := c.send()
+			if err == nil {
+				_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+				err = c.awaitFirst()
+			}
+			if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("awaitFirst on a closed connection: %v, want an error before the deadline", err)
+			}
+		})
+	}
+}
+
+// TestH1TransportHalfClosedIdleConnection: the app half-closes a
+// connection idle in the pool for holdIdleMax and keeps reading. The
+// request on it, sent the plain way, sees the close at once and is
+// retried on a new connection; there is no header timeout to end a wait.
+func TestH1TransportHalfClosedIdleConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	halfClosed := make(chan struct{}, 1)
+	go func() {
+		for first := true; ; first = false {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn, first bool) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				if first {
+					_ = c.(*net.TCPConn).CloseWrite()
+					halfClosed <- struct{}{}
+				}
+				_, _ = io.Copy(io.Discard, br) // reads on, until tidegate closes
+			}(c, first)
+		}
+	}()
+	h1 := newTestH1(t, ln.Addr().String(), TransportOptions{})
+	url := "http://" + ln.Addr().String() + "/"
+	if _, body, err := roundTrip(t, h1, context.Background(), http.MethodGet, url); err != nil || body != "ok" {
+		t.Fatalf("first GET: %q %v", body, err)
+	}
+	recv(t, halfClosed, "the app's half close")
+	h1.mu.Lock()
+	if len(h1.idle) != 1 {
+		h1.mu.Unlock()
+		t.Fatalf("%d idle connections, want 1", len(h1.idle))
+	}
+	h1.idle[0].idleAt = h1.idle[0].idleAt.Add(-holdIdleMax) // idle that long
+	h1.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, body, err := roundTrip(t, h1, ctx, http.MethodGet, url); err != nil || body != "ok" {
+		t.Fatalf("GET on the half-closed connection: %q %v; want a retry", body, err)
 	}
 }

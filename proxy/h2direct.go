@@ -217,7 +217,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	if !uc.reused || c.h.access != nil {
 		st.sent = c.h.now()
 	}
-	if err := bw.Flush(); err != nil {
+	if err := uc.send(); err != nil {
 		return errNothingRead{err}
 	}
 	return nil
@@ -231,7 +231,7 @@ func (c *h2sConn) awaitDirect(uc *h1Conn, st *h2stream) error {
 		d = st.sent.Add(t)
 	}
 	c.setReadDeadline(st, uc, d)
-	if _, err := uc.br.Peek(1); err != nil {
+	if err := uc.awaitFirst(); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if c.gone(st) {
 				return errClientReset
