@@ -365,7 +365,15 @@ func (c *h1Conn) awaitFirst() error {
 		c.out.waiting = false
 		err := c.rc.Read(c.step)
 		rest, werr := c.out.held, c.out.err
-		c.out.held, c.out.err, c.out.waiting = nil, nil, false
+		c.out.err, c.out.waiting = nil, false
+		if err != nil && rest != nil {
+			// The wait failed before the callback ran (a deadline
+			// already past: a stall of the process, or a cancel; or a
+			// close): nothing was written. The request stays held for
+			// the next call, after the caller's next deadline.
+			return err
+		}
+		c.out.held = nil
 		switch {
 		case werr != nil:
 			return &net.OpError{Op: "write", Net: c.nc.RemoteAddr().Network(), Source: c.nc.LocalAddr(),

@@ -356,6 +356,39 @@ func TestH1ConnHeldSend(t *testing.T) {
 	}
 }
 
+// TestH1ConnHeldSendAfterAPastDeadline: a wait that fails before it
+// began (the read deadline passed already, as after a stall of the
+// process) writes nothing, and the next awaitFirst, under a new deadline,
+// sends the request then: none is lost.
+func TestH1ConnHeldSendAfterAPastDeadline(t *testing.T) {
+	c, app := heldPair(t)
+	req := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	_, _ = c.bw.WriteString(req)
+	if err := c.send(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.nc.SetReadDeadline(time.Unix(1, 0))
+	if err := c.awaitFirst(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("awaitFirst past its deadline: %v, want a timeout", err)
+	}
+	got := make(chan string, 1)
+	go func() { // the app
+		b := make([]byte, len(req))
+		n, err := io.ReadFull(app, b)
+		got <- string(b[:n])
+		if err == nil {
+			_, _ = io.WriteString(app, "HTTP/1.1 204 No Content\r\n\r\n")
+		}
+	}()
+	_ = c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if err := c.awaitFirst(); err != nil {
+		t.Fatalf("awaitFirst under a new deadline: %v", err)
+	}
+	if s := <-got; s != req {
+		t.Fatalf("the app read %q, want the request", s)
+	}
+}
+
 // TestH1ConnHeldSendToAClosedApp: the app closed the connection before
 // the held write (by FIN, or by reset). The wait must end with an error at
 // once, not at the read deadline: a FIN's readiness is forgotten when the
