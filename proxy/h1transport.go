@@ -324,11 +324,10 @@ const holdIdleMax = time.Second
 // through, but while hold is set it keeps the next write (the flush of
 // the request's end) for awaitFirst instead.
 type heldWriter struct {
-	nc      net.Conn
-	hold    bool
-	held    []byte // what is left to write; aliases bw's buffer until the wait ends
-	waiting bool   // writeHeld wrote it all and waits for the answer
-	err     error  // writeHeld's write failed
+	nc   net.Conn
+	hold bool
+	held []byte // what is left to write (nil once written); aliases bw's buffer until the wait ends
+	err  error  // writeHeld's write failed
 }
 
 func (w *heldWriter) Write(p []byte) (int, error) {
@@ -362,10 +361,9 @@ func (c *h1Conn) send() error {
 // before a byte of the answer (a failed write included).
 func (c *h1Conn) awaitFirst() error {
 	if c.out.held != nil {
-		c.out.waiting = false
 		err := c.rc.Read(c.step)
 		rest, werr := c.out.held, c.out.err
-		c.out.err, c.out.waiting = nil, false
+		c.out.err = nil
 		if err != nil && rest != nil {
 			// The wait failed before the callback ran (a deadline
 			// already past: a stall of the process, or a cancel; or a
@@ -395,8 +393,8 @@ func (c *h1Conn) awaitFirst() error {
 // the wait, and br's read finds the answer. A write the socket's buffer
 // cannot take whole, or that fails, ends the wait at once.
 func (c *h1Conn) writeHeld(fd uintptr) bool {
-	if c.out.waiting {
-		return true
+	if c.out.held == nil {
+		return true // written: woken by the answer
 	}
 	p := c.out.held
 	for len(p) > 0 {
@@ -414,7 +412,6 @@ func (c *h1Conn) writeHeld(fd uintptr) bool {
 		p = p[n:]
 	}
 	c.out.held = nil
-	c.out.waiting = true
 	return false
 }
 
