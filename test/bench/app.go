@@ -10,10 +10,12 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 )
 
 // Bodies the app serves; the checks compare lengths against these.
@@ -67,14 +69,42 @@ func runApp(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
+// forwardHeaders are what a proxy adds to each request; tidegate adds them
+// by default and the bench configures nginx and haproxy to add them too.
+var forwardHeaders = []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", requestIDHeader}
+
+const (
+	requestIDHeader = "X-Request-Id"
+	// seenHeader is the app's answer to a request that asks for it
+	// (wantSeen): which of forwardHeaders it saw. Requests under load do
+	// not ask, so that every path gets the same answer.
+	seenHeader = "X-Bench-Seen"
+	wantSeen   = "X-Bench-Want-Seen"
+)
+
+// appSeen lists the forwardHeaders that get returns, as name=value pairs
+// separated by commas.
+func appSeen(get func(string) string) string {
+	var out []string
+	for _, h := range forwardHeaders {
+		if v := get(h); v != "" {
+			out = append(out, h+"="+v)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
 func appHandler() http.Handler {
 	mux := http.NewServeMux()
 	for path, n := range map[string]int{"GET /1k": smallBody, "GET /64k": bigBody} {
 		body := bytes.Repeat([]byte("x"), n)
 		size := strconv.Itoa(n)
-		mux.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/octet-stream")
 			w.Header().Set("Content-Length", size)
+			if r.Header.Get(wantSeen) != "" {
+				w.Header().Set(seenHeader, appSeen(r.Header.Get))
+			}
 			_, _ = w.Write(body)
 		})
 	}
@@ -88,10 +118,17 @@ type benchService struct {
 	payload []byte // read only
 }
 
-func (s benchService) UnaryCall(_ context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+// With FillServerId, which the load never sets, ServerId tells which of
+// forwardHeaders the call's metadata had (appSeen).
+func (s benchService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
 	n := int(req.GetResponseSize())
 	if n < 0 || n > len(s.payload) {
 		return nil, fmt.Errorf("response size %d out of range", n)
 	}
-	return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: s.payload[:n]}}, nil
+	resp := &testpb.SimpleResponse{Payload: &testpb.Payload{Body: s.payload[:n]}}
+	if req.GetFillServerId() {
+		md, _ := metadata.FromIncomingContext(ctx)
+		resp.ServerId = appSeen(func(h string) string { return strings.Join(md.Get(h), ",") })
+	}
+	return resp, nil
 }

@@ -6,9 +6,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
+	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 )
 
 // readyTimeout bounds the wait for a started server to answer correctly.
@@ -29,8 +32,11 @@ func (p proto) String() string {
 
 // checkOnce sends one request over p to addr and checks the answer: for
 // HTTP, a 200 of that protocol version whose body is the size the app
-// sends for path; for gRPC, a UnaryCall answered with its payload.
-func checkOnce(ctx context.Context, p proto, addr, path string) error {
+// sends for path; for gRPC, a UnaryCall answered with its payload. With
+// headers, the app must have seen all of forwardHeaders and the answer
+// must carry the request id the app saw; without, the app must have seen
+// none of them.
+func checkOnce(ctx context.Context, p proto, addr, path string, headers bool) error {
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
 	if p == protoGRPC {
@@ -39,12 +45,17 @@ func checkOnce(ctx context.Context, p proto, addr, path string) error {
 			return err
 		}
 		defer cc.Close()
-		resp, err := testpb.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: grpcResponseSize})
+		var md metadata.MD
+		resp, err := testpb.NewTestServiceClient(cc).UnaryCall(ctx,
+			&testpb.SimpleRequest{ResponseSize: grpcResponseSize, FillServerId: true}, grpc.Header(&md))
 		if err != nil {
 			return fmt.Errorf("gRPC UnaryCall via %s: %w", addr, err)
 		}
 		if n := len(resp.GetPayload().GetBody()); n != grpcResponseSize {
 			return fmt.Errorf("gRPC UnaryCall via %s: payload of %d bytes, want %d", addr, n, grpcResponseSize)
+		}
+		if err := checkSeen(resp.GetServerId(), strings.Join(md.Get(requestIDHeader), ","), headers); err != nil {
+			return fmt.Errorf("gRPC UnaryCall via %s: %w", addr, err)
 		}
 		return nil
 	}
@@ -63,6 +74,7 @@ func checkOnce(ctx context.Context, p proto, addr, path string) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set(wantSeen, "1")
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		return fmt.Errorf("%s GET %s via %s: %w", p, path, addr, err)
@@ -77,18 +89,48 @@ func checkOnce(ctx context.Context, p proto, addr, path string) error {
 		return fmt.Errorf("%s GET %s via %s: got %s %s with %d bytes, want 200 HTTP/%d with %d bytes",
 			p, path, addr, resp.Proto, resp.Status, len(body), wantMajor, want)
 	}
+	if err := checkSeen(resp.Header.Get(seenHeader), resp.Header.Get(requestIDHeader), headers); err != nil {
+		return fmt.Errorf("%s GET %s via %s: %w", p, path, addr, err)
+	}
+	return nil
+}
+
+// checkSeen checks what the app says it saw of forwardHeaders (seen, made
+// by appSeen) against headers, and that the answer's request id is the one
+// the app saw.
+func checkSeen(seen, answerID string, headers bool) error {
+	fields := map[string]string{}
+	for f := range strings.SplitSeq(seen, ",") {
+		if name, value, ok := strings.Cut(f, "="); ok {
+			fields[name] = value
+		}
+	}
+	if !headers {
+		if len(fields) > 0 {
+			return fmt.Errorf("the app saw %q; this path should add none of %s", seen, strings.Join(forwardHeaders, ", "))
+		}
+		return nil
+	}
+	for _, h := range forwardHeaders {
+		if fields[h] == "" {
+			return fmt.Errorf("the app did not see %s (it saw %q)", h, seen)
+		}
+	}
+	if id := fields[requestIDHeader]; answerID != id {
+		return fmt.Errorf("the answer's %s is %q, the app saw %q", requestIDHeader, answerID, id)
+	}
 	return nil
 }
 
 // waitReady repeats checkOnce until it passes, readyTimeout passes, or the
 // process exits, and returns the last error.
-func waitReady(ctx context.Context, pr *proc, p proto, addr, path string) error {
+func waitReady(ctx context.Context, pr *proc, p proto, addr, path string, headers bool) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		err := checkOnce(ctx, p, addr, path)
+		err := checkOnce(ctx, p, addr, path, headers)
 		if err == nil {
 			return nil
 		}

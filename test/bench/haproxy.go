@@ -11,7 +11,10 @@ import (
 // in dir. The front speaks p (h2c: `proto h2` on the bind line); the app is
 // reached over HTTP/1.1, or h2c (`proto h2` on the server line) for gRPC,
 // with idle server connections shared between clients (http-reuse always).
-func haproxySpec(dir, bin, listen, upstream string, p proto) (procSpec, string, error) {
+// With headers it adds what tidegate adds: X-Forwarded-For, -Proto and
+// -Host, and an X-Request-Id (a random UUID unless the client sent one),
+// which it also puts on the answer.
+func haproxySpec(dir, bin, listen, upstream string, p proto, headers bool) (procSpec, string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return procSpec{}, "", err
 	}
@@ -21,6 +24,16 @@ func haproxySpec(dir, bin, listen, upstream string, p proto) (procSpec, string, 
 	}
 	if p == protoGRPC {
 		serverOpts = " proto h2"
+	}
+	front := ""
+	if headers {
+		front = `    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Request-Id %[uuid()] unless { req.hdr(x-request-id) -m found }
+    http-request set-var(txn.request_id) req.hdr(x-request-id)
+    http-response set-header X-Request-Id %[var(txn.request_id)]
+`
 	}
 	conf := fmt.Sprintf(`global
     nbthread 1
@@ -36,11 +49,11 @@ defaults
 
 frontend front
     bind %s%s
-    default_backend app
+%s    default_backend app
 
 backend app
     server app %s%s
-`, listen, bindOpts, upstream, serverOpts)
+`, listen, bindOpts, front, upstream, serverOpts)
 	path := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return procSpec{}, "", err

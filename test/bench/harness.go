@@ -117,9 +117,9 @@ func (b *bench) startApp(ctx context.Context) error {
 		return err
 	}
 	return errors.Join(
-		waitReady(ctx, app, protoHTTP1, b.appHTTP, "/1k"),
-		waitReady(ctx, app, protoH2C, b.appHTTP, "/1k"),
-		waitReady(ctx, app, protoGRPC, b.appGRPC, ""))
+		waitReady(ctx, app, protoHTTP1, b.appHTTP, "/1k", false),
+		waitReady(ctx, app, protoH2C, b.appHTTP, "/1k", false),
+		waitReady(ctx, app, protoGRPC, b.appGRPC, "", false))
 }
 
 // setup describes the run's pinning and lengths, for the report.

@@ -84,7 +84,7 @@ func (b *bench) memPart(ctx context.Context, p proto, n int) (res memPart, err e
 			b.notes.add("memory %s: %v", p, stopErr)
 		}
 	}()
-	if err := waitReady(ctx, r.pr, p, listen, "/1k"); err != nil {
+	if err := waitReady(ctx, r.pr, p, listen, "/1k", true); err != nil {
 		return res, fmt.Errorf("tidegate does not work: %w", err)
 	}
 	if res.BaselineKiB, err = settledRSS(ctx, r.pr.pid()); err != nil {

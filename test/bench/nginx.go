@@ -12,7 +12,10 @@ import (
 // (h2c: `listen … http2`, which in nginx 1.22 makes the port h2c-only);
 // the app is reached over a keep-alive pool, with HTTP/1.1, or with
 // grpc_pass for gRPC. keepalive_requests is raised on both sides: its
-// default of 1000 would close every connection after 1000 requests.
+// default of 1000 would close every connection after 1000 requests. Like
+// tidegate it adds X-Forwarded-For, -Proto and -Host and an X-Request-Id
+// (nginx's own $request_id, 32 hex digits, unless the client sent one),
+// which it also puts on the answer.
 func nginxSpec(dir, bin, listen, upstream string, p proto) (procSpec, string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return procSpec{}, "", err
@@ -37,6 +40,10 @@ http {
     proxy_temp_path %[1]s/proxy;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
+    map $http_x_request_id $bench_request_id {
+        default $http_x_request_id;
+        ""      $request_id;
+    }
     upstream app {
         server %[3]s;
         keepalive 64;
@@ -65,10 +72,20 @@ func nginxListenOpts(p proto) string {
 }
 
 func nginxLocation(p proto) string {
+	set := "proxy_set_header"
 	if p == protoGRPC {
-		return "            grpc_pass grpc://app;"
+		set = "grpc_set_header"
 	}
-	return `            proxy_pass http://app;
+	headers := fmt.Sprintf(`            %[1]s X-Forwarded-For $proxy_add_x_forwarded_for;
+            %[1]s X-Forwarded-Proto $scheme;
+            %[1]s X-Forwarded-Host $http_host;
+            %[1]s X-Request-Id $bench_request_id;
+            add_header X-Request-Id $bench_request_id always;
+`, set)
+	if p == protoGRPC {
+		return headers + "            grpc_pass grpc://app;"
+	}
+	return headers + `            proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";`
 }

@@ -22,15 +22,26 @@ const (
 var allWorkloads = []string{wlHTTP1, wlHTTP1Big, wlH2C, wlGRPC, wlOpenLoop}
 
 // Path names: what stands between the load generator and the app.
+// tidegate adds X-Forwarded-For, -Proto, -Host and an X-Request-Id to each
+// request (and the id to the answer); nginx and haproxy are configured to
+// add the same, so that all three do the same work and the app parses the
+// same requests. haproxy-bare is HAProxy as it comes, adding nothing.
 const (
 	pathDirect       = "direct"
 	pathTidegate     = "tidegate"
 	pathNginx        = "nginx"
 	pathHAProxy      = "haproxy"
+	pathHAProxyBare  = "haproxy-bare"
 	pathReverseProxy = "reverseproxy"
 )
 
-var allPaths = []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathReverseProxy}
+var allPaths = []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy}
+
+// addsHeaders says whether path adds the forwarding headers and the request
+// id. The Go reference proxy (httputil.ReverseProxy with Rewrite) adds none.
+func addsHeaders(path string) bool {
+	return path == pathTidegate || path == pathNginx || path == pathHAProxy
+}
 
 // Modes: what one run does.
 const (

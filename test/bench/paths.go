@@ -76,11 +76,12 @@ func (b *bench) startPath(path string, p proto) (*running, error) {
 		if spec, r.log, err = nginxSpec(dir, b.tools.path("nginx"), listen, upstream, p); err != nil {
 			return nil, err
 		}
-	case pathHAProxy:
+	case pathHAProxy, pathHAProxyBare:
 		if b.tools.path("haproxy") == "" {
 			return nil, skipError{"haproxy is not installed"}
 		}
-		if spec, r.log, err = haproxySpec(dir, b.tools.path("haproxy"), listen, upstream, p); err != nil {
+		r.kind = pathHAProxy
+		if spec, r.log, err = haproxySpec(dir, b.tools.path("haproxy"), listen, upstream, p, addsHeaders(path)); err != nil {
 			return nil, err
 		}
 	default:

@@ -11,7 +11,8 @@ import (
 )
 
 // renderTable renders one workload's rows as a Markdown section. Ratios
-// are of req/s: this path's over direct's, and over HAProxy's.
+// are of req/s: this path's over direct's, over HAProxy's (adding the same
+// headers as tidegate) and over bare HAProxy's (adding none).
 func renderTable(n int, w workload, rows []row) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "### %d. %s\n\n", n, w.title)
@@ -22,8 +23,8 @@ func renderTable(n int, w workload, rows []row) string {
 		lat = []latColumn{p50Column, p99Column, p999Column}
 	}
 
-	head := []string{"path", "req/s", "vs direct", "vs haproxy"}
-	align := []string{"---", "---:", "---:", "---:"}
+	head := []string{"path", "req/s", "vs direct", "vs haproxy", "vs haproxy-bare"}
+	align := []string{"---", "---:", "---:", "---:", "---:"}
 	for _, l := range lat {
 		head, align = append(head, l.name), append(align, "---:")
 	}
@@ -31,7 +32,7 @@ func renderTable(n int, w workload, rows []row) string {
 	align = append(align, "---:", "---:", "---:", "---:")
 	fmt.Fprintf(&s, "| %s |\n|%s|\n", strings.Join(head, " | "), strings.Join(align, "|"))
 
-	direct, haproxy := rps(rows, pathDirect), rps(rows, pathHAProxy)
+	direct, haproxy, bare := rps(rows, pathDirect), rps(rows, pathHAProxy), rps(rows, pathHAProxyBare)
 	for _, r := range rows {
 		if r.Skipped != "" {
 			cells := []string{r.Path, "skipped: " + r.Skipped}
@@ -41,7 +42,7 @@ func renderTable(n int, w workload, rows []row) string {
 			fmt.Fprintf(&s, "| %s |\n", strings.Join(cells, " | "))
 			continue
 		}
-		cells := []string{r.Path, fmtInt(r.M.RPS), ratio(r.M.RPS, direct), ratio(r.M.RPS, haproxy)}
+		cells := []string{r.Path, fmtInt(r.M.RPS), ratio(r.M.RPS, direct), ratio(r.M.RPS, haproxy), ratio(r.M.RPS, bare)}
 		for _, l := range lat {
 			cells = append(cells, fmtLatency(l.get(r.M)))
 		}

@@ -32,7 +32,7 @@ type workload struct {
 func (b *bench) workload(name string, rate float64) (workload, error) {
 	o := b.opts
 	secs := strconv.Itoa(max(1, int(o.Duration.Round(time.Second)/time.Second)))
-	proxies := []string{pathDirect, pathTidegate, pathNginx, pathHAProxy}
+	proxies := []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathHAProxyBare}
 	if o.ReverseProxyAll {
 		proxies = append(proxies, pathReverseProxy)
 	}
@@ -63,7 +63,7 @@ func (b *bench) workload(name string, rate float64) (workload, error) {
 			}}, nil
 	case wlGRPC:
 		return workload{name: name, title: "gRPC unary calls, 1 KiB responses; the proxies reach the app over h2c",
-			proto: protoGRPC, paths: []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathReverseProxy},
+			proto: protoGRPC, paths: []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy},
 			command: fmt.Sprintf("bench grpcload -conns %d -callers %d -duration %s -addr ADDR", o.GRPCConns, o.GRPCCallers, o.Duration),
 			gen: func(ctx context.Context, addr string, d time.Duration) (measurement, error) {
 				return b.goGenerator(ctx, d, "grpcload", "-addr", addr, "-conns", strconv.Itoa(o.GRPCConns),
@@ -162,7 +162,7 @@ func (b *bench) measurePath(ctx context.Context, w workload, path string) (res r
 			b.notes.add("%s: %s: %v", w.name, path, stopErr)
 		}
 	}()
-	if err := waitReady(ctx, r.pr, w.proto, r.addr, w.path); err != nil {
+	if err := waitReady(ctx, r.pr, w.proto, r.addr, w.path, addsHeaders(path)); err != nil {
 		return res, fmt.Errorf("the proxy does not work: %w", err)
 	}
 	if b.opts.Warmup > 0 {

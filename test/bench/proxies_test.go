@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+// needTool returns the path of an external program. Without it the test
+// is skipped, unless TIDEGATE_REQUIRE_TOOLS=1 (CI) makes that a failure.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("TIDEGATE_REQUIRE_TOOLS") == "1" {
+		t.Fatalf("%s is not installed, and TIDEGATE_REQUIRE_TOOLS=1", name)
+	}
+	t.Skipf("%s is not installed (set TIDEGATE_REQUIRE_TOOLS=1 to make this a failure)", name)
+	return ""
+}
+
+// startTestApp serves the bench app in this process: HTTP/1.1 and h2c on
+// one loopback port, gRPC on another. It returns both addresses.
+func startTestApp(t *testing.T) (httpAddr, grpcAddr string) {
+	t.Helper()
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: appHandler()}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	gs := grpc.NewServer()
+	testpb.RegisterTestServiceServer(gs, benchService{payload: bytes.Repeat([]byte("p"), 4096)})
+	served := make(chan error, 2)
+	go func() { served <- srv.Serve(hl) }()
+	go func() { served <- gs.Serve(gl) }()
+	t.Cleanup(func() {
+		gs.Stop()
+		_ = srv.Close()
+		for range 2 {
+			if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+				t.Errorf("app: %v", err)
+			}
+		}
+	})
+	return hl.Addr().String(), gl.Addr().String()
+}
+
+// TestProxiesAddTheSameHeaders runs the nginx and HAProxy configurations
+// the harness writes in front of the app, over each protocol, and checks
+// that "nginx" and "haproxy" add what tidegate adds (X-Forwarded-For,
+// -Proto, -Host, a request id also on the answer) and "haproxy-bare" adds
+// none of it: the check the harness makes before it measures a path.
+func TestProxiesAddTheSameHeaders(t *testing.T) {
+	bins := map[string]string{pathNginx: needTool(t, "nginx"), pathHAProxy: needTool(t, "haproxy")}
+	httpAddr, grpcAddr := startTestApp(t)
+	var procs procSet
+	t.Cleanup(procs.stopAll)
+	for _, path := range []string{pathNginx, pathHAProxy, pathHAProxyBare} {
+		for _, p := range []proto{protoHTTP1, protoH2C, protoGRPC} {
+			t.Run(path+"/"+p.String(), func(t *testing.T) {
+				listen, err := freePort()
+				if err != nil {
+					t.Fatal(err)
+				}
+				upstream, reqPath := httpAddr, "/1k"
+				if p == protoGRPC {
+					upstream, reqPath = grpcAddr, ""
+				}
+				dir := filepath.Join(t.TempDir(), path)
+				var spec procSpec
+				if path == pathNginx {
+					spec, _, err = nginxSpec(dir, bins[pathNginx], listen, upstream, p)
+				} else {
+					spec, _, err = haproxySpec(dir, bins[pathHAProxy], listen, upstream, p, addsHeaders(path))
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				spec.Name, spec.CPU = path, -1
+				pr, err := procs.start(spec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					if err := pr.stop(); err != nil {
+						t.Error(err)
+					}
+				}()
+				ctx := context.Background()
+				if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
+					t.Fatal(err)
+				}
+				// The opposite expectation must fail: the check can tell.
+				err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
+				want := "should add none" // expected bare, got the headers
+				if !addsHeaders(path) {
+					want = "did not see"
+				}
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
+				}
+			})
+		}
+	}
+}
