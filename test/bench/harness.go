@@ -140,34 +140,51 @@ func (b *bench) setup() string {
 // runWorkloads runs the selected workloads in order, printing each table
 // when it is done. The open-loop rate, unless given, is half of direct's
 // req/s in the http1 workload (measured for the purpose if http1 is not
-// selected).
+// selected); openloop-light's is half of the slowest proxy's there, or a
+// quarter of direct's without http1.
 func (b *bench) runWorkloads(ctx context.Context, out, progress io.Writer) error {
-	rate := b.opts.OpenLoopRate
+	var direct float64 // direct's http1 req/s, once known
+	var slowest float64
 	n := 0
 	for _, name := range allWorkloads {
 		if !b.opts.has(name) {
 			continue
 		}
-		if name == wlOpenLoop && rate <= 0 {
-			r, err := b.directRate(ctx, progress)
-			if err != nil {
-				return err
+		var rate float64
+		note := ""
+		switch name {
+		case wlOpenLoop:
+			if rate = b.opts.OpenLoopRate; rate <= 0 {
+				d, err := b.directRate(ctx, direct, progress)
+				if err != nil {
+					return err
+				}
+				direct, rate, note = d, d/2, " (the rate is half of direct's req/s with wrk)"
 			}
-			rate = r / 2
+		case wlOpenLoopLight:
+			switch rate = b.opts.OpenLoopLightRate; {
+			case rate > 0:
+			case slowest > 0:
+				rate, note = slowest/2, " (the rate is half of the slowest proxy's req/s with wrk, so that every proxy keeps up)"
+			default:
+				d, err := b.directRate(ctx, direct, progress)
+				if err != nil {
+					return err
+				}
+				direct, rate, note = d, d/4, " (the rate is a quarter of direct's req/s with wrk)"
+			}
 		}
 		w, err := b.workload(name, rate)
 		if err != nil {
 			return err
 		}
-		if name == wlOpenLoop && b.opts.OpenLoopRate <= 0 {
-			w.title += " (the rate is half of direct's req/s with wrk)"
-		}
+		w.title += note
 		rows, err := b.runWorkload(ctx, w, progress)
 		if err != nil {
 			return err
 		}
-		if name == wlHTTP1 && rate <= 0 {
-			rate = rps(rows, pathDirect) / 2
+		if name == wlHTTP1 {
+			direct, slowest = rps(rows, pathDirect), slowestProxy(rows)
 		}
 		n++
 		fmt.Fprintln(out, renderTable(n, w, rows))
@@ -175,8 +192,27 @@ func (b *bench) runWorkloads(ctx context.Context, out, progress io.Writer) error
 	return nil
 }
 
-// directRate measures direct's req/s in the http1 workload.
-func (b *bench) directRate(ctx context.Context, progress io.Writer) (float64, error) {
+// slowestProxy returns the lowest req/s among rows other than direct's,
+// or 0 if none was measured.
+func slowestProxy(rows []row) float64 {
+	var low float64
+	for _, r := range rows {
+		if r.Path == pathDirect || r.Skipped != "" || r.M.RPS <= 0 {
+			continue
+		}
+		if low == 0 || r.M.RPS < low {
+			low = r.M.RPS
+		}
+	}
+	return low
+}
+
+// directRate returns direct's req/s in the http1 workload: known, if
+// positive, else measured now.
+func (b *bench) directRate(ctx context.Context, known float64, progress io.Writer) (float64, error) {
+	if known > 0 {
+		return known, nil
+	}
 	w, err := b.workload(wlHTTP1, 0)
 	if err != nil {
 		return 0, err

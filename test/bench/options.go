@@ -16,10 +16,14 @@ const (
 	wlHTTP1Big = "http1-64k" // HTTP/1.1 keep-alive, 64 KiB responses, wrk
 	wlH2C      = "h2c"       // h2c, 1 KiB responses, h2load
 	wlGRPC     = "grpc"      // gRPC unary, grpcload
-	wlOpenLoop = "openloop"  // fixed-rate HTTP/1.1, openloop
+	wlOpenLoop = "openloop"  // fixed-rate HTTP/1.1 at half of direct's rate, openloop
+	// wlOpenLoopLight is the same at a rate every proxy sustains: half of
+	// the slowest proxy's req/s in http1. At half of direct's rate a proxy
+	// on this setup may not keep up, and its latencies are then time queued.
+	wlOpenLoopLight = "openloop-light"
 )
 
-var allWorkloads = []string{wlHTTP1, wlHTTP1Big, wlH2C, wlGRPC, wlOpenLoop}
+var allWorkloads = []string{wlHTTP1, wlHTTP1Big, wlH2C, wlGRPC, wlOpenLoop, wlOpenLoopLight}
 
 // Path names: what stands between the load generator and the app.
 // tidegate adds X-Forwarded-For, -Proto, -Host and an X-Request-Id to each
@@ -86,6 +90,10 @@ type Options struct {
 	// OpenLoopRate is the open-loop request rate per second. Default 0:
 	// half of direct's req/s in the http1 workload.
 	OpenLoopRate float64
+	// OpenLoopLightRate is openloop-light's rate. Default 0: half of the
+	// slowest proxy's req/s in the http1 workload, or a quarter of
+	// direct's if http1 did not run.
+	OpenLoopLightRate float64
 
 	// LoadCPU is the CPU the load generators are pinned to, ServerCPU the
 	// one the app and the proxy under test share. Defaults 0 and 1; -1
@@ -131,6 +139,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.GRPCCallers, "grpc-callers", 32, "concurrent gRPC callers")
 	fs.IntVar(&o.OpenLoopConns, "openloop-conns", 64, "open-loop connection pool size")
 	fs.Float64Var(&o.OpenLoopRate, "openloop-rate", 0, "open-loop req/s (0: half of direct's http1 req/s)")
+	fs.Float64Var(&o.OpenLoopLightRate, "openloop-light-rate", 0, "openloop-light req/s (0: half of the slowest proxy's http1 req/s)")
 	fs.IntVar(&o.LoadCPU, "load-cpu", 0, "CPU of the load generators (-1: no pinning)")
 	fs.IntVar(&o.ServerCPU, "server-cpu", 1, "CPU of the app and the proxy (-1: no pinning)")
 	fs.IntVar(&o.MemHTTP1Conns, "mem-http1-conns", 10000, "idle HTTP/1.1 connections in the memory mode")

@@ -19,7 +19,7 @@ func renderTable(n int, w workload, rows []row) string {
 	fmt.Fprintf(&s, "`%s`\n\n", w.command)
 
 	lat := []latColumn{p99Column}
-	if w.name == wlOpenLoop {
+	if w.name == wlOpenLoop || w.name == wlOpenLoopLight {
 		lat = []latColumn{p50Column, p99Column, p999Column}
 	}
 

@@ -69,7 +69,7 @@ func (b *bench) workload(name string, rate float64) (workload, error) {
 				return b.goGenerator(ctx, d, "grpcload", "-addr", addr, "-conns", strconv.Itoa(o.GRPCConns),
 					"-callers", strconv.Itoa(o.GRPCCallers), "-duration", d.String())
 			}}, nil
-	case wlOpenLoop:
+	case wlOpenLoop, wlOpenLoopLight:
 		r := strconv.FormatFloat(rate, 'f', 0, 64)
 		return workload{name: name, title: fmt.Sprintf("open loop: HTTP/1.1, 1 KiB responses, %s req/s on a fixed schedule, latency from each request's intended send time", r),
 			proto: protoHTTP1, path: "/1k", paths: proxies,
