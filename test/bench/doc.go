@@ -3,6 +3,14 @@
 // costs when it goes to the app directly, through tidegate, through nginx,
 // through HAProxy and (for gRPC) through a plain httputil.ReverseProxy.
 //
+// tidegate adds X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and an
+// X-Request-Id to every request, and the id to the answer. The nginx and
+// HAProxy paths are configured to add the same, so that the three proxies do
+// the same work and the app parses the same requests; the check before each
+// measurement asks the app which of these headers it saw. The haproxy-bare
+// path is HAProxy as it comes, adding none of them: the report gives the
+// ratio to both.
+//
 // Usage:
 //
 //	make bench                     every workload, then the memory mode
@@ -20,6 +28,8 @@
 //  4. gRPC unary calls (subcommand "grpcload")
 //  5. open-loop HTTP/1.1 at half of direct's rate in workload 1, latency
 //     counted from each request's intended send time (subcommand "openloop")
+//  6. the same at half of the slowest proxy's rate in workload 1, which
+//     every proxy sustains: its p99 is latency, not time queued
 //
 // The memory mode starts tidegate alone and reports its idle RSS and the RSS
 // that each idle HTTP/1.1 keep-alive or h2c connection adds.
