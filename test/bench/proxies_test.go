@@ -6,30 +6,15 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
-)
 
-// needTool returns the path of an external program. Without it the test
-// is skipped, unless TIDEGATE_REQUIRE_TOOLS=1 (CI) makes that a failure.
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("TIDEGATE_REQUIRE_TOOLS") == "1" {
-		t.Fatalf("%s is not installed, and TIDEGATE_REQUIRE_TOOLS=1", name)
-	}
-	t.Skipf("%s is not installed (set TIDEGATE_REQUIRE_TOOLS=1 to make this a failure)", name)
-	return ""
-}
+	"github.com/tidegate/tidegate/test/need"
+)
 
 // startTestApp serves the bench app in this process: HTTP/1.1 and h2c on
 // one loopback port, gRPC on another. It returns both addresses.
@@ -70,7 +55,7 @@ func startTestApp(t *testing.T) (httpAddr, grpcAddr string) {
 // -Proto, -Host, a request id also on the answer) and "haproxy-bare" adds
 // none of it: the check the harness makes before it measures a path.
 func TestProxiesAddTheSameHeaders(t *testing.T) {
-	bins := map[string]string{pathNginx: needTool(t, "nginx"), pathHAProxy: needTool(t, "haproxy")}
+	bins := map[string]string{pathNginx: need.Tool(t, "nginx", "/usr/sbin/nginx"), pathHAProxy: need.Tool(t, "haproxy", "/usr/sbin/haproxy")}
 	httpAddr, grpcAddr := startTestApp(t)
 	var procs procSet
 	t.Cleanup(procs.stopAll)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tidegate/tidegate/test/fakeapp"
+	"github.com/tidegate/tidegate/test/need"
 )
 
 // h2specTimeout bounds one whole h2spec run (about 150 cases, each bounded
@@ -229,7 +230,7 @@ func startH2CApp(t *testing.T) *h2cApp {
 	return a
 }
 
-// requireGoTool is requireTool for a program installed with `go install`:
+// requireGoTool is need.Tool for a program installed with `go install`:
 // on PATH, or in $(go env GOBIN) or $(go env GOPATH)/bin.
 func requireGoTool(t *testing.T, name string) string {
 	t.Helper()
@@ -250,5 +251,5 @@ func requireGoTool(t *testing.T, name string) string {
 	for i, d := range dirs {
 		paths[i] = filepath.Join(d, name)
 	}
-	return requireTool(t, name, paths...)
+	return need.Tool(t, name, paths...)
 }

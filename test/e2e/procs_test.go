@@ -259,26 +259,6 @@ func (h *stopHold) release(t *testing.T) {
 	})
 }
 
-// requireTool finds an external program on PATH or at one of the given
-// paths. Without it the test is skipped, unless TIDEGATE_REQUIRE_TOOLS=1
-// makes a missing tool a failure (CI, where the tools are installed).
-func requireTool(t *testing.T, name string, paths ...string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, p := range paths {
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	if os.Getenv("TIDEGATE_REQUIRE_TOOLS") == "1" {
-		t.Fatalf("%s is not installed, and TIDEGATE_REQUIRE_TOOLS=1", name)
-	}
-	t.Skipf("%s is not installed (set TIDEGATE_REQUIRE_TOOLS=1 to make this a failure)", name)
-	return ""
-}
-
 // phaseOf reads the phase from the admin listener's /status.
 func phaseOf(t *testing.T, c *http.Client, tg *tidegate) string {
 	t.Helper()

@@ -17,11 +17,12 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/tidegate/tidegate/test/fakeapp"
+	"github.com/tidegate/tidegate/test/need"
 )
 
 // TestH2CLoad puts h2load (nghttp2) through tidegate's h2c: zero errors.
 func TestH2CLoad(t *testing.T) {
-	h2load := requireTool(t, "h2load", "/usr/bin/h2load")
+	h2load := need.Tool(t, "h2load", "/usr/bin/h2load")
 	app := fakeapp.Start(t)
 	tg := start(t, "--upstream", app.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tidegate/tidegate/test/need"
 )
 
 // TestRollingRestart is the proof of the drain: two instances behind a real
@@ -21,7 +23,7 @@ import (
 // SIGTERM as most apps do, lose requests. Not parallel: it is the one test
 // whose numbers are the point, and it should not compete for the CPU.
 func TestRollingRestart(t *testing.T) {
-	hap := requireTool(t, "haproxy", "/usr/sbin/haproxy")
+	hap := need.Tool(t, "haproxy", "/usr/sbin/haproxy")
 	var withTG, alone loadResult
 	okTG := t.Run("tidegate", func(t *testing.T) { rollingBehindTidegate(t, hap, &withTG) })
 	okAlone := t.Run("apps alone", func(t *testing.T) { rollingAppsAlone(t, hap, &alone) })
