@@ -205,6 +205,25 @@ func (r *h2Resp) headers(f *http2.MetaHeadersFrame) bool {
 // bytes are given back to the server's windows at once.
 func (c *ownClient) read(id uint32) h2Resp {
 	c.t.Helper()
+	return c.readStream(id, func(f *http2.DataFrame) {
+		if n := f.Header().Length; n > 0 {
+			if err := c.fr.WriteWindowUpdate(0, n); err != nil {
+				c.t.Fatal(err)
+			}
+			if !f.StreamEnded() {
+				if err := c.fr.WriteWindowUpdate(id, n); err != nil {
+					c.t.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+// readStream reads stream id's answer to its end (or reset), keeping
+// other streams' frames in others. onData sees each DATA frame once its
+// bytes are in the body; it decides what window to give back.
+func (c *ownClient) readStream(id uint32, onData func(*http2.DataFrame)) h2Resp {
+	c.t.Helper()
 	var r h2Resp
 	for {
 		f := c.next()
@@ -219,16 +238,7 @@ func (c *ownClient) read(id uint32) h2Resp {
 			}
 		case *http2.DataFrame:
 			r.body = append(r.body, f.Data()...)
-			if n := f.Header().Length; n > 0 {
-				if err := c.fr.WriteWindowUpdate(0, n); err != nil {
-					c.t.Fatal(err)
-				}
-				if !f.StreamEnded() {
-					if err := c.fr.WriteWindowUpdate(id, n); err != nil {
-						c.t.Fatal(err)
-					}
-				}
-			}
+			onData(f)
 			if f.StreamEnded() {
 				return r
 			}
@@ -429,45 +439,34 @@ func (c *ownClient) nextFrameOrUpdate() http2.Frame {
 func (c *ownClient) readWindowed(id uint32, streamWin, streamStep int64) (r h2Resp, grants int) {
 	c.t.Helper()
 	connWin := &c.recvConn
-	for {
-		f := c.next()
-		if f.Header().StreamID != id {
-			r.others = append(r.others, f)
-			continue
+	r = c.readStream(id, func(f *http2.DataFrame) {
+		n := int64(f.Header().Length)
+		streamWin -= n
+		*connWin -= n
+		if streamWin < 0 || *connWin < 0 {
+			c.t.Fatalf("the server overran the client's windows: stream %d, connection %d", streamWin, *connWin)
 		}
-		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			if r.headers(f) {
-				return r, grants
-			}
-		case *http2.DataFrame:
-			n := int64(f.Header().Length)
-			streamWin -= n
-			*connWin -= n
-			if streamWin < 0 || *connWin < 0 {
-				c.t.Fatalf("the server overran the client's windows: stream %d, connection %d", streamWin, *connWin)
-			}
-			r.body = append(r.body, f.Data()...)
-			if f.StreamEnded() {
-				return r, grants
-			}
-			if streamWin == 0 {
-				grants++
-				streamWin += streamStep
-				if err := c.fr.WriteWindowUpdate(id, uint32(streamStep)); err != nil {
-					c.t.Fatal(err)
-				}
-			}
-			if *connWin == 0 {
-				*connWin += 65535
-				if err := c.fr.WriteWindowUpdate(0, 65535); err != nil {
-					c.t.Fatal(err)
-				}
-			}
-		case *http2.RSTStreamFrame:
-			c.t.Fatalf("stream %d reset: %v", id, f.ErrCode)
+		if f.StreamEnded() {
+			return
 		}
+		if streamWin == 0 {
+			grants++
+			streamWin += streamStep
+			if err := c.fr.WriteWindowUpdate(id, uint32(streamStep)); err != nil {
+				c.t.Fatal(err)
+			}
+		}
+		if *connWin == 0 {
+			*connWin += 65535
+			if err := c.fr.WriteWindowUpdate(0, 65535); err != nil {
+				c.t.Fatal(err)
+			}
+		}
+	})
+	if r.reset {
+		c.t.Fatalf("stream %d reset: %v", id, r.code)
 	}
+	return r, grants
 }
 
 // TestH2OwnResponseFlowControl: a response larger than the client's
