@@ -398,13 +398,13 @@ func (c *h1Conn) writeHeld(fd uintptr) bool {
 	}
 	p := c.out.held
 	for len(p) > 0 {
-		n, err := syscall.Write(int(fd), p)
-		if err == syscall.EINTR {
+		n, errno := rawWrite(fd, p)
+		if errno == syscall.EINTR {
 			continue
 		}
-		if err != nil {
-			if err != syscall.EAGAIN {
-				c.out.err = err
+		if errno != 0 {
+			if errno != syscall.EAGAIN {
+				c.out.err = errno
 			}
 			c.out.held = p
 			return true

@@ -71,6 +71,13 @@ type Options struct {
 
 	// Now is the clock for durations. Nil means time.Now.
 	Now func() time.Time
+
+	// PlainSyscalls makes the fast path read and write its TCP connections
+	// (from clients, when a Server takes this handler as its FastPath, and
+	// to the app) through Go's ordinary system calls. The default (false),
+	// on Linux, uses raw system calls that spare the Go scheduler its
+	// bookkeeping (rawsyscall_linux.go); this is the escape hatch.
+	PlainSyscalls bool
 }
 
 // Handler proxies HTTP requests to the app and accounts for each one. It is
@@ -93,6 +100,7 @@ type Handler struct {
 	// WebSocket sessions are proxied by the handler itself (websocket.go).
 	dial        func(ctx context.Context) (net.Conn, error)
 	dialTimeout time.Duration
+	rawSyscalls bool // dial, and a Server with this FastPath, use rawSyscalls
 	ws          wsSessions
 }
 
@@ -139,6 +147,16 @@ func NewHandler(o Options) (*Handler, error) {
 	addr := o.Upstream.Address
 	d := net.Dialer{KeepAlive: 30 * time.Second}
 	h.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
+	if !o.PlainSyscalls {
+		h.rawSyscalls = true
+		h.dial = func(ctx context.Context) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return rawSyscalls(c), nil
+		}
+	}
 	if h.transport == nil {
 		dial := func(ctx context.Context) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, h.dialTimeout)

@@ -154,6 +154,7 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		s.h2own = !o.DisableH2C
 		s.fastOpen = o.FastPathOpen
 		s.handoff = newHandoffListener(ln.Addr())
+		s.ln.raw = o.FastPath.rawSyscalls
 	}
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -308,6 +309,7 @@ func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
 // may be called more than once.
 type trackedListener struct {
 	net.Listener
+	raw    bool // wrap accepted connections in rawSyscalls (the fast path's)
 	once   sync.Once
 	closed atomic.Bool
 	err    error
@@ -317,6 +319,9 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
+	}
+	if l.raw {
+		c = rawSyscalls(c)
 	}
 	return &trackedConn{Conn: c}, nil
 }

@@ -33,6 +33,7 @@ type Config struct {
 		MaxBodyBytes      int64
 		Forwarded         string
 		NetHTTPOnly       bool
+		PlainSyscalls     bool
 	}
 
 	Drain struct {

@@ -294,6 +294,8 @@ func (s *sidecar) newProxyHandler(up proxy.Upstream, metrics *proxy.Metrics, acc
 		Metrics:      metrics,
 		Logger:       s.log.Named("proxy"),
 		AccessLog:    access,
+
+		PlainSyscalls: cfg.Server.PlainSyscalls,
 	})
 }
 
