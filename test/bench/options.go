@@ -31,20 +31,24 @@ var allWorkloads = []string{wlHTTP1, wlHTTP1Big, wlH2C, wlGRPC, wlOpenLoop, wlOp
 // add the same, so that all three do the same work and the app parses the
 // same requests. haproxy-bare is HAProxy as it comes, adding nothing.
 const (
-	pathDirect       = "direct"
-	pathTidegate     = "tidegate"
-	pathNginx        = "nginx"
-	pathHAProxy      = "haproxy"
-	pathHAProxyBare  = "haproxy-bare"
-	pathReverseProxy = "reverseproxy"
+	pathDirect   = "direct"
+	pathTidegate = "tidegate"
+	// pathTidegatePlain is tidegate with --plain-syscalls: its sockets
+	// read and written through Go's ordinary system calls, as before the
+	// raw ones (proxy/rawsyscall_linux.go); side by side, the difference.
+	pathTidegatePlain = "tidegate-plain"
+	pathNginx         = "nginx"
+	pathHAProxy       = "haproxy"
+	pathHAProxyBare   = "haproxy-bare"
+	pathReverseProxy  = "reverseproxy"
 )
 
-var allPaths = []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy}
+var allPaths = []string{pathDirect, pathTidegate, pathTidegatePlain, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy}
 
 // addsHeaders says whether path adds the forwarding headers and the request
 // id. The Go reference proxy (httputil.ReverseProxy with Rewrite) adds none.
 func addsHeaders(path string) bool {
-	return path == pathTidegate || path == pathNginx || path == pathHAProxy
+	return path == pathTidegate || path == pathTidegatePlain || path == pathNginx || path == pathHAProxy
 }
 
 // Modes: what one run does.
@@ -94,6 +98,12 @@ type Options struct {
 	// slowest proxy's req/s in the http1 workload, or a quarter of
 	// direct's if http1 did not run.
 	OpenLoopLightRate float64
+	// OpenLoopRounds is how many times each open-loop workload measures
+	// every path, round after round (each path once per round, so that a
+	// noisy stretch of the machine's time falls on all of them); the
+	// table gives each number's median over the rounds, and every round's
+	// p99. Default 3.
+	OpenLoopRounds int
 
 	// LoadCPU is the CPU the load generators are pinned to, ServerCPU the
 	// one the app and the proxy under test share. Defaults 0 and 1; -1
@@ -140,6 +150,7 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.OpenLoopConns, "openloop-conns", 64, "open-loop connection pool size")
 	fs.Float64Var(&o.OpenLoopRate, "openloop-rate", 0, "open-loop req/s (0: half of direct's http1 req/s)")
 	fs.Float64Var(&o.OpenLoopLightRate, "openloop-light-rate", 0, "openloop-light req/s (0: half of the slowest proxy's http1 req/s)")
+	fs.IntVar(&o.OpenLoopRounds, "openloop-rounds", 3, "rounds of the open-loop workloads (medians are reported)")
 	fs.IntVar(&o.LoadCPU, "load-cpu", 0, "CPU of the load generators (-1: no pinning)")
 	fs.IntVar(&o.ServerCPU, "server-cpu", 1, "CPU of the app and the proxy (-1: no pinning)")
 	fs.IntVar(&o.MemHTTP1Conns, "mem-http1-conns", 10000, "idle HTTP/1.1 connections in the memory mode")
@@ -172,6 +183,9 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 		if n < 1 {
 			return o, errors.New("every connection and caller count must be at least 1")
 		}
+	}
+	if o.OpenLoopRounds < 1 {
+		return o, fmt.Errorf("-openloop-rounds %d: want at least 1", o.OpenLoopRounds)
 	}
 	return o, nil
 }

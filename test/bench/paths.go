@@ -58,9 +58,13 @@ func (b *bench) startPath(path string, p proto) (*running, error) {
 	var spec procSpec
 	r := &running{addr: listen, kind: path}
 	switch path {
-	case pathTidegate:
-		r.log = dir + ".log"
-		spec = procSpec{Bin: b.tidegate, Args: tidegateArgs(listen, upstream), Env: []string{"GOMAXPROCS=1"}, Log: r.log}
+	case pathTidegate, pathTidegatePlain:
+		r.log, r.kind = dir+".log", pathTidegate
+		args := tidegateArgs(listen, upstream)
+		if path == pathTidegatePlain {
+			args = append(args, "--plain-syscalls")
+		}
+		spec = procSpec{Bin: b.tidegate, Args: args, Env: []string{"GOMAXPROCS=1"}, Log: r.log}
 	case pathReverseProxy:
 		r.log, r.kind = dir+".log", "go"
 		up := "http1"

@@ -19,8 +19,13 @@ func renderTable(n int, w workload, rows []row) string {
 	fmt.Fprintf(&s, "`%s`\n\n", w.command)
 
 	lat := []latColumn{p99Column}
-	if w.name == wlOpenLoop || w.name == wlOpenLoopLight {
+	openLoop := w.name == wlOpenLoop || w.name == wlOpenLoopLight
+	if openLoop {
 		lat = []latColumn{p50Column, p99Column, p999Column}
+	}
+	rounds := false
+	for _, r := range rows {
+		rounds = rounds || len(r.P99s) > 1
 	}
 
 	head := []string{"path", "req/s", "vs direct", "vs haproxy", "vs haproxy-bare"}
@@ -28,11 +33,18 @@ func renderTable(n int, w workload, rows []row) string {
 	for _, l := range lat {
 		head, align = append(head, l.name), append(align, "---:")
 	}
+	if openLoop {
+		head, align = append(head, "p99 vs haproxy", "p99 vs haproxy-bare"), append(align, "---:", "---:")
+	}
+	if rounds {
+		head, align = append(head, "p99 of each round"), append(align, "---:")
+	}
 	head = append(head, "CPU s/100k req", "peak RSS MiB", "errors", "other load")
 	align = append(align, "---:", "---:", "---:", "---:")
 	fmt.Fprintf(&s, "| %s |\n|%s|\n", strings.Join(head, " | "), strings.Join(align, "|"))
 
 	direct, haproxy, bare := rps(rows, pathDirect), rps(rows, pathHAProxy), rps(rows, pathHAProxyBare)
+	p99Hap, p99Bare := p99(rows, pathHAProxy), p99(rows, pathHAProxyBare)
 	for _, r := range rows {
 		if r.Skipped != "" {
 			cells := []string{r.Path, "skipped: " + r.Skipped}
@@ -45,6 +57,16 @@ func renderTable(n int, w workload, rows []row) string {
 		cells := []string{r.Path, fmtInt(r.M.RPS), ratio(r.M.RPS, direct), ratio(r.M.RPS, haproxy), ratio(r.M.RPS, bare)}
 		for _, l := range lat {
 			cells = append(cells, fmtLatency(l.get(r.M)))
+		}
+		if openLoop {
+			cells = append(cells, ratio(float64(r.M.P99), float64(p99Hap)), ratio(float64(r.M.P99), float64(p99Bare)))
+		}
+		if rounds {
+			each := make([]string, len(r.P99s))
+			for i, d := range r.P99s {
+				each[i] = strings.TrimSuffix(fmtLatency(d), " ms")
+			}
+			cells = append(cells, strings.Join(each, " / ")+" ms")
 		}
 		cells = append(cells, fmtOpt(r.CPU, 3), fmtOpt(r.PeakMiB, 1), strconv.FormatInt(r.M.Errors, 10),
 			strconv.FormatFloat(r.Others, 'f', 2, 64))
@@ -70,6 +92,16 @@ func rps(rows []row, path string) float64 {
 	for _, r := range rows {
 		if r.Path == path && r.Skipped == "" {
 			return r.M.RPS
+		}
+	}
+	return 0
+}
+
+// p99 returns the p99 of path's row, or 0 if it has none.
+func p99(rows []row, path string) time.Duration {
+	for _, r := range rows {
+		if r.Path == path && r.Skipped == "" {
+			return r.M.P99
 		}
 	}
 	return 0

@@ -25,6 +25,7 @@ type workload struct {
 	path    string // the app's endpoint
 	paths   []string
 	gen     generator
+	rounds  int // times each path is measured, round after round; 0 means 1
 }
 
 // workload returns the definition of the workload called name. rate is the
@@ -32,7 +33,7 @@ type workload struct {
 func (b *bench) workload(name string, rate float64) (workload, error) {
 	o := b.opts
 	secs := strconv.Itoa(max(1, int(o.Duration.Round(time.Second)/time.Second)))
-	proxies := []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathHAProxyBare}
+	proxies := []string{pathDirect, pathTidegate, pathTidegatePlain, pathNginx, pathHAProxy, pathHAProxyBare}
 	if o.ReverseProxyAll {
 		proxies = append(proxies, pathReverseProxy)
 	}
@@ -63,7 +64,7 @@ func (b *bench) workload(name string, rate float64) (workload, error) {
 			}}, nil
 	case wlGRPC:
 		return workload{name: name, title: "gRPC unary calls, 1 KiB responses; the proxies reach the app over h2c",
-			proto: protoGRPC, paths: []string{pathDirect, pathTidegate, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy},
+			proto: protoGRPC, paths: []string{pathDirect, pathTidegate, pathTidegatePlain, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy},
 			command: fmt.Sprintf("bench grpcload -conns %d -callers %d -duration %s -addr ADDR", o.GRPCConns, o.GRPCCallers, o.Duration),
 			gen: func(ctx context.Context, addr string, d time.Duration) (measurement, error) {
 				return b.goGenerator(ctx, d, "grpcload", "-addr", addr, "-conns", strconv.Itoa(o.GRPCConns),
@@ -72,7 +73,7 @@ func (b *bench) workload(name string, rate float64) (workload, error) {
 	case wlOpenLoop, wlOpenLoopLight:
 		r := strconv.FormatFloat(rate, 'f', 0, 64)
 		return workload{name: name, title: fmt.Sprintf("open loop: HTTP/1.1, 1 KiB responses, %s req/s on a fixed schedule, latency from each request's intended send time", r),
-			proto: protoHTTP1, path: "/1k", paths: proxies,
+			proto: protoHTTP1, path: "/1k", paths: proxies, rounds: o.OpenLoopRounds,
 			command: fmt.Sprintf("bench openloop -rate %s -conns %d -duration %s -addr ADDR -path /1k", r, o.OpenLoopConns, o.Duration),
 			gen: func(ctx context.Context, addr string, d time.Duration) (measurement, error) {
 				return b.goGenerator(ctx, d, "openloop", "-addr", addr, "-path", "/1k", "-rate", r,
@@ -106,6 +107,8 @@ type row struct {
 	PeakMiB float64 // peak RSS of the proxy (all its processes); <0: not measured
 	Skipped string  // why the path was not measured; the row has no numbers
 	Others  float64 // CPUs that other processes on the machine kept busy during the run
+	// P99s is each round's p99, when the row combines rounds.
+	P99s []time.Duration
 }
 
 // othersThreshold is the load of other processes (in CPUs) past which the
@@ -113,40 +116,110 @@ type row struct {
 const othersThreshold = 0.1
 
 // runWorkload measures w on every path in both w.paths and Options.Paths,
-// one after the other. progress gets a line per step.
+// one after the other, in w.rounds rounds, and returns one row per path
+// (combineRounds of its rounds). progress gets a line per step.
 func (b *bench) runWorkload(ctx context.Context, w workload, progress io.Writer) ([]row, error) {
-	var rows []row
+	rounds := max(1, w.rounds)
+	var paths []string
 	for _, path := range w.paths {
-		if !slices.Contains(b.opts.Paths, path) {
+		if slices.Contains(b.opts.Paths, path) {
+			paths = append(paths, path)
+		}
+	}
+	measured := make(map[string][]row, len(paths))
+	skipped := make(map[string]string)
+	for round := 1; round <= rounds; round++ {
+		for _, path := range paths {
+			if _, ok := skipped[path]; ok {
+				continue
+			}
+			label := path
+			if rounds > 1 {
+				label = fmt.Sprintf("%s (round %d of %d)", path, round, rounds)
+			}
+			fmt.Fprintf(progress, "%s: %s\n", w.name, label)
+			r, err := b.measurePath(ctx, w, path)
+			if sk := (skipError{}); errors.As(err, &sk) {
+				b.notes.add("%s: %s skipped: %s", w.name, path, sk.reason)
+				skipped[path] = sk.reason
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s via %s: %w", w.name, label, err)
+			}
+			b.noteRun(w.name, label, r)
+			measured[path] = append(measured[path], r)
+		}
+	}
+	var rows []row
+	for _, path := range paths {
+		if reason, ok := skipped[path]; ok {
+			rows = append(rows, row{Path: path, Skipped: reason})
 			continue
 		}
-		fmt.Fprintf(progress, "%s: %s\n", w.name, path)
-		r, err := b.measurePath(ctx, w, path)
-		if sk := (skipError{}); errors.As(err, &sk) {
-			b.notes.add("%s: %s skipped: %s", w.name, path, sk.reason)
-			rows = append(rows, row{Path: path, Skipped: sk.reason})
-			continue
-		}
-		if err != nil {
-			return rows, fmt.Errorf("%s via %s: %w", w.name, path, err)
-		}
-		if r.Others > othersThreshold {
-			b.notes.add("%s: %s: other processes on the machine kept %.2f CPUs busy during the run: its numbers are disturbed", w.name, path, r.Others)
-		}
-		if r.M.Rate > 0 && r.M.RPS < 0.95*r.M.Rate {
-			b.notes.add("%s: %s did not keep up with %.0f req/s (it answered %.0f req/s): its latencies are mostly time queued behind the schedule",
-				w.name, path, r.M.Rate, r.M.RPS)
-		}
-		switch {
-		case r.M.Unsent > 0:
-			b.notes.add("%s: %s: %d request(s) failed, %d of them never sent (the schedule's end plus %s passed first)",
-				w.name, path, r.M.Errors, r.M.Unsent, requestTimeout)
-		case r.M.Errors > 0:
-			b.notes.add("%s: %s: %d request(s) failed", w.name, path, r.M.Errors)
-		}
-		rows = append(rows, r)
+		rows = append(rows, combineRounds(measured[path]))
 	}
 	return rows, nil
+}
+
+// noteRun notes what went wrong in one measured run of label.
+func (b *bench) noteRun(workload, label string, r row) {
+	if r.Others > othersThreshold {
+		b.notes.add("%s: %s: other processes on the machine kept %.2f CPUs busy during the run: its numbers are disturbed", workload, label, r.Others)
+	}
+	if r.M.Rate > 0 && r.M.RPS < 0.95*r.M.Rate {
+		b.notes.add("%s: %s did not keep up with %.0f req/s (it answered %.0f req/s): its latencies are mostly time queued behind the schedule",
+			workload, label, r.M.Rate, r.M.RPS)
+	}
+	switch {
+	case r.M.Unsent > 0:
+		b.notes.add("%s: %s: %d request(s) failed, %d of them never sent (the schedule's end plus %s passed first)",
+			workload, label, r.M.Errors, r.M.Unsent, requestTimeout)
+	case r.M.Errors > 0:
+		b.notes.add("%s: %s: %d request(s) failed", workload, label, r.M.Errors)
+	}
+}
+
+// combineRounds makes one row of a path's rounds: the median of each rate,
+// latency and CPU figure (each on its own), the sums of the counts, the
+// largest peak RSS and other load, and every round's p99 in P99s. One
+// round is returned as it is.
+func combineRounds(rs []row) row {
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	out := row{Path: rs[0].Path}
+	med := func(get func(row) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		slices.Sort(v)
+		if n := len(v); n%2 == 0 {
+			return (v[n/2-1] + v[n/2]) / 2
+		}
+		return v[len(v)/2]
+	}
+	medDur := func(get func(measurement) time.Duration) time.Duration {
+		return time.Duration(med(func(r row) float64 { return float64(get(r.M)) }))
+	}
+	out.M.RPS = med(func(r row) float64 { return r.M.RPS })
+	out.M.Seconds = med(func(r row) float64 { return r.M.Seconds })
+	out.M.Rate = rs[0].M.Rate
+	out.M.P50 = medDur(func(m measurement) time.Duration { return m.P50 })
+	out.M.P99 = medDur(func(m measurement) time.Duration { return m.P99 })
+	out.M.P999 = medDur(func(m measurement) time.Duration { return m.P999 })
+	out.CPU = med(func(r row) float64 { return r.CPU })
+	out.PeakMiB = -1
+	for _, r := range rs {
+		out.M.Requests += r.M.Requests
+		out.M.Errors += r.M.Errors
+		out.M.Unsent += r.M.Unsent
+		out.PeakMiB = max(out.PeakMiB, r.PeakMiB)
+		out.Others = max(out.Others, r.Others)
+		out.P99s = append(out.P99s, r.M.P99)
+	}
+	return out
 }
 
 // measurePath starts path's proxy, checks one request, warms it up, and
