@@ -146,16 +146,13 @@ func NewHandler(o Options) (*Handler, error) {
 	}
 	addr := o.Upstream.Address
 	d := net.Dialer{KeepAlive: 30 * time.Second}
-	h.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, network, addr) }
-	if !o.PlainSyscalls {
-		h.rawSyscalls = true
-		h.dial = func(ctx context.Context) (net.Conn, error) {
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return rawSyscalls(c), nil
+	h.rawSyscalls = !o.PlainSyscalls
+	h.dial = func(ctx context.Context) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil || !h.rawSyscalls {
+			return c, err
 		}
+		return rawSyscalls(c), nil
 	}
 	if h.transport == nil {
 		dial := func(ctx context.Context) (net.Conn, error) {

@@ -23,8 +23,8 @@ import (
 // the fast path's TCP connections read and write with syscall.RawSyscall,
 // and wait through the connection's own poller (syscall.RawConn), which
 // keeps deadlines and Close exactly as net.Conn has them. Measured: about
-// 13% less CPU per request at 19k req/s open loop on the bench machine
-// (README, Performance); no change when saturated.
+// 15% less CPU per request at 19k req/s open loop on the bench machine
+// (README, Performance); no change that shows when saturated.
 //
 // rawTCPConn is a *net.TCPConn whose Read and Write do that. Everything
 // else (Close, deadlines, CloseWrite, ReadFrom and WriteTo for splice,

@@ -131,10 +131,16 @@ func (b *bench) setup() string {
 			"each limited to one thread of execution (app and tidegate GOMAXPROCS=1, nginx worker_processes 1, haproxy nbthread 1)",
 			o.LoadCPU, o.ServerCPU)
 	}
-	return fmt.Sprintf("Each run: %s warm-up, then %s measured; one proxy at a time, started afresh per workload; %s. "+
+	rounds := ""
+	if o.Rounds > 1 {
+		rounds = fmt.Sprintf(" Each workload measures every path %d times, in rounds (each path once per round, so that a noisy "+
+			"stretch of the machine's time falls on all of them alike); the tables give the median of each figure over the rounds, "+
+			"and each round's req/s (open loop: p99).", o.Rounds)
+	}
+	return fmt.Sprintf("Each run: %s warm-up, then %s measured; one proxy at a time, started afresh per run; %s. "+
 		"CPU s/100k req is the proxy's utime+stime during the measured run per 100,000 successful requests; "+
 		"peak RSS is its VmHWM (nginx: master + worker); other load is the CPUs that processes other than these kept busy "+
-		"during the run (a quiet machine shows about 0).", o.Warmup, o.Duration, pin)
+		"during the run (a quiet machine shows about 0).%s", o.Warmup, o.Duration, pin, rounds)
 }
 
 // runWorkloads runs the selected workloads in order, printing each table

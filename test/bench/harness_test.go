@@ -33,7 +33,8 @@ func TestCombineRounds(t *testing.T) {
 	rs := []row{round(100, 3, 1.0, 10, 1, 0), round(300, 1, 3.0, 12, 0, 0.2), round(200, 2, 2.0, 11, 2, 0.1)}
 	got := combineRounds(rs)
 	want := row{Path: pathTidegate, M: measurement{Requests: 6000, Errors: 3, RPS: 200, Rate: 500,
-		P50: ms(0.2), P99: ms(2), P999: ms(4)}, CPU: 2.0, PeakMiB: 12, Others: 0.2, P99s: []time.Duration{ms(3), ms(1), ms(2)}}
+		P50: ms(0.2), P99: ms(2), P999: ms(4)}, CPU: 2.0, PeakMiB: 12, Others: 0.2,
+		Rounds: []measurement{rs[0].M, rs[1].M, rs[2].M}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("combineRounds of three rounds:\n got %+v\nwant %+v", got, want)
 	}
@@ -70,7 +71,11 @@ func TestRenderOpenLoopRounds(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
 	}
-	if plain := renderTable(1, workload{name: wlHTTP1, title: "t", command: "c"}, rows[:2]); strings.Contains(plain, "p99 vs haproxy") {
-		t.Errorf("a throughput table has the open loop's p99 ratios:\n%s", plain)
+	plain := renderTable(1, workload{name: wlHTTP1, title: "t", command: "c"}, rows[:2])
+	if strings.Contains(plain, "p99 vs haproxy") || strings.Contains(plain, "p99 of each round") {
+		t.Errorf("a throughput table has the open loop's p99 columns:\n%s", plain)
+	}
+	if want := "| tidegate | 1,000 | — | 1.00 | — | 1.50 ms | 1,000 / 1,000 / 1,000 |"; !strings.Contains(plain, want) {
+		t.Errorf("throughput table lacks %q (each round's req/s):\n%s", want, plain)
 	}
 }

@@ -75,11 +75,17 @@ type Options struct {
 	// Default false.
 	ReverseProxyAll bool
 
-	// Duration of each measured run. Default 10s.
+	// Duration of each measured run. Default 5s.
 	Duration time.Duration
 	// Warmup is a run of the same load, not measured, before each measured
-	// run. Default 2s; 0 skips it.
+	// run. Default 1s; 0 skips it.
 	Warmup time.Duration
+	// Rounds is how many times each workload measures every path, round
+	// after round (each path once per round, so that a noisy stretch of
+	// the machine's time falls on all of them alike); the table gives the
+	// median of each figure over the rounds, and every round's req/s (for
+	// the open loop, its p99). Default 3.
+	Rounds int
 
 	// WrkConns is wrk's -c (its -t is 1). Default 32.
 	WrkConns int
@@ -98,12 +104,6 @@ type Options struct {
 	// slowest proxy's req/s in the http1 workload, or a quarter of
 	// direct's if http1 did not run.
 	OpenLoopLightRate float64
-	// OpenLoopRounds is how many times each open-loop workload measures
-	// every path, round after round (each path once per round, so that a
-	// noisy stretch of the machine's time falls on all of them); the
-	// table gives each number's median over the rounds, and every round's
-	// p99. Default 3.
-	OpenLoopRounds int
 
 	// LoadCPU is the CPU the load generators are pinned to, ServerCPU the
 	// one the app and the proxy under test share. Defaults 0 and 1; -1
@@ -140,8 +140,9 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&workloads, "workloads", strings.Join(allWorkloads, ","), "comma-separated workloads")
 	fs.StringVar(&paths, "paths", strings.Join(allPaths, ","), "comma-separated paths")
 	fs.BoolVar(&o.ReverseProxyAll, "reverseproxy-all", false, "measure the reference ReverseProxy in every workload, not only gRPC")
-	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "length of each measured run")
-	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "unmeasured run before each measured run (0: none)")
+	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "length of each measured run")
+	fs.DurationVar(&o.Warmup, "warmup", time.Second, "unmeasured run before each measured run (0: none)")
+	fs.IntVar(&o.Rounds, "rounds", 3, "times each workload measures every path, interleaved (medians are reported)")
 	fs.IntVar(&o.WrkConns, "wrk-conns", 32, "wrk -c")
 	fs.IntVar(&o.H2Conns, "h2-conns", 8, "h2load -c")
 	fs.IntVar(&o.H2Streams, "h2-streams", 16, "h2load -m")
@@ -150,7 +151,6 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 	fs.IntVar(&o.OpenLoopConns, "openloop-conns", 64, "open-loop connection pool size")
 	fs.Float64Var(&o.OpenLoopRate, "openloop-rate", 0, "open-loop req/s (0: half of direct's http1 req/s)")
 	fs.Float64Var(&o.OpenLoopLightRate, "openloop-light-rate", 0, "openloop-light req/s (0: half of the slowest proxy's http1 req/s)")
-	fs.IntVar(&o.OpenLoopRounds, "openloop-rounds", 3, "rounds of the open-loop workloads (medians are reported)")
 	fs.IntVar(&o.LoadCPU, "load-cpu", 0, "CPU of the load generators (-1: no pinning)")
 	fs.IntVar(&o.ServerCPU, "server-cpu", 1, "CPU of the app and the proxy (-1: no pinning)")
 	fs.IntVar(&o.MemHTTP1Conns, "mem-http1-conns", 10000, "idle HTTP/1.1 connections in the memory mode")
@@ -184,8 +184,8 @@ func parseOptions(args []string, stderr io.Writer) (Options, error) {
 			return o, errors.New("every connection and caller count must be at least 1")
 		}
 	}
-	if o.OpenLoopRounds < 1 {
-		return o, fmt.Errorf("-openloop-rounds %d: want at least 1", o.OpenLoopRounds)
+	if o.Rounds < 1 {
+		return o, fmt.Errorf("-rounds %d: want at least 1", o.Rounds)
 	}
 	return o, nil
 }

@@ -25,7 +25,15 @@ func renderTable(n int, w workload, rows []row) string {
 	}
 	rounds := false
 	for _, r := range rows {
-		rounds = rounds || len(r.P99s) > 1
+		rounds = rounds || len(r.Rounds) > 1
+	}
+	// Each round's figure that the workload is about: req/s, or the open
+	// loop's p99.
+	eachName := "req/s of each round"
+	fmtEach := func(m measurement) string { return fmtInt(m.RPS) }
+	if openLoop {
+		eachName = "p99 of each round"
+		fmtEach = func(m measurement) string { return strings.TrimSuffix(fmtLatency(m.P99), " ms") }
 	}
 
 	head := []string{"path", "req/s", "vs direct", "vs haproxy", "vs haproxy-bare"}
@@ -37,7 +45,7 @@ func renderTable(n int, w workload, rows []row) string {
 		head, align = append(head, "p99 vs haproxy", "p99 vs haproxy-bare"), append(align, "---:", "---:")
 	}
 	if rounds {
-		head, align = append(head, "p99 of each round"), append(align, "---:")
+		head, align = append(head, eachName), append(align, "---:")
 	}
 	head = append(head, "CPU s/100k req", "peak RSS MiB", "errors", "other load")
 	align = append(align, "---:", "---:", "---:", "---:")
@@ -62,11 +70,15 @@ func renderTable(n int, w workload, rows []row) string {
 			cells = append(cells, ratio(float64(r.M.P99), float64(p99Hap)), ratio(float64(r.M.P99), float64(p99Bare)))
 		}
 		if rounds {
-			each := make([]string, len(r.P99s))
-			for i, d := range r.P99s {
-				each[i] = strings.TrimSuffix(fmtLatency(d), " ms")
+			figs := make([]string, len(r.Rounds))
+			for i, m := range r.Rounds {
+				figs[i] = fmtEach(m)
 			}
-			cells = append(cells, strings.Join(each, " / ")+" ms")
+			cell := strings.Join(figs, " / ")
+			if openLoop {
+				cell += " ms"
+			}
+			cells = append(cells, cell)
 		}
 		cells = append(cells, fmtOpt(r.CPU, 3), fmtOpt(r.PeakMiB, 1), strconv.FormatInt(r.M.Errors, 10),
 			strconv.FormatFloat(r.Others, 'f', 2, 64))

@@ -25,7 +25,6 @@ type workload struct {
 	path    string // the app's endpoint
 	paths   []string
 	gen     generator
-	rounds  int // times each path is measured, round after round; 0 means 1
 }
 
 // workload returns the definition of the workload called name. rate is the
@@ -73,7 +72,7 @@ func (b *bench) workload(name string, rate float64) (workload, error) {
 	case wlOpenLoop, wlOpenLoopLight:
 		r := strconv.FormatFloat(rate, 'f', 0, 64)
 		return workload{name: name, title: fmt.Sprintf("open loop: HTTP/1.1, 1 KiB responses, %s req/s on a fixed schedule, latency from each request's intended send time", r),
-			proto: protoHTTP1, path: "/1k", paths: proxies, rounds: o.OpenLoopRounds,
+			proto: protoHTTP1, path: "/1k", paths: proxies,
 			command: fmt.Sprintf("bench openloop -rate %s -conns %d -duration %s -addr ADDR -path /1k", r, o.OpenLoopConns, o.Duration),
 			gen: func(ctx context.Context, addr string, d time.Duration) (measurement, error) {
 				return b.goGenerator(ctx, d, "openloop", "-addr", addr, "-path", "/1k", "-rate", r,
@@ -107,8 +106,8 @@ type row struct {
 	PeakMiB float64 // peak RSS of the proxy (all its processes); <0: not measured
 	Skipped string  // why the path was not measured; the row has no numbers
 	Others  float64 // CPUs that other processes on the machine kept busy during the run
-	// P99s is each round's p99, when the row combines rounds.
-	P99s []time.Duration
+	// Rounds is each round's measurement, when the row combines rounds.
+	Rounds []measurement
 }
 
 // othersThreshold is the load of other processes (in CPUs) past which the
@@ -116,10 +115,10 @@ type row struct {
 const othersThreshold = 0.1
 
 // runWorkload measures w on every path in both w.paths and Options.Paths,
-// one after the other, in w.rounds rounds, and returns one row per path
-// (combineRounds of its rounds). progress gets a line per step.
+// one after the other, in Options.Rounds rounds, and returns one row per
+// path (combineRounds of its rounds). progress gets a line per step.
 func (b *bench) runWorkload(ctx context.Context, w workload, progress io.Writer) ([]row, error) {
-	rounds := max(1, w.rounds)
+	rounds := max(1, b.opts.Rounds)
 	var paths []string
 	for _, path := range w.paths {
 		if slices.Contains(b.opts.Paths, path) {
@@ -182,8 +181,8 @@ func (b *bench) noteRun(workload, label string, r row) {
 
 // combineRounds makes one row of a path's rounds: the median of each rate,
 // latency and CPU figure (each on its own), the sums of the counts, the
-// largest peak RSS and other load, and every round's p99 in P99s. One
-// round is returned as it is.
+// largest peak RSS and other load, and every round's measurement in
+// Rounds. One round is returned as it is.
 func combineRounds(rs []row) row {
 	if len(rs) == 1 {
 		return rs[0]
@@ -217,7 +216,7 @@ func combineRounds(rs []row) row {
 		out.M.Unsent += r.M.Unsent
 		out.PeakMiB = max(out.PeakMiB, r.PeakMiB)
 		out.Others = max(out.Others, r.Others)
-		out.P99s = append(out.P99s, r.M.P99)
+		out.Rounds = append(out.Rounds, r.M)
 	}
 	return out
 }
