@@ -30,7 +30,7 @@ unit:
 
 ## bench: the harness of test/bench: direct vs tidegate vs nginx vs haproxy (and
 ## a plain ReverseProxy for gRPC) under wrk, h2load, gRPC and open-loop load,
-## then tidegate's memory per idle connection; about 7 minutes. As root it
+## then tidegate's memory per idle connection; about 12 minutes. As root it
 ## apt-get installs wrk, nginx, haproxy and h2load if missing.
 BENCH_FLAGS ?=
 bench:
