@@ -203,12 +203,17 @@ func TestFastPathUsesRawSyscalls(t *testing.T) {
 			client = tc.Conn
 		}
 		r.srv.mu.Unlock()
-		r.handler.h1.mu.Lock()
+		// The app connection goes back to the pool after the answer
+		// has reached the client: wait for it there.
 		var up net.Conn
-		if len(r.handler.h1.idle) == 1 {
-			up = r.handler.h1.idle[0].nc
-		}
-		r.handler.h1.mu.Unlock()
+		waitFor(t, func() bool {
+			r.handler.h1.mu.Lock()
+			defer r.handler.h1.mu.Unlock()
+			if len(r.handler.h1.idle) == 1 {
+				up = r.handler.h1.idle[0].nc
+			}
+			return up != nil
+		})
 		for side, nc := range map[string]net.Conn{"client": client, "app": up} {
 			_, isRaw := nc.(*rawTCPConn)
 			_, isTCP := nc.(*net.TCPConn)
