@@ -28,7 +28,8 @@
 //  3. h2c, 1 KiB responses (h2load)
 //  4. gRPC unary calls (subcommand "grpcload")
 //  5. open-loop HTTP/1.1 at half of direct's rate in workload 1, latency
-//     counted from each request's intended send time (subcommand "openloop")
+//     counted from each request's intended send time, on connections all
+//     opened before the schedule begins (subcommand "openloop")
 //  6. the same at half of the slowest proxy's rate in workload 1, which
 //     every proxy sustains: its p99 is latency, not time queued
 //

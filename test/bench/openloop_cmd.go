@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -21,6 +22,14 @@ var errBadStatus = errors.New("status not 200")
 // runOpenLoopCmd is the open-loop load generator: HTTP/1.1 GET -path on
 // -addr at -rate requests per second for -duration, over at most -conns
 // keep-alive connections. It prints its measurement as JSON.
+//
+// It opens every connection, with one request each that it does not
+// count, before the schedule begins, as wrk does: the schedule's first
+// requests would otherwise each open one, and a burst of -conns new
+// connections in the first milliseconds, which the proxy's warm-up run
+// (another process, other connections) does not spare it, would weigh on
+// the tail of a short run. What the workload measures is a proxy's
+// latency on its connections, not its accept path.
 func runOpenLoopCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("openloop", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -41,18 +50,44 @@ func runOpenLoopCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	defer cancel()
 
 	req := []byte("GET " + *path + " HTTP/1.1\r\nHost: " + *addr + "\r\nUser-Agent: tidegate-bench\r\n\r\n")
-	var all []*h1conn
-	newSender := func() sender {
-		c := &h1conn{addr: *addr, req: req}
-		all = append(all, c) // newSender runs on this goroutine only
+	all := make([]*h1conn, *conns)
+	for i := range all {
+		all[i] = &h1conn{addr: *addr, req: req}
+	}
+	defer func() {
+		for _, c := range all {
+			c.close()
+		}
+	}()
+	if err := connectAll(ctx, all); err != nil {
+		return err
+	}
+	next := 0
+	newSender := func() sender { // called once per worker, on this goroutine
+		c := all[next]
+		next++
 		return c.do
 	}
 	s := newSchedule(time.Now().Add(10*time.Millisecond), *rate, *d)
 	res := openLoop(ctx, s, *conns, newSender)
-	for _, c := range all {
-		c.close()
-	}
 	return json.NewEncoder(stdout).Encode(res.measurement(*rate))
+}
+
+// connectAll opens each connection of cs with one request, all at once,
+// and fails with the first error.
+func connectAll(ctx context.Context, cs []*h1conn) error {
+	errs := make([]error, len(cs))
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() { errs[i] = c.do(ctx) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return fmt.Errorf("openloop: opening connection %d of %d: %w", i+1, len(cs), err)
+		}
+	}
+	return nil
 }
 
 // h1conn is one keep-alive HTTP/1.1 connection that sends the same request

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -95,4 +100,50 @@ func TestOpenLoopFailuresAndUnsent(t *testing.T) {
 			t.Errorf("errors %d, unsent %d; want 7, 5", m.Errors, m.Unsent)
 		}
 	})
+}
+
+// TestOpenLoopCmdConnectsFirst runs the generator against a real server:
+// every connection is open, with one request that is not counted, before
+// the schedule's first request.
+func TestOpenLoopCmdConnectsFirst(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		seq   int
+		first = map[string]int{} // connection → sequence number of its first request
+		later []int              // sequence numbers of every later request
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seq++
+		if _, ok := first[r.RemoteAddr]; ok {
+			later = append(later, seq)
+		} else {
+			first[r.RemoteAddr] = seq
+		}
+		mu.Unlock()
+		_, _ = w.Write([]byte("ok"))
+	}))
+	defer srv.Close()
+	var out, errOut bytes.Buffer
+	args := []string{"-addr", srv.Listener.Addr().String(), "-path", "/", "-rate", "1000", "-duration", "50ms", "-conns", "4"}
+	if err := runOpenLoopCmd(t.Context(), args, &out, &errOut); err != nil {
+		t.Fatalf("openloop: %v (%s)", err, errOut.String())
+	}
+	var m measurement
+	if err := json.Unmarshal(out.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Requests != 50 || m.Errors != 0 {
+		t.Errorf("measured %d requests and %d errors, want the schedule's 50 and none", m.Requests, m.Errors)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(first) != 4 || len(later) != 50 {
+		t.Fatalf("server saw %d connections and %d later requests, want 4 and 50", len(first), len(later))
+	}
+	for conn, n := range first {
+		if n > 4 {
+			t.Errorf("connection %s sent its first request as number %d, after the schedule began", conn, n)
+		}
+	}
 }
