@@ -225,7 +225,7 @@ func settings() []setting {
 			"serve every request with Go's net/http, not tidegate's own HTTP/1.1 path for plain requests (an escape hatch; about twice the CPU per request)",
 			func(c *Config) *bool { return &c.Server.NetHTTPOnly }),
 		boolSetting("plain-syscalls", "server.plain_syscalls",
-			"read and write sockets through Go's ordinary system calls, not the raw ones tidegate uses on Linux to spare the Go scheduler's monitor thread (an escape hatch; about 15% more CPU per request at moderate load)",
+			"read and write sockets through Go's ordinary system calls, not the raw ones tidegate uses on Linux to spare the Go scheduler's monitor thread (an escape hatch; 15-20% more CPU per request below saturation)",
 			func(c *Config) *bool { return &c.Server.PlainSyscalls }),
 		bytesSetting("max-body-bytes", "server.max_body_bytes", "0",
 			"largest request body (larger: 413); 0 = no limit",
