@@ -99,25 +99,22 @@ var (
 	p999Column = latColumn{"p99.9", func(m measurement) time.Duration { return m.P999 }}
 )
 
-// rps returns the req/s of path's row, or 0 if it has none.
-func rps(rows []row, path string) float64 {
+// measured returns the measurement of path's row, or a zero one if it has
+// none (not measured, or skipped).
+func measured(rows []row, path string) measurement {
 	for _, r := range rows {
 		if r.Path == path && r.Skipped == "" {
-			return r.M.RPS
+			return r.M
 		}
 	}
-	return 0
+	return measurement{}
 }
 
+// rps returns the req/s of path's row, or 0 if it has none.
+func rps(rows []row, path string) float64 { return measured(rows, path).RPS }
+
 // p99 returns the p99 of path's row, or 0 if it has none.
-func p99(rows []row, path string) time.Duration {
-	for _, r := range rows {
-		if r.Path == path && r.Skipped == "" {
-			return r.M.P99
-		}
-	}
-	return 0
-}
+func p99(rows []row, path string) time.Duration { return measured(rows, path).P99 }
 
 func ratio(v, of float64) string {
 	if of <= 0 {
