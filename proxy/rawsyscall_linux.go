@@ -26,6 +26,14 @@ import (
 // 15% less CPU per request at 19k req/s open loop on the bench machine
 // (README, Performance); no change that shows when saturated.
 //
+// The calls are recvfrom(2) and sendto(2), as HAProxy makes them, rather
+// than read(2) and write(2): on a socket they do the same, but skip the
+// file layer's work (position lock, permission hooks, the VFS dispatch),
+// which perf showed at about 0.4µs per HTTP/1.1 request on the bench
+// machine: 1.8% less CPU per request (median of six alternating runs).
+// sendto also takes MSG_NOSIGNAL: a write to a connection the peer reset
+// fails with EPIPE and raises no SIGPIPE for the runtime to field.
+//
 // rawTCPConn is a *net.TCPConn whose Read and Write do that. Everything
 // else (Close, deadlines, CloseWrite, ReadFrom and WriteTo for splice,
 // SyscallConn) is the TCPConn's own.
@@ -62,9 +70,16 @@ func rawSyscalls(c net.Conn) net.Conn {
 	return r
 }
 
-// rawWrite writes p to fd once, as write(2) does.
+// rawWrite writes p to the socket fd once: send(2), without SIGPIPE.
 func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		syscall.MSG_NOSIGNAL, 0, 0)
+	return int(n), e
+}
+
+// rawRead reads into p from the socket fd once: recv(2).
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
 	return int(n), e
 }
 
@@ -72,10 +87,10 @@ func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 // error), false to wait for readability.
 func (r *rawTCPConn) read(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.rbuf[0])), uintptr(len(r.rbuf)))
+		n, e := rawRead(fd, r.rbuf)
 		switch e {
 		case 0:
-			r.rn = int(n)
+			r.rn = n
 			return true
 		case syscall.EINTR:
 			continue

@@ -11,7 +11,7 @@ import (
 // only (rawsyscall_linux.go).
 func rawSyscalls(c net.Conn) net.Conn { return c }
 
-// rawWrite writes p to fd once, as write(2) does.
+// rawWrite writes p to the socket fd once.
 func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Write(int(fd), p)
 	if n < 0 {
