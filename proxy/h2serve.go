@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,7 @@ type h2sConn struct {
 	h      *Handler
 	tc     *trackedConn
 	fr     *http2.Framer
+	hr     *h2headerReader // reads fr, header blocks decoded
 	remote string
 	ip     string
 	ctx    context.Context // the base of the handler's request contexts
@@ -136,8 +138,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c := &h2sConn{s: s, h: s.fast, tc: tc, remote: fc.remote, ip: fc.ip, streams: make(map[uint32]*h2stream), work: make(chan func())}
 	c.cond.L = &c.mu
 	c.fr = http2.NewFramer(nil, fc.br)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = uint32(s.maxHeaderBytes)
+	c.hr = newH2HeaderReader(c.fr, uint32(s.maxHeaderBytes))
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	c.down.init(newFrameOut(&c.mu, tc))
@@ -174,7 +175,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.mu.Unlock()
 
 	for {
-		f, err := c.fr.ReadFrame()
+		f, err := c.hr.readFrame()
 		if err != nil {
 			if c.readError(err) {
 				continue
@@ -834,7 +835,8 @@ func parseH2Request(f *http2.MetaHeadersFrame) (h2Request, bool) {
 	} else if rq.scheme == "" || rq.path == "" {
 		return rq, false
 	}
-	rq.fields = f.RegularFields()
+	// A copy: f's fields are the header reader's, for the next block too.
+	rq.fields = slices.Clone(f.RegularFields())
 	for _, hf := range rq.fields {
 		switch hf.Name {
 		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,7 @@ type h2uConn struct {
 	c          *h2sConn
 	nc         net.Conn // nil until dialed
 	fr         *http2.Framer
+	hr         *h2headerReader // reads fr, header blocks decoded
 	peer       h2peer
 	in         h2inflow
 	streams    map[uint32]*h2stream // opened on the app
@@ -185,8 +187,7 @@ func (up *h2uConn) dial() {
 	up.nc = nc
 	up.first = &firstBytes{r: nc}
 	up.fr = http2.NewFramer(nil, bufio.NewReaderSize(up.first, 16<<10))
-	up.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	up.fr.MaxHeaderListSize = 1 << 20 // as the HTTP/1.1 transport's MaxResponseHeaderBytes
+	up.hr = newH2HeaderReader(up.fr, 1<<20) // as the HTTP/1.1 transport's MaxResponseHeaderBytes
 	up.fr.SetReuseFrames()
 	up.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	up.peer.init(newFrameOut(&c.mu, nc))
@@ -276,7 +277,7 @@ func (c *h2sConn) spliceData(st *h2stream, data []byte, end bool) {
 func (c *h2sConn) requestTrailers(st *h2stream, fields []hpack.HeaderField) {
 	st.reqEnded = true
 	if st.rw != nil {
-		c.handlerTrailers(st, fields)
+		c.handlerTrailers(st, slices.Clone(fields)) // kept: fields are the header reader's
 		return
 	}
 	if st.upOut.done {
@@ -308,7 +309,7 @@ func filterFields(fields []hpack.HeaderField, keepTE bool) []hpack.HeaderField {
 func (up *h2uConn) readLoop() {
 	c := up.c
 	for {
-		f, err := up.fr.ReadFrame()
+		f, err := up.hr.readFrame()
 		c.mu.Lock()
 		if err != nil {
 			var se http2.StreamError
