@@ -80,9 +80,7 @@ func (r *h2headerReader) readBlock(hf *http2.HeadersFrame) (http2.Frame, error) 
 	r.sawRegular, r.invalid = false, nil
 	r.dec.SetEmitEnabled(true)
 
-	var frag []byte
-	ended := hf.HeadersEnded()
-	frag = hf.HeaderBlockFragment()
+	frag, ended := hf.HeaderBlockFragment(), hf.HeadersEnded()
 	for {
 		// A fragment far over what is left of the limit is not decoded
 		// only to be dropped; nor is any fragment after an invalid field,
@@ -152,13 +150,13 @@ func (r *h2headerReader) emit(hf hpack.HeaderField) {
 }
 
 // validFieldName reports whether name is a field name HTTP/2 allows on
-// the wire: a token, in lower case.
+// the wire: a token (h1wire's tchar), in lower case.
 func validFieldName(name string) bool {
 	if name == "" {
 		return false
 	}
-	for _, c := range name {
-		if !httpguts.IsTokenRune(c) || 'A' <= c && c <= 'Z' {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !tchar[c] || 'A' <= c && c <= 'Z' {
 			return false
 		}
 	}
