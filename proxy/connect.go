@@ -34,7 +34,9 @@ func (h *Handler) serveConnect(w http.ResponseWriter, r *http.Request, st *reqSt
 	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length"} {
 		out.Header.Del(k)
 	}
-	out.Header.Set(RequestIDHeader, st.id)
+	if h.genID {
+		out.Header.Set(RequestIDHeader, st.id)
+	}
 	h.setForwardedHeaders(r, out)
 	app, appBuf, resp, ok := h.handshake(w, r, st, out, func(code int) bool { return code/100 == 2 })
 	if !ok {

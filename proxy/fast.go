@@ -222,8 +222,12 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 	x := fastExchange{start: h.now(), id: r.id}
 	h.tracker.requestStartedAt(r.ua != nil && h.tracker.isProbeUA(r.ua), x.start)
 	defer h.tracker.RequestDone()
-	if !validRequestID(x.id) {
+	switch {
+	case validRequestID(x.id):
+	case h.genID:
 		x.id, x.generated = appendRequestID(fc.id[:0]), true
+	default:
+		x.id = nil // the client's goes to the app as it came
 	}
 	keep = !r.close
 	defer func() {
@@ -293,15 +297,16 @@ func (h *Handler) sendFast(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 	bw.Write(fc.head.target)
 	bw.WriteString(" HTTP/1.1\r\n")
 	hops := r.hop[:r.nhop]
-	xffOut := false
+	setXF := h.forwarded != ForwardedOff
+	xffOut := !setXF
 	for _, f := range fc.head.fields {
 		n := f.name
 		switch {
 		case hopByHop(n), len(hops) > 0 && namedIn(n, hops),
-			fieldIs(n, "x-forwarded-proto"), fieldIs(n, "x-forwarded-host"),
+			setXF && (fieldIs(n, "x-forwarded-proto") || fieldIs(n, "x-forwarded-host")),
 			x.generated && fieldIs(n, "x-request-id"):
 			continue
-		case fieldIs(n, "x-forwarded-for"):
+		case setXF && fieldIs(n, "x-forwarded-for"):
 			if xffOut {
 				continue
 			}
@@ -317,19 +322,21 @@ func (h *Handler) sendFast(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 	if !xffOut {
 		h.writeXFF(bw, fc)
 	}
-	bw.WriteString("X-Forwarded-Proto: ")
-	if h.forwarded == ForwardedAppend && r.xfp != nil {
-		bw.Write(r.xfp)
-	} else {
-		bw.WriteString("http")
+	if setXF {
+		bw.WriteString("X-Forwarded-Proto: ")
+		if h.forwarded == ForwardedAppend && r.xfp != nil {
+			bw.Write(r.xfp)
+		} else {
+			bw.WriteString("http")
+		}
+		bw.WriteString("\r\nX-Forwarded-Host: ")
+		if h.forwarded == ForwardedAppend && r.xfh != nil {
+			bw.Write(r.xfh)
+		} else {
+			bw.Write(r.host)
+		}
+		bw.WriteString("\r\n")
 	}
-	bw.WriteString("\r\nX-Forwarded-Host: ")
-	if h.forwarded == ForwardedAppend && r.xfh != nil {
-		bw.Write(r.xfh)
-	} else {
-		bw.Write(r.host)
-	}
-	bw.WriteString("\r\n")
 	if x.generated {
 		bw.WriteString("X-Request-Id: ")
 		bw.Write(x.id)
@@ -555,7 +562,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
-	endHead(bw, x.id, fr.hasID, fr.hasDate, keep)
+	endHead(bw, x.id, fr.hasID || !h.genID, fr.hasDate, keep)
 	_, _ = uc.br.Discard(n)
 
 	switch mode {
@@ -877,7 +884,7 @@ func (h *Handler) relayLarge(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *fast
 		bw.WriteString("\r\n")
 	}
 	_, hasDate := resp.Header["Date"]
-	endHead(bw, x.id, resp.Header.Get(RequestIDHeader) != "", hasDate, keep)
+	endHead(bw, x.id, !h.genID || resp.Header.Get(RequestIDHeader) != "", hasDate, keep)
 	var err error
 	if !noBody {
 		big := bodyBufs.Get().(*[]byte)
@@ -1002,8 +1009,10 @@ func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) int64 {
 	bw.WriteString(http.StatusText(f.status))
 	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nX-Tidegate-Reason: ")
 	bw.WriteString(string(f.reason))
-	bw.WriteString("\r\nX-Request-Id: ")
-	bw.Write(id)
+	if len(id) > 0 {
+		bw.WriteString("\r\nX-Request-Id: ")
+		bw.Write(id)
+	}
 	bw.WriteString("\r\nDate: ")
 	bw.Write(httpDate())
 	bw.WriteString("\r\nContent-Length: ")

@@ -72,10 +72,8 @@ var h1heads = sync.Pool{New: func() any { return &h1head{fields: make([]h1field,
 // serveDirect proxies st's request over HTTP/1.1 and relays the answer.
 func (c *h2sConn) serveDirect(st *h2stream, rq *h2Request) {
 	h := c.h
-	generated := !validRequestID(st.reqID)
-	if generated {
-		st.reqID = newRequestID()
-	}
+	var generated bool
+	st.reqID, generated = h.requestID(st.reqID)
 	rh := h1heads.Get().(*h1head)
 	defer func() {
 		rh.fields = rh.fields[:0]
@@ -146,10 +144,13 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	bw.WriteString("\r\n")
 	cookies := 0
 	te := false
+	setXF := c.h.forwarded != ForwardedOff
 	for _, f := range rq.fields {
 		switch f.Name {
 		case "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host":
-			continue // set below
+			if setXF {
+				continue // set below
+			}
 		case "x-request-id":
 			if generated {
 				continue
@@ -184,17 +185,19 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	if cookies > 0 {
 		bw.WriteString("\r\n")
 	}
-	xff, xfp, xfh := c.forwarded(rq.fields, rq.authority)
-	if xff != "" {
-		bw.WriteString("X-Forwarded-For: ")
-		bw.WriteString(xff)
+	if setXF {
+		xff, xfp, xfh := c.forwarded(rq.fields, rq.authority)
+		if xff != "" {
+			bw.WriteString("X-Forwarded-For: ")
+			bw.WriteString(xff)
+			bw.WriteString("\r\n")
+		}
+		bw.WriteString("X-Forwarded-Proto: ")
+		bw.WriteString(xfp)
+		bw.WriteString("\r\nX-Forwarded-Host: ")
+		bw.WriteString(xfh)
 		bw.WriteString("\r\n")
 	}
-	bw.WriteString("X-Forwarded-Proto: ")
-	bw.WriteString(xfp)
-	bw.WriteString("\r\nX-Forwarded-Host: ")
-	bw.WriteString(xfh)
-	bw.WriteString("\r\n")
 	if generated {
 		bw.WriteString("X-Request-Id: ")
 		bw.WriteString(st.reqID)
@@ -372,7 +375,7 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 	st.headers = h.now()
 	fields := make([]hpack.HeaderField, 0, len(resp.Header)+3)
 	fields = append(fields, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(resp.StatusCode)})
-	hasID, hasDate := false, false
+	hasID, hasDate := !h.genID, false
 	hops := resp.Header["Connection"]
 	for k, vv := range resp.Header {
 		name := strings.ToLower(k)
@@ -559,6 +562,7 @@ var commonNames = func() map[string]string {
 func (c *h2sConn) directHead(st *h2stream, rh *h1head, fr respFraming, end bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	fr.hasID = fr.hasID || !c.h.genID
 	c.fields = directFields(rh, fr, st.reqID, &c.strs, c.fields[:0])
 	return c.directHeadersLocked(st, c.fields, end)
 }

@@ -68,17 +68,16 @@ func (c *h2sConn) startSplice(st *h2stream, rq *h2Request) {
 	st.method, st.start = rq.method, h.now()
 	st.path, _, _ = strings.Cut(rq.path, "?")
 	h.tracker.RequestStarted(h.tracker.IsProbe(rq.userAgent))
-	st.reqID = rq.id
-	if !validRequestID(st.reqID) {
-		st.reqID = newRequestID()
-	}
-	st.reqFields = c.upstreamFields(rq, st.reqID)
+	var generated bool
+	st.reqID, generated = h.requestID(rq.id)
+	st.reqFields = c.upstreamFields(rq, st.reqID, generated)
 	c.upConn().attach(st)
 }
 
 // upstreamFields is the header block sent to the app: the client's, with
 // X-Forwarded-* set and the request id, as the handler's rewrite does.
-func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
+// generated says id replaces the client's X-Request-Id.
+func (c *h2sConn) upstreamFields(rq *h2Request, id string, generated bool) []hpack.HeaderField {
 	authority := rq.authority
 	if authority == "" {
 		for _, f := range rq.fields {
@@ -95,10 +94,17 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 		out = append(out, hpack.HeaderField{Name: ":authority", Value: rq.authority})
 	}
 	out = append(out, hpack.HeaderField{Name: ":path", Value: rq.path})
+	setXF := c.h.forwarded != ForwardedOff
 	for _, f := range rq.fields {
 		switch f.Name {
-		case "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id":
-			continue // set below
+		case "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host":
+			if setXF {
+				continue // set below
+			}
+		case "x-request-id":
+			if generated {
+				continue // set below
+			}
 		case "te", "trailer":
 			// te: "trailers", the only value parseH2Request lets through.
 			// trailer: the trailers this request declares, which an app
@@ -110,13 +116,18 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 		}
 		out = append(out, f)
 	}
-	xff, xfp, xfh := c.forwarded(rq.fields, authority)
-	if xff != "" {
-		out = append(out, hpack.HeaderField{Name: "x-forwarded-for", Value: xff})
+	if setXF {
+		xff, xfp, xfh := c.forwarded(rq.fields, authority)
+		if xff != "" {
+			out = append(out, hpack.HeaderField{Name: "x-forwarded-for", Value: xff})
+		}
+		out = append(out, hpack.HeaderField{Name: "x-forwarded-proto", Value: xfp},
+			hpack.HeaderField{Name: "x-forwarded-host", Value: xfh})
 	}
-	return append(out, hpack.HeaderField{Name: "x-forwarded-proto", Value: xfp},
-		hpack.HeaderField{Name: "x-forwarded-host", Value: xfh},
-		requestIDField(id))
+	if generated {
+		out = append(out, requestIDField(id))
+	}
+	return out
 }
 
 // forwarded returns the X-Forwarded-For, -Proto and -Host values for the
@@ -494,7 +505,11 @@ func (c *h2sConn) onUpHeaders(st *h2stream, f *http2.MetaHeadersFrame) {
 	if c.s.draining.Load() {
 		c.beginGoAwayLocked()
 	}
-	c.down.headers(st.id, c.responseFields(status, f.RegularFields(), st.reqID), f.StreamEnded())
+	id := st.reqID
+	if !c.h.genID {
+		id = "" // adds none
+	}
+	c.down.headers(st.id, c.responseFields(status, f.RegularFields(), id), f.StreamEnded())
 	if f.StreamEnded() {
 		st.out.done = true
 		up.responseEnded(st)
@@ -586,15 +601,18 @@ func (c *h2sConn) upstreamFailed(st *h2stream, f failure, err error) {
 		zap.String("method", st.method), zap.String("path", st.path),
 		zap.String("request_id", st.reqID), zap.Error(err))
 	body := f.body()
-	c.down.headers(st.id, []hpack.HeaderField{
+	fields := []hpack.HeaderField{
 		{Name: ":status", Value: strconv.Itoa(f.status)},
 		{Name: "content-type", Value: "text/plain; charset=utf-8"},
 		{Name: "x-content-type-options", Value: "nosniff"},
 		{Name: "x-tidegate-reason", Value: string(f.reason)},
-		requestIDField(st.reqID),
 		{Name: "content-length", Value: strconv.Itoa(len(body))},
 		{Name: "date", Value: httpDateString()},
-	}, false)
+	}
+	if st.reqID != "" {
+		fields = append(fields, requestIDField(st.reqID))
+	}
+	c.down.headers(st.id, fields, false)
 	st.bytes += int64(len(body))
 	c.down.data(st.id, &st.out, []byte(body), true)
 	c.maybeFinish(st)

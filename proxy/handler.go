@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,6 +27,26 @@ const (
 	// ForwardedReplace trusts nobody: the three headers are replaced by what
 	// tidegate itself sees. Use it when tidegate is the edge.
 	ForwardedReplace ForwardedMode = "replace"
+	// ForwardedOff leaves the three headers as the client sent them and
+	// adds none, as haproxy and nginx do unless told otherwise. Use it when
+	// the app ignores them, or when the hop before tidegate sets them and
+	// nothing else reaches it.
+	ForwardedOff ForwardedMode = "off"
+)
+
+// RequestIDMode says whether tidegate makes request ids.
+type RequestIDMode string
+
+const (
+	// RequestIDGenerate keeps a client's X-Request-Id when it is valid
+	// (printable, at most 128 bytes) and replaces it with a new UUID
+	// otherwise; the id goes to the app, back to the client unless the app
+	// answers with its own, and into the access log. The default.
+	RequestIDGenerate RequestIDMode = "generate"
+	// RequestIDOff makes no ids and adds X-Request-Id to nothing:
+	// a client's passes to the app untouched, and a valid one is still
+	// logged and put on tidegate's own error answers.
+	RequestIDOff RequestIDMode = "off"
 )
 
 // RequestIDHeader carries the request id to the app and back to the client.
@@ -56,6 +77,10 @@ type Options struct {
 	// Forwarded says how X-Forwarded-* headers are set. Empty means
 	// ForwardedAppend.
 	Forwarded ForwardedMode
+
+	// RequestID says whether request ids are made. Empty means
+	// RequestIDGenerate.
+	RequestID RequestIDMode
 
 	// Tracker counts requests in flight. Required.
 	Tracker *Tracker
@@ -94,6 +119,7 @@ type Handler struct {
 	access    *zap.Logger
 	maxBody   int64
 	forwarded ForwardedMode
+	genID     bool // RequestIDGenerate
 	target    string
 	now       func() time.Time
 
@@ -115,9 +141,16 @@ func NewHandler(o Options) (*Handler, error) {
 	switch o.Forwarded {
 	case "":
 		o.Forwarded = ForwardedAppend
-	case ForwardedAppend, ForwardedReplace:
+	case ForwardedAppend, ForwardedReplace, ForwardedOff:
 	default:
-		return nil, fmt.Errorf("proxy: forwarded mode %q: want %q or %q", o.Forwarded, ForwardedAppend, ForwardedReplace)
+		return nil, fmt.Errorf("proxy: forwarded mode %q: want %q, %q or %q", o.Forwarded, ForwardedAppend, ForwardedReplace, ForwardedOff)
+	}
+	switch o.RequestID {
+	case "":
+		o.RequestID = RequestIDGenerate
+	case RequestIDGenerate, RequestIDOff:
+	default:
+		return nil, fmt.Errorf("proxy: request id mode %q: want %q or %q", o.RequestID, RequestIDGenerate, RequestIDOff)
 	}
 	if o.MaxBodyBytes < 0 {
 		return nil, fmt.Errorf("proxy: max body bytes %d is negative", o.MaxBodyBytes)
@@ -130,6 +163,7 @@ func NewHandler(o Options) (*Handler, error) {
 		access:    o.AccessLog,
 		maxBody:   o.MaxBodyBytes,
 		forwarded: o.Forwarded,
+		genID:     o.RequestID == RequestIDGenerate,
 		target:    o.Upstream.targetHost(),
 		now:       o.Now,
 	}
@@ -239,9 +273,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer h.tracker.RequestDone()
 
 	st := &reqState{id: r.Header.Get(RequestIDHeader), h2: r.ProtoMajor == 2}
-	if !validRequestID(st.id) {
+	switch {
+	case validRequestID(st.id):
+	case h.genID:
 		st.id = newRequestID()
 		r.Header.Set(RequestIDHeader, st.id)
+	default:
+		st.id = "" // the client's goes to the app as it came
 	}
 	rec := &recorder{ResponseWriter: w}
 	defer func() {
@@ -297,6 +335,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 // setForwardedHeaders sets X-Forwarded-For, -Proto and -Host on out, the
 // request to the app, from in, the client's request.
 func (h *Handler) setForwardedHeaders(in, out *http.Request) {
+	if h.forwarded == ForwardedOff {
+		// ReverseProxy took them off out before rewrite: as they came.
+		for _, k := range [...]string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"} {
+			if vs := in.Header[k]; len(vs) > 0 {
+				out.Header[k] = slices.Clone(vs)
+			}
+		}
+		return
+	}
 	ip, _, err := net.SplitHostPort(in.RemoteAddr)
 	switch {
 	case err != nil:
@@ -346,7 +393,7 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 		return nil
 	}
 	st.headers = h.now()
-	if resp.Header.Get(RequestIDHeader) == "" {
+	if h.genID && resp.Header.Get(RequestIDHeader) == "" {
 		resp.Header.Set(RequestIDHeader, st.id)
 	}
 	return nil

@@ -535,6 +535,7 @@ func TestNewHandlerRejectsBadOptions(t *testing.T) {
 		{Upstream: up},
 		{Tracker: tr},
 		{Upstream: up, Tracker: tr, Forwarded: "trust-everyone"},
+		{Upstream: up, Tracker: tr, RequestID: "uuid7"},
 		{Upstream: up, Tracker: tr, MaxBodyBytes: -1},
 	} {
 		if _, err := NewHandler(o); err == nil {

@@ -36,6 +36,19 @@ func appendRequestID(dst []byte) []byte {
 	return append(dst, s[:]...)
 }
 
+// requestID returns the id of a request whose client sent id (or none):
+// id when it is valid, else a new one (generated) in RequestIDGenerate
+// mode, else "".
+func (h *Handler) requestID(id string) (_ string, generated bool) {
+	switch {
+	case validRequestID(id):
+		return id, false
+	case h.genID:
+		return newRequestID(), true
+	}
+	return "", false
+}
+
 // maxRequestIDLen bounds a client-supplied request id; a longer one, or one
 // with spaces or control characters, is replaced so that logs stay parseable.
 const maxRequestIDLen = 128

@@ -109,7 +109,9 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request, st *reqSt
 	out.URL.Scheme, out.URL.Host = "http", h.target
 	out.Host = r.Host
 	out.RequestURI = ""
-	out.Header.Set(RequestIDHeader, st.id)
+	if h.genID {
+		out.Header.Set(RequestIDHeader, st.id)
+	}
 	h.setForwardedHeaders(r, out)
 	for _, k := range []string{"Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding"} {
 		out.Header.Del(k)

@@ -32,6 +32,7 @@ type Config struct {
 		MaxHeaderBytes    int64
 		MaxBodyBytes      int64
 		Forwarded         string
+		RequestID         string
 		NetHTTPOnly       bool
 		PlainSyscalls     bool
 	}

@@ -290,6 +290,7 @@ func (s *sidecar) newProxyHandler(up proxy.Upstream, metrics *proxy.Metrics, acc
 		},
 		MaxBodyBytes: cfg.Server.MaxBodyBytes,
 		Forwarded:    proxy.ForwardedMode(cfg.Server.Forwarded),
+		RequestID:    proxy.RequestIDMode(cfg.Server.RequestID),
 		Tracker:      s.tracker,
 		Metrics:      metrics,
 		Logger:       s.log.Named("proxy"),

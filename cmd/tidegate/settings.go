@@ -231,8 +231,11 @@ func settings() []setting {
 			"largest request body (larger: 413); 0 = no limit",
 			func(c *Config) *int64 { return &c.Server.MaxBodyBytes }),
 		strSetting("forwarded-headers", "server.forwarded_headers", "append", "MODE",
-			"append: trust the previous hop's X-Forwarded-*; replace: overwrite them",
-			func(c *Config) *string { return &c.Server.Forwarded }, oneOf("append", "replace")),
+			"append: trust the previous hop's X-Forwarded-*; replace: overwrite them; off: pass the client's through and add none",
+			func(c *Config) *string { return &c.Server.Forwarded }, oneOf("append", "replace", "off")),
+		strSetting("request-id", "server.request_id", "generate", "MODE",
+			"generate: keep a valid client X-Request-Id or make one, send it to the app and back; off: make none and add none (a client's passes through)",
+			func(c *Config) *string { return &c.Server.RequestID }, oneOf("generate", "off")),
 		{
 			flag: "probe-user-agent", key: "probe_user_agents", def: "kube-probe/", arg: "PREFIX", list: true,
 			usage: "User-Agent prefix of health checkers, whose requests never count as activity (repeatable)",

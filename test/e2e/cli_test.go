@@ -119,13 +119,14 @@ func TestConfigPrecedence(t *testing.T) {
 	var cfg map[string]string
 	decodeJSON(t, body, &cfg)
 	want := map[string]string{
-		"upstream.address":                 app.Addr, // file
-		"upstream.dial_timeout":            "3s",     // file over default
-		"upstream.idle_timeout":            "5s",     // env over file
-		"drain.timeout":                    "8s",     // flag over env over file
-		"server.read_header_timeout":       "10s",    // default
-		"upstream.max_idle_conns":          "1024",   // default
-		"server.forwarded_headers":         "append", // default
+		"upstream.address":                 app.Addr,   // file
+		"upstream.dial_timeout":            "3s",       // file over default
+		"upstream.idle_timeout":            "5s",       // env over file
+		"drain.timeout":                    "8s",       // flag over env over file
+		"server.read_header_timeout":       "10s",      // default
+		"upstream.max_idle_conns":          "1024",     // default
+		"server.forwarded_headers":         "append",   // default
+		"server.request_id":                "generate", // default
 		"listen":                           "127.0.0.1:0",
 		"upstream.expect_continue_timeout": "1s",
 	}

@@ -250,6 +250,28 @@ func TestHeaders(t *testing.T) {
 		}
 	})
 
+	t.Run("off", func(t *testing.T) {
+		t.Parallel()
+		app := fakeapp.Start(t)
+		tg := start(t, "--upstream", app.Addr, "--forwarded-headers", "off", "--request-id", "off")
+		e, resp := echo(t, tg)
+		hopByHop(t, e)
+		want := map[string]string{
+			"X-Forwarded-For":   "203.0.113.7",
+			"X-Forwarded-Proto": "https",
+			"X-Forwarded-Host":  "edge.example",
+			"X-Request-Id":      "",
+		}
+		for h, w := range want {
+			if got := strings.Join(e.Header.Values(h), ", "); got != w {
+				t.Errorf("app got %s %q, want the client's %q", h, got, w)
+			}
+		}
+		if got := resp.Header.Values("X-Request-Id"); len(got) != 0 {
+			t.Errorf("client got X-Request-Id %q, want none", got)
+		}
+	})
+
 	t.Run("request id and access log", func(t *testing.T) {
 		t.Parallel()
 		app := fakeapp.Start(t)
