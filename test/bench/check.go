@@ -109,6 +109,9 @@ func checkSeen(seen, answerID string, headers bool) error {
 		if len(fields) > 0 {
 			return fmt.Errorf("the app saw %q; this path should add none of %s", seen, strings.Join(forwardHeaders, ", "))
 		}
+		if answerID != "" {
+			return fmt.Errorf("the answer carries %s %q; this path should add none", requestIDHeader, answerID)
+		}
 		return nil
 	}
 	for _, h := range forwardHeaders {

@@ -9,7 +9,9 @@
 // the same work and the app parses the same requests; the check before each
 // measurement asks the app which of these headers it saw. The haproxy-bare
 // path is HAProxy as it comes, adding none of them: the report gives the
-// ratio to both. The tidegate-plain path is tidegate with --plain-syscalls
+// ratio to both. The tidegate-bare path is tidegate told to add none of them
+// either (--forwarded-headers off --request-id off), the like-for-like pair
+// of haproxy-bare. The tidegate-plain path is tidegate with --plain-syscalls
 // (Go's ordinary system calls instead of the raw ones), side by side.
 //
 // Usage:

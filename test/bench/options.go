@@ -29,7 +29,9 @@ var allWorkloads = []string{wlHTTP1, wlHTTP1Big, wlH2C, wlGRPC, wlOpenLoop, wlOp
 // tidegate adds X-Forwarded-For, -Proto, -Host and an X-Request-Id to each
 // request (and the id to the answer); nginx and haproxy are configured to
 // add the same, so that all three do the same work and the app parses the
-// same requests. haproxy-bare is HAProxy as it comes, adding nothing.
+// same requests. haproxy-bare is HAProxy as it comes, adding nothing, and
+// tidegate-bare is tidegate told to add nothing (--forwarded-headers off
+// --request-id off): the like-for-like pair of the bare ones.
 const (
 	pathDirect   = "direct"
 	pathTidegate = "tidegate"
@@ -37,13 +39,15 @@ const (
 	// read and written through Go's ordinary system calls, as before the
 	// raw ones (proxy/rawsyscall_linux.go); side by side, the difference.
 	pathTidegatePlain = "tidegate-plain"
-	pathNginx         = "nginx"
-	pathHAProxy       = "haproxy"
-	pathHAProxyBare   = "haproxy-bare"
-	pathReverseProxy  = "reverseproxy"
+	// pathTidegateBare is tidegate adding no header, as haproxy-bare.
+	pathTidegateBare = "tidegate-bare"
+	pathNginx        = "nginx"
+	pathHAProxy      = "haproxy"
+	pathHAProxyBare  = "haproxy-bare"
+	pathReverseProxy = "reverseproxy"
 )
 
-var allPaths = []string{pathDirect, pathTidegate, pathTidegatePlain, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy}
+var allPaths = []string{pathDirect, pathTidegate, pathTidegatePlain, pathTidegateBare, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy}
 
 // addsHeaders says whether path adds the forwarding headers and the request
 // id. The Go reference proxy (httputil.ReverseProxy with Rewrite) adds none.

@@ -146,3 +146,24 @@ func TestPercentile(t *testing.T) {
 		t.Error("percentile of nothing is not 0")
 	}
 }
+
+func TestCheckSeen(t *testing.T) {
+	const all = "X-Forwarded-For=127.0.0.1,X-Forwarded-Proto=http,X-Forwarded-Host=h,X-Request-Id=id-1"
+	for _, tc := range []struct {
+		seen, answerID string
+		headers        bool
+		err            string // "" means no error
+	}{
+		{all, "id-1", true, ""},
+		{all, "other", true, "the answer's X-Request-Id"},
+		{"X-Forwarded-For=127.0.0.1,X-Request-Id=id-1", "id-1", true, "did not see X-Forwarded-Proto"},
+		{"", "", false, ""},
+		{"X-Forwarded-For=127.0.0.1", "", false, "should add none of"},
+		{"", "id-1", false, "the answer carries X-Request-Id"},
+	} {
+		err := checkSeen(tc.seen, tc.answerID, tc.headers)
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("checkSeen(%q, %q, %v) = %v, want an error with %q", tc.seen, tc.answerID, tc.headers, err, tc.err)
+		}
+	}
+}

@@ -58,12 +58,9 @@ func (b *bench) startPath(path string, p proto) (*running, error) {
 	var spec procSpec
 	r := &running{addr: listen, kind: path}
 	switch path {
-	case pathTidegate, pathTidegatePlain:
+	case pathTidegate, pathTidegatePlain, pathTidegateBare:
 		r.log, r.kind = dir+".log", pathTidegate
-		args := tidegateArgs(listen, upstream)
-		if path == pathTidegatePlain {
-			args = append(args, "--plain-syscalls")
-		}
+		args := tidegatePathArgs(path, listen, upstream)
 		spec = procSpec{Bin: b.tidegate, Args: args, Env: []string{"GOMAXPROCS=1"}, Log: r.log}
 	case pathReverseProxy:
 		r.log, r.kind = dir+".log", "go"
@@ -107,6 +104,18 @@ func tidegateArgs(listen, upstream string) []string {
 	return []string{"run", "--listen", listen, "--upstream", upstream,
 		"--health-listen", "off", "--admin-listen", "off",
 		"--drain-delay", "0s", "--drain-quiet", "0s"}
+}
+
+// tidegatePathArgs is tidegate's command line for one of its paths.
+func tidegatePathArgs(path, listen, upstream string) []string {
+	args := tidegateArgs(listen, upstream)
+	switch path {
+	case pathTidegatePlain:
+		args = append(args, "--plain-syscalls")
+	case pathTidegateBare:
+		args = append(args, "--forwarded-headers", "off", "--request-id", "off")
+	}
+	return args
 }
 
 // stop stops the proxy and notes what its log says went wrong.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -97,6 +98,60 @@ func TestProxiesAddTheSameHeaders(t *testing.T) {
 				// The opposite expectation must fail: the check can tell.
 				err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
 				want := "should add none" // expected bare, got the headers
+				if !addsHeaders(path) {
+					want = "did not see"
+				}
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
+				}
+			})
+		}
+	}
+}
+
+// TestTidegatePaths builds tidegate and runs its three paths in front of
+// the app, over each protocol: "tidegate" and "tidegate-plain" add what the
+// check expects of a proxy doing the same work, "tidegate-bare" adds none
+// of it, as haproxy-bare; and the opposite expectation fails.
+func TestTidegatePaths(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds tidegate")
+	}
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	bin := filepath.Join(t.TempDir(), "tidegate")
+	if out, err := runTool(context.Background(), buildTimeout, -1, goBin, "-C", "../..", "build", "-o", bin, "./cmd/tidegate"); err != nil {
+		t.Fatalf("build tidegate: %v\n%s", err, out)
+	}
+	httpAddr, grpcAddr := startTestApp(t)
+	var procs procSet
+	t.Cleanup(procs.stopAll)
+	for _, path := range []string{pathTidegate, pathTidegatePlain, pathTidegateBare} {
+		for _, p := range []proto{protoHTTP1, protoH2C, protoGRPC} {
+			t.Run(path+"/"+p.String(), func(t *testing.T) {
+				listen, err := freePort()
+				if err != nil {
+					t.Fatal(err)
+				}
+				upstream, reqPath := httpAddr, "/1k"
+				if p == protoGRPC {
+					upstream, reqPath = grpcAddr, ""
+				}
+				pr, err := procs.start(procSpec{Name: path, CPU: -1, Bin: bin,
+					Args: tidegatePathArgs(path, listen, upstream), Log: filepath.Join(t.TempDir(), "log")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer func() {
+					if err := pr.stop(); err != nil {
+						t.Error(err)
+					}
+				}()
+				ctx := context.Background()
+				if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
+					t.Fatal(err)
+				}
+				err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
+				want := "should add none"
 				if !addsHeaders(path) {
 					want = "did not see"
 				}

@@ -32,7 +32,7 @@ type workload struct {
 func (b *bench) workload(name string, rate float64) (workload, error) {
 	o := b.opts
 	secs := strconv.Itoa(max(1, int(o.Duration.Round(time.Second)/time.Second)))
-	proxies := []string{pathDirect, pathTidegate, pathTidegatePlain, pathNginx, pathHAProxy, pathHAProxyBare}
+	proxies := []string{pathDirect, pathTidegate, pathTidegatePlain, pathTidegateBare, pathNginx, pathHAProxy, pathHAProxyBare}
 	if o.ReverseProxyAll {
 		proxies = append(proxies, pathReverseProxy)
 	}
@@ -63,7 +63,7 @@ func (b *bench) workload(name string, rate float64) (workload, error) {
 			}}, nil
 	case wlGRPC:
 		return workload{name: name, title: "gRPC unary calls, 1 KiB responses; the proxies reach the app over h2c",
-			proto: protoGRPC, paths: []string{pathDirect, pathTidegate, pathTidegatePlain, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy},
+			proto: protoGRPC, paths: []string{pathDirect, pathTidegate, pathTidegatePlain, pathTidegateBare, pathNginx, pathHAProxy, pathHAProxyBare, pathReverseProxy},
 			command: fmt.Sprintf("bench grpcload -conns %d -callers %d -duration %s -addr ADDR", o.GRPCConns, o.GRPCCallers, o.Duration),
 			gen: func(ctx context.Context, addr string, d time.Duration) (measurement, error) {
 				return b.goGenerator(ctx, d, "grpcload", "-addr", addr, "-conns", strconv.Itoa(o.GRPCConns),
