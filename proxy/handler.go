@@ -272,14 +272,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.tracker.RequestStarted(h.tracker.IsProbe(r.UserAgent()))
 	defer h.tracker.RequestDone()
 
-	st := &reqState{id: r.Header.Get(RequestIDHeader), h2: r.ProtoMajor == 2}
-	switch {
-	case validRequestID(st.id):
-	case h.genID:
-		st.id = newRequestID()
+	st := &reqState{h2: r.ProtoMajor == 2}
+	var generated bool
+	if st.id, generated = h.requestID(r.Header.Get(RequestIDHeader)); generated {
 		r.Header.Set(RequestIDHeader, st.id)
-	default:
-		st.id = "" // the client's goes to the app as it came
 	}
 	rec := &recorder{ResponseWriter: w}
 	defer func() {

@@ -38,7 +38,9 @@ func appendRequestID(dst []byte) []byte {
 
 // requestID returns the id of a request whose client sent id (or none):
 // id when it is valid, else a new one (generated) in RequestIDGenerate
-// mode, else "".
+// mode, else "" (RequestIDOff: an invalid id goes to the app as it came,
+// and is neither logged nor echoed). The HTTP/1.1 fast path does the same
+// on bytes.
 func (h *Handler) requestID(id string) (_ string, generated bool) {
 	switch {
 	case validRequestID(id):
