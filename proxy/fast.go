@@ -50,6 +50,16 @@ type fastConn struct {
 	resp     h1head // the app's answer to it
 	req      fastRequest
 	id       [36]byte // a generated request id
+	// idleUntil is the read deadline serveFastConn set on nc for an idle
+	// wait, while it stands; zero once anything else sets one.
+	idleUntil time.Time
+}
+
+// setReadDeadline sets the client connection's read deadline for anything
+// but an idle wait.
+func (fc *fastConn) setReadDeadline(t time.Time) {
+	fc.idleUntil = time.Time{}
+	_ = fc.nc.SetReadDeadline(t)
 }
 
 // clientSource feeds the connection's reader: a byte the client watch
@@ -441,7 +451,7 @@ func watchClient(fc *fastConn, app net.Conn) *clientWatch {
 	w := &clientWatch{fc: fc, done: make(chan struct{})}
 	// The deadline for reading the request head has no say in the
 	// exchange: the app may take longer, and the watch must last.
-	_ = fc.nc.SetReadDeadline(time.Time{})
+	fc.setReadDeadline(time.Time{})
 	go func() {
 		defer close(w.done)
 		n, err := fc.nc.Read(fc.src.one[:])
@@ -459,9 +469,9 @@ func watchClient(fc *fastConn, app net.Conn) *clientWatch {
 
 // stop ends the watch and reports whether the client went away.
 func (w *clientWatch) stop() bool {
-	_ = w.fc.nc.SetReadDeadline(time.Unix(1, 0))
+	w.fc.setReadDeadline(time.Unix(1, 0))
 	<-w.done
-	_ = w.fc.nc.SetReadDeadline(time.Time{})
+	w.fc.setReadDeadline(time.Time{})
 	return w.gone.Load()
 }
 
