@@ -176,11 +176,11 @@ func TestBareFailureAnswers(t *testing.T) {
 		r := newFastRig(t, deadUpstream(t), bareOpts(UpstreamHTTP1), nil)
 		rc := dialRaw(t, r.addr)
 		for _, id := range []string{"", "client-id-7"} {
-			req := "GET / HTTP/1.1\r\nHost: x\r\n"
+			var fields []string
 			if id != "" {
-				req += "X-Request-Id: " + id + "\r\n"
+				fields = []string{"x-request-id", id}
 			}
-			resp, _ := rc.do(t, req+"\r\n")
+			resp, _ := rc.do(t, "GET / HTTP/1.1\r\nHost: x\r\n"+h1Fields(fields)+"\r\n")
 			if resp.StatusCode != http.StatusBadGateway {
 				t.Fatalf("status %s, want 502 from a dead app", resp.Status)
 			}

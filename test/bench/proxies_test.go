@@ -50,6 +50,35 @@ func startTestApp(t *testing.T) (httpAddr, grpcAddr string) {
 	return hl.Addr().String(), gl.Addr().String()
 }
 
+// checkPath starts spec, the proxy of path listening on listen, and makes
+// the harness's check over p: the app sees what path adds (all of the
+// headers or none), and the opposite expectation fails, so that the check
+// can tell.
+func checkPath(t *testing.T, procs *procSet, spec procSpec, path string, p proto, listen, reqPath string) {
+	t.Helper()
+	pr, err := procs.start(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := pr.stop(); err != nil {
+			t.Error(err)
+		}
+	}()
+	ctx := context.Background()
+	if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
+		t.Fatal(err)
+	}
+	err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
+	want := "should add none" // expected bare, got the headers
+	if !addsHeaders(path) {
+		want = "did not see"
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
+	}
+}
+
 // TestProxiesAddTheSameHeaders runs the nginx and HAProxy configurations
 // the harness writes in front of the app, over each protocol, and checks
 // that "nginx" and "haproxy" add what tidegate adds (X-Forwarded-For,
@@ -82,28 +111,7 @@ func TestProxiesAddTheSameHeaders(t *testing.T) {
 					t.Fatal(err)
 				}
 				spec.Name, spec.CPU = path, -1
-				pr, err := procs.start(spec)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer func() {
-					if err := pr.stop(); err != nil {
-						t.Error(err)
-					}
-				}()
-				ctx := context.Background()
-				if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
-					t.Fatal(err)
-				}
-				// The opposite expectation must fail: the check can tell.
-				err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
-				want := "should add none" // expected bare, got the headers
-				if !addsHeaders(path) {
-					want = "did not see"
-				}
-				if err == nil || !strings.Contains(err.Error(), want) {
-					t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
-				}
+				checkPath(t, &procs, spec, path, p, listen, reqPath)
 			})
 		}
 	}
@@ -136,28 +144,9 @@ func TestTidegatePaths(t *testing.T) {
 				if p == protoGRPC {
 					upstream, reqPath = grpcAddr, ""
 				}
-				pr, err := procs.start(procSpec{Name: path, CPU: -1, Bin: bin,
-					Args: tidegatePathArgs(path, listen, upstream), Log: filepath.Join(t.TempDir(), "log")})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer func() {
-					if err := pr.stop(); err != nil {
-						t.Error(err)
-					}
-				}()
-				ctx := context.Background()
-				if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
-					t.Fatal(err)
-				}
-				err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
-				want := "should add none"
-				if !addsHeaders(path) {
-					want = "did not see"
-				}
-				if err == nil || !strings.Contains(err.Error(), want) {
-					t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
-				}
+				checkPath(t, &procs, procSpec{Name: path, CPU: -1, Bin: bin,
+					Args: tidegatePathArgs(path, listen, upstream), Log: filepath.Join(t.TempDir(), "log")},
+					path, p, listen, reqPath)
 			})
 		}
 	}

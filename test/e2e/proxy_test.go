@@ -214,63 +214,36 @@ func TestHeaders(t *testing.T) {
 		}
 	}
 
-	t.Run("append", func(t *testing.T) {
-		t.Parallel()
-		app := fakeapp.Start(t)
-		tg := start(t, "--upstream", app.Addr)
-		e, _ := echo(t, tg)
-		hopByHop(t, e)
-		want := map[string]string{
-			"X-Forwarded-For":   "203.0.113.7, 127.0.0.1",
-			"X-Forwarded-Proto": "https",
-			"X-Forwarded-Host":  "edge.example",
-		}
-		for h, w := range want {
-			if got := strings.Join(e.Header.Values(h), ", "); got != w {
-				t.Errorf("app got %s %q, want %q", h, got, w)
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		want  map[string]string // what the app saw
+		id    bool              // whether tidegate makes and returns an id
+	}{
+		{"append", nil, map[string]string{
+			"X-Forwarded-For": "203.0.113.7, 127.0.0.1", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "edge.example"}, true},
+		{"replace", []string{"--forwarded-headers", "replace"}, map[string]string{
+			"X-Forwarded-For": "127.0.0.1", "X-Forwarded-Proto": "http", "X-Forwarded-Host": "shop.example:8443"}, true},
+		// Both off: the client's pass through, and nothing is added.
+		{"off", []string{"--forwarded-headers", "off", "--request-id", "off"}, map[string]string{
+			"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "edge.example", "X-Request-Id": ""}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			app := fakeapp.Start(t)
+			tg := start(t, append([]string{"--upstream", app.Addr}, tc.flags...)...)
+			e, resp := echo(t, tg)
+			hopByHop(t, e)
+			for h, w := range tc.want {
+				if got := strings.Join(e.Header.Values(h), ", "); got != w {
+					t.Errorf("app got %s %q, want %q", h, got, w)
+				}
 			}
-		}
-	})
-
-	t.Run("replace", func(t *testing.T) {
-		t.Parallel()
-		app := fakeapp.Start(t)
-		tg := start(t, "--upstream", app.Addr, "--forwarded-headers", "replace")
-		e, _ := echo(t, tg)
-		hopByHop(t, e)
-		want := map[string]string{
-			"X-Forwarded-For":   "127.0.0.1",
-			"X-Forwarded-Proto": "http",
-			"X-Forwarded-Host":  "shop.example:8443",
-		}
-		for h, w := range want {
-			if got := strings.Join(e.Header.Values(h), ", "); got != w {
-				t.Errorf("app got %s %q, want %q", h, got, w)
+			if got := resp.Header.Values("X-Request-Id"); tc.id != (len(got) == 1) || len(got) > 1 {
+				t.Errorf("client got X-Request-Id %q; want one: %v", got, tc.id)
 			}
-		}
-	})
-
-	t.Run("off", func(t *testing.T) {
-		t.Parallel()
-		app := fakeapp.Start(t)
-		tg := start(t, "--upstream", app.Addr, "--forwarded-headers", "off", "--request-id", "off")
-		e, resp := echo(t, tg)
-		hopByHop(t, e)
-		want := map[string]string{
-			"X-Forwarded-For":   "203.0.113.7",
-			"X-Forwarded-Proto": "https",
-			"X-Forwarded-Host":  "edge.example",
-			"X-Request-Id":      "",
-		}
-		for h, w := range want {
-			if got := strings.Join(e.Header.Values(h), ", "); got != w {
-				t.Errorf("app got %s %q, want the client's %q", h, got, w)
-			}
-		}
-		if got := resp.Header.Values("X-Request-Id"); len(got) != 0 {
-			t.Errorf("client got X-Request-Id %q, want none", got)
-		}
-	})
+		})
+	}
 
 	t.Run("request id and access log", func(t *testing.T) {
 		t.Parallel()
