@@ -68,16 +68,17 @@ func (c *h2sConn) startSplice(st *h2stream, rq *h2Request) {
 	st.method, st.start = rq.method, h.now()
 	st.path, _, _ = strings.Cut(rq.path, "?")
 	h.tracker.RequestStarted(h.tracker.IsProbe(rq.userAgent))
-	var generated bool
-	st.reqID, generated = h.requestID(rq.id)
-	st.reqFields = c.upstreamFields(rq, st.reqID, generated)
+	st.reqID, _ = h.requestID(rq.id)
+	st.reqFields = c.upstreamFields(rq, st.reqID)
 	c.upConn().attach(st)
 }
 
 // upstreamFields is the header block sent to the app: the client's, with
 // X-Forwarded-* set and the request id, as the handler's rewrite does.
-// generated says id replaces the client's X-Request-Id.
-func (c *h2sConn) upstreamFields(rq *h2Request, id string, generated bool) []hpack.HeaderField {
+// With RequestIDGenerate, id replaces the client's X-Request-Id, even an
+// equal one, so that it goes never-indexed (requestIDField); with
+// RequestIDOff, the client's passes as it came.
+func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 	authority := rq.authority
 	if authority == "" {
 		for _, f := range rq.fields {
@@ -102,7 +103,7 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string, generated bool) []hpa
 				continue // set below
 			}
 		case "x-request-id":
-			if generated {
+			if c.h.genID {
 				continue // set below
 			}
 		case "te", "trailer":
@@ -124,7 +125,7 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string, generated bool) []hpa
 		out = append(out, hpack.HeaderField{Name: "x-forwarded-proto", Value: xfp},
 			hpack.HeaderField{Name: "x-forwarded-host", Value: xfh})
 	}
-	if generated {
+	if c.h.genID {
 		out = append(out, requestIDField(id))
 	}
 	return out
