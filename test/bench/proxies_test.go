@@ -50,46 +50,16 @@ func startTestApp(t *testing.T) (httpAddr, grpcAddr string) {
 	return hl.Addr().String(), gl.Addr().String()
 }
 
-// checkPath starts spec, the proxy of path listening on listen, and makes
-// the harness's check over p: the app sees what path adds (all of the
-// headers or none), and the opposite expectation fails, so that the check
-// can tell.
-func checkPath(t *testing.T, procs *procSet, spec procSpec, path string, p proto, listen, reqPath string) {
-	t.Helper()
-	pr, err := procs.start(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := pr.stop(); err != nil {
-			t.Error(err)
-		}
-	}()
-	ctx := context.Background()
-	if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
-		t.Fatal(err)
-	}
-	err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
-	want := "should add none" // expected bare, got the headers
-	if !addsHeaders(path) {
-		want = "did not see"
-	}
-	if err == nil || !strings.Contains(err.Error(), want) {
-		t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
-	}
-}
-
-// TestProxiesAddTheSameHeaders runs the nginx and HAProxy configurations
-// the harness writes in front of the app, over each protocol, and checks
-// that "nginx" and "haproxy" add what tidegate adds (X-Forwarded-For,
-// -Proto, -Host, a request id also on the answer) and "haproxy-bare" adds
-// none of it: the check the harness makes before it measures a path.
-func TestProxiesAddTheSameHeaders(t *testing.T) {
-	bins := map[string]string{pathNginx: need.Tool(t, "nginx", "/usr/sbin/nginx"), pathHAProxy: need.Tool(t, "haproxy", "/usr/sbin/haproxy")}
+// checkPaths runs, for each of paths and each protocol, the proxy that
+// spec describes (listening on listen, in front of the test app at
+// upstream) and makes the harness's check: the app sees what the path adds
+// (all of the headers or none), and the opposite expectation fails, so
+// that the check can tell.
+func checkPaths(t *testing.T, paths []string, spec func(t *testing.T, path string, p proto, listen, upstream string) procSpec) {
 	httpAddr, grpcAddr := startTestApp(t)
 	var procs procSet
 	t.Cleanup(procs.stopAll)
-	for _, path := range []string{pathNginx, pathHAProxy, pathHAProxyBare} {
+	for _, path := range paths {
 		for _, p := range []proto{protoHTTP1, protoH2C, protoGRPC} {
 			t.Run(path+"/"+p.String(), func(t *testing.T) {
 				listen, err := freePort()
@@ -100,21 +70,54 @@ func TestProxiesAddTheSameHeaders(t *testing.T) {
 				if p == protoGRPC {
 					upstream, reqPath = grpcAddr, ""
 				}
-				dir := filepath.Join(t.TempDir(), path)
-				var spec procSpec
-				if path == pathNginx {
-					spec, _, err = nginxSpec(dir, bins[pathNginx], listen, upstream, p)
-				} else {
-					spec, _, err = haproxySpec(dir, bins[pathHAProxy], listen, upstream, p, addsHeaders(path))
-				}
+				pr, err := procs.start(spec(t, path, p, listen, upstream))
 				if err != nil {
 					t.Fatal(err)
 				}
-				spec.Name, spec.CPU = path, -1
-				checkPath(t, &procs, spec, path, p, listen, reqPath)
+				defer func() {
+					if err := pr.stop(); err != nil {
+						t.Error(err)
+					}
+				}()
+				ctx := context.Background()
+				if err := waitReady(ctx, pr, p, listen, reqPath, addsHeaders(path)); err != nil {
+					t.Fatal(err)
+				}
+				err = checkOnce(ctx, p, listen, reqPath, !addsHeaders(path))
+				want := "should add none" // expected bare, got the headers
+				if !addsHeaders(path) {
+					want = "did not see"
+				}
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("check with the wrong expectation: %v, want an error with %q", err, want)
+				}
 			})
 		}
 	}
+}
+
+// TestProxiesAddTheSameHeaders runs the nginx and HAProxy configurations
+// the harness writes in front of the app, over each protocol, and checks
+// that "nginx" and "haproxy" add what tidegate adds (X-Forwarded-For,
+// -Proto, -Host, a request id also on the answer) and "haproxy-bare" adds
+// none of it: the check the harness makes before it measures a path.
+func TestProxiesAddTheSameHeaders(t *testing.T) {
+	bins := map[string]string{pathNginx: need.Tool(t, "nginx", "/usr/sbin/nginx"), pathHAProxy: need.Tool(t, "haproxy", "/usr/sbin/haproxy")}
+	checkPaths(t, []string{pathNginx, pathHAProxy, pathHAProxyBare}, func(t *testing.T, path string, p proto, listen, upstream string) procSpec {
+		dir := filepath.Join(t.TempDir(), path)
+		var spec procSpec
+		var err error
+		if path == pathNginx {
+			spec, _, err = nginxSpec(dir, bins[pathNginx], listen, upstream, p)
+		} else {
+			spec, _, err = haproxySpec(dir, bins[pathHAProxy], listen, upstream, p, addsHeaders(path))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Name, spec.CPU = path, -1
+		return spec
+	})
 }
 
 // TestTidegatePaths builds tidegate and runs its three paths in front of
@@ -130,24 +133,7 @@ func TestTidegatePaths(t *testing.T) {
 	if out, err := runTool(context.Background(), buildTimeout, -1, goBin, "-C", "../..", "build", "-o", bin, "./cmd/tidegate"); err != nil {
 		t.Fatalf("build tidegate: %v\n%s", err, out)
 	}
-	httpAddr, grpcAddr := startTestApp(t)
-	var procs procSet
-	t.Cleanup(procs.stopAll)
-	for _, path := range []string{pathTidegate, pathTidegatePlain, pathTidegateBare} {
-		for _, p := range []proto{protoHTTP1, protoH2C, protoGRPC} {
-			t.Run(path+"/"+p.String(), func(t *testing.T) {
-				listen, err := freePort()
-				if err != nil {
-					t.Fatal(err)
-				}
-				upstream, reqPath := httpAddr, "/1k"
-				if p == protoGRPC {
-					upstream, reqPath = grpcAddr, ""
-				}
-				checkPath(t, &procs, procSpec{Name: path, CPU: -1, Bin: bin,
-					Args: tidegatePathArgs(path, listen, upstream), Log: filepath.Join(t.TempDir(), "log")},
-					path, p, listen, reqPath)
-			})
-		}
-	}
+	checkPaths(t, []string{pathTidegate, pathTidegatePlain, pathTidegateBare}, func(t *testing.T, path string, p proto, listen, upstream string) procSpec {
+		return procSpec{Name: path, CPU: -1, Bin: bin, Args: tidegatePathArgs(path, listen, upstream), Log: filepath.Join(t.TempDir(), "log")}
+	})
 }
