@@ -28,9 +28,11 @@ func bareOpts(proto UpstreamProtocol) func(*Options) {
 // is answered in chunks (a flush before the body), which tidegate's
 // HTTP/1.1 reader leaves to net/http's on HTTP/2, and /large with a head
 // too large for the fast path's buffer, which it leaves to net/http's on
-// HTTP/1.1.
+// HTTP/1.1. It sends no Date, which tidegate must add on every path even
+// when it adds no request id.
 func echoForwarding(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
+	w.Header()["Date"] = nil // net/http's server adds none
 	if r.Method == http.MethodConnect {
 		w.WriteHeader(http.StatusForbidden)
 	}

@@ -257,7 +257,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 			// upstream_duration exact).
 			x.sent = x.start
 			if !uc.reused || h.access != nil {
-				x.sent = h.now()
+				x.sent = h.later(x.start)
 			}
 			err = h.sendFast(uc, fc, &x)
 			if err == nil {
@@ -283,7 +283,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		return h.failFast(fc, bw, &x, classify(context.Background(), err), err, keep, closing)
 	}
 	if h.access != nil {
-		x.headers = h.now()
+		x.headers = h.later(x.start)
 	}
 	return h.relayResponse(uc, fc, bw, &x, keep, closing)
 }
@@ -394,13 +394,15 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 			w.stop()
 		}
 	}()
-	deadline := x.sent.Add(clientWatchAfter)
+	// The watch may start late by up to clientWatchAfter, and the
+	// header timeout end late by deadlineSlack: a deadline already on the
+	// connection from the request before then serves (armDeadline).
+	deadline, slack := x.sent.Add(clientWatchAfter), time.Duration(clientWatchAfter)
 	if !hdrDeadline.IsZero() && hdrDeadline.Before(deadline) {
-		deadline = hdrDeadline
+		deadline, slack = hdrDeadline, deadlineSlack(h.h1.headerTimeout)
 	}
 	for {
-		_ = uc.nc.SetReadDeadline(deadline)
-		uc.readDeadline = true
+		uc.armDeadline(deadline, slack)
 		if w != nil && w.gone.Load() {
 			// The watch may have seen the client leave before the
 			// deadline above replaced the one it set.
@@ -422,7 +424,7 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 			return err // the app is slow, not gone: no retry
 		}
 		// Slow: watch the client, and wait until the header deadline.
-		deadline = hdrDeadline
+		deadline, slack = hdrDeadline, deadlineSlack(h.h1.headerTimeout)
 		if fc.br.Buffered() == 0 {
 			w = watchClient(fc, uc.nc)
 		}
@@ -495,7 +497,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		if h.h1.headerTimeout > 0 {
 			d = time.Now().Add(h.h1.headerTimeout)
 		}
-		_ = uc.nc.SetReadDeadline(d)
+		uc.setDeadline(d)
 	}
 	for {
 		var err error
@@ -548,8 +550,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	// The head's read deadline (awaitHead) stays on the connection unless
 	// the body needs another read: most answers arrive in one.
 	if mode == bodyChunked || mode == bodyToClose || mode == bodyLength && int64(uc.br.Buffered()-n) < length {
-		_ = uc.nc.SetReadDeadline(time.Time{})
-		uc.readDeadline = false
+		uc.setDeadline(time.Time{})
 	}
 	writeHead(bw, rh, hops)
 	switch mode {
@@ -603,6 +604,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	case upClose || uc.br.Buffered() > 0:
 		uc.nc.Close()
 	default:
+		uc.recycleReader()
 		h.h1.put(uc, x.start)
 	}
 	return keep
@@ -1060,7 +1062,7 @@ func targetPath(target []byte) string {
 // finishFast records a request of the fast path in the metrics and the
 // access log, as finish does for ServeHTTP.
 func (h *Handler) finishFast(fc *fastConn, x *fastExchange) {
-	end := h.now()
+	end := h.later(x.start)
 	status := x.status
 	switch {
 	case x.failure != nil:

@@ -60,10 +60,44 @@ type h1Conn struct {
 	// mayHold: send may leave the request's last write to awaitFirst
 	// (the connection is new, or was idle less than holdIdleMax).
 	mayHold bool
-	// readDeadline is set when the fast path left a read deadline on the
-	// connection (it clears it only when it must read again).
-	readDeadline bool
+	// deadline is the read deadline set on nc; zero: none. The fast paths
+	// leave a deadline on the connection when its answer needed no
+	// further read, and move it only when the next one must fall outside
+	// it (armDeadline): a connection busy with one request after another
+	// sets its timer once in a while, not once a request.
+	deadline time.Time
 }
+
+// setDeadline sets nc's read deadline to d (zero: none).
+func (c *h1Conn) setDeadline(d time.Time) {
+	if d.IsZero() && c.deadline.IsZero() {
+		return
+	}
+	_ = c.nc.SetReadDeadline(d)
+	c.deadline = d
+}
+
+// armDeadline makes nc's read deadline fall between d and d+slack: it
+// keeps the deadline already set when that does, and sets d+slack when it
+// does not. A wait so bounded never ends before d, and at most slack
+// after it.
+func (c *h1Conn) armDeadline(d time.Time, slack time.Duration) {
+	if !c.deadline.IsZero() && !c.deadline.Before(d) && !c.deadline.After(d.Add(slack)) {
+		return
+	}
+	c.setDeadline(d.Add(slack))
+}
+
+// deadlineSlack is how late armDeadline may let a wait of length wait
+// end: an eighth of it, at most headerSlackMax.
+func deadlineSlack(wait time.Duration) time.Duration {
+	return min(wait/8, headerSlackMax)
+}
+
+// headerSlackMax bounds deadlineSlack. With it, a connection at the
+// default response-header timeout (60s) moves its timer at most once a
+// second, however many requests it carries.
+const headerSlackMax = time.Second
 
 func newH1Transport(dial func(ctx context.Context) (net.Conn, error), fallback *http.Transport, o TransportOptions) *h1Transport {
 	return &h1Transport{
@@ -123,11 +157,10 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 	// The answer's head is awaited under the header timeout. Set before
 	// the cancel below is armed, so that a cancel is never overwritten.
 	if t.headerTimeout > 0 {
-		_ = c.nc.SetReadDeadline(time.Now().Add(t.headerTimeout))
-	} else if c.readDeadline {
-		_ = c.nc.SetReadDeadline(time.Time{})
+		c.setDeadline(time.Now().Add(t.headerTimeout))
+	} else {
+		c.setDeadline(time.Time{})
 	}
-	c.readDeadline = false
 	// Cancel by deadline: it wakes a blocked read or write at once.
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
 	fail := func(err error) (*http.Response, error) {
@@ -167,7 +200,7 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		}
 	}
 	if t.headerTimeout > 0 {
-		_ = c.nc.SetReadDeadline(time.Time{})
+		c.setDeadline(time.Time{})
 		if ctx.Err() != nil {
 			return fail(ctx.Err()) // canceled just before: the reset above undid its deadline
 		}
@@ -299,7 +332,7 @@ func (t *h1Transport) get(ctx context.Context, now time.Time) (*h1Conn, error) {
 }
 
 func newH1Conn(nc net.Conn) *h1Conn {
-	c := &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 16<<10)}
+	c := &h1Conn{nc: nc}
 	c.out.nc = nc
 	c.bw = bufio.NewWriterSize(&c.out, 4<<10)
 	if sc, ok := nc.(syscall.Conn); ok {
@@ -384,8 +417,42 @@ func (c *h1Conn) awaitFirst() error {
 			}
 		}
 	}
+	if c.br == nil {
+		// Taken now, when the answer is there (a held send): the
+		// buffer most recently given back, which the cache still holds.
+		br := h1Readers.Get().(*bufio.Reader)
+		br.Reset(c.nc)
+		c.br = br
+	}
 	_, err := c.br.Peek(1)
 	return err
+}
+
+// h1Readers holds the read buffers of app connections between requests.
+// A connection takes one when its answer comes (awaitFirst) and gives it
+// back once it has read the answer whole (recycleReader): so a few
+// buffers serve many connections, rather than each of a hundred waiting
+// connections owning 16 KiB that it touches once a request. Besides the
+// memory, that keeps what the proxy touches per request small enough to
+// stay in the cache it shares with the app on a busy core.
+var h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h1ReadBuffer) }}
+
+// h1ReadBuffer is the size of an app connection's read buffer: the
+// largest response head the fast paths read themselves (larger ones go
+// through net/http).
+const h1ReadBuffer = 16 << 10
+
+// recycleReader gives c's read buffer back to h1Readers before c goes
+// idle, when it holds nothing and nothing else refers to it: the fast
+// paths, which read br themselves (not through an http.Response body,
+// which keeps a reference).
+func (c *h1Conn) recycleReader() {
+	if c.br == nil || c.br.Buffered() > 0 {
+		return
+	}
+	c.br.Reset(nil)
+	h1Readers.Put(c.br)
+	c.br = nil
 }
 
 // writeHeld is awaitFirst's RawConn.Read callback. Its first call writes

@@ -218,7 +218,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	// between (or the access log wants upstream_duration exact).
 	st.sent = st.start
 	if !uc.reused || c.h.access != nil {
-		st.sent = c.h.now()
+		st.sent = c.h.later(st.start)
 	}
 	if err := uc.send(); err != nil {
 		return errNothingRead{err}
@@ -229,11 +229,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 // awaitDirect waits for the first byte of the answer, under the
 // response-header timeout; a client reset cuts the wait (directGone).
 func (c *h2sConn) awaitDirect(uc *h1Conn, st *h2stream) error {
-	var d time.Time
-	if t := c.h.h1.headerTimeout; t > 0 {
-		d = st.sent.Add(t)
-	}
-	c.setReadDeadline(st, uc, d)
+	c.armReadDeadline(st, uc)
 	if err := uc.awaitFirst(); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if c.gone(st) {
@@ -246,29 +242,42 @@ func (c *h2sConn) awaitDirect(uc *h1Conn, st *h2stream) error {
 	return nil
 }
 
-// setReadDeadline sets uc's read deadline to d, unless st's client has
-// gone: then directGone's deadline in the past stays. Under mu, so that
-// the two never undo each other.
-func (c *h2sConn) setReadDeadline(st *h2stream, uc *h1Conn, d time.Time) {
+// armReadDeadline bounds the wait for st's answer on uc by the
+// response-header timeout, which may end late by deadlineSlack: a deadline
+// left by the request before serves when it falls in that window. Unless
+// st's client has gone: then directGone's deadline in the past stays.
+// Under mu, so that the two never undo each other.
+func (c *h2sConn) armReadDeadline(st *h2stream, uc *h1Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch t := c.h.h1.headerTimeout; {
+	case st.clientRst || c.closed:
+		uc.setDeadline(time.Unix(1, 0))
+	case t > 0:
+		uc.armDeadline(st.sent.Add(t), deadlineSlack(t))
+	default:
+		uc.setDeadline(time.Time{})
+	}
+}
+
+// clearReadDeadline lifts uc's read deadline for the rest of st's answer,
+// unless st's client has gone (as armReadDeadline).
+func (c *h2sConn) clearReadDeadline(st *h2stream, uc *h1Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if st.clientRst || c.closed {
-		_ = uc.nc.SetReadDeadline(time.Unix(1, 0))
-		uc.readDeadline = true
+		uc.setDeadline(time.Unix(1, 0))
 		return
 	}
-	if !d.IsZero() || uc.readDeadline {
-		_ = uc.nc.SetReadDeadline(d)
-	}
-	uc.readDeadline = !d.IsZero()
+	uc.setDeadline(time.Time{})
 }
 
 // directGone cuts the app request of a direct stream whose client reset
-// it; mu is held.
+// it; mu is held. A stream whose answer has ended has let go of its
+// connection (directUC is nil), which may already serve another.
 func (c *h2sConn) directGone(st *h2stream) {
 	if uc := st.directUC; uc != nil {
-		_ = uc.nc.SetReadDeadline(time.Unix(1, 0))
-		uc.readDeadline = true
+		uc.setDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -321,13 +330,13 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		return c.relayReadResponse(uc, st)
 	}
 	st.status = rh.status
-	st.headers = h.now()
+	st.headers = h.later(st.start)
 	length := fr.length
 	if fr.mode == bodyNone {
 		length = 0
 	}
 	if length > int64(uc.br.Buffered()-n) {
-		c.setReadDeadline(st, uc, time.Time{})
+		c.clearReadDeadline(st, uc)
 	}
 	err := c.directHead(st, rh, fr, length == 0)
 	_, _ = uc.br.Discard(n)
@@ -352,6 +361,7 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		uc.nc.Close()
 		return nil
 	}
+	uc.recycleReader()
 	h.h1.put(uc, st.headers)
 	return nil
 }
@@ -369,10 +379,10 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 		}
 		return err
 	}
-	c.setReadDeadline(st, uc, time.Time{})
+	c.clearReadDeadline(st, uc)
 	defer resp.Body.Close()
 	st.status = resp.StatusCode
-	st.headers = h.now()
+	st.headers = h.later(st.start)
 	fields := make([]hpack.HeaderField, 0, len(resp.Header)+3)
 	fields = append(fields, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(resp.StatusCode)})
 	hasID, hasDate := !h.genID, false
@@ -424,6 +434,7 @@ func (c *h2sConn) relayReadResponse(uc *h1Conn, st *h2stream) error {
 	if !st.out.done && !c.closed {
 		c.down.endWith(st.id, &st.out, trailers)
 	}
+	st.directUC = nil // as in directHeadersLocked
 	c.mu.Unlock()
 	if resp.Close || uc.br.Buffered() > 0 {
 		uc.nc.Close()
@@ -445,9 +456,9 @@ func namedInList(k string, hops []string) bool {
 }
 
 // directFields is a response head as an HTTP/2 header block: lower-case
-// names, hop-by-hop fields and those named in Connection dropped, the
-// request id and a Date added when absent (id "" adds neither: a 1xx).
-// Names and values are strings of strs.
+// names, hop-by-hop fields and those named in Connection dropped; on a
+// final answer (not a 1xx), the request id (unless "") and a Date added
+// when absent. Names and values are strings of strs.
 func directFields(rh *h1head, fr respFraming, id string, strs *h2strings, out []hpack.HeaderField) []hpack.HeaderField {
 	out = append(out, hpack.HeaderField{Name: ":status", Value: statusString(rh.status)})
 	for _, f := range rh.fields {
@@ -456,8 +467,8 @@ func directFields(rh *h1head, fr respFraming, id string, strs *h2strings, out []
 		}
 		out = append(out, hpack.HeaderField{Name: strs.name(f.name), Value: strs.value(f.value)})
 	}
-	if id != "" {
-		if !fr.hasID {
+	if rh.status >= 200 {
+		if id != "" && !fr.hasID {
 			out = append(out, requestIDField(id))
 		}
 		if !fr.hasDate {
@@ -586,6 +597,7 @@ func (c *h2sConn) directHeadersLocked(st *h2stream, fields []hpack.HeaderField, 
 	c.down.headers(st.id, fields, end)
 	if end {
 		st.out.done = true
+		st.directUC = nil // the answer is whole: a reset from now on must not cut uc
 	}
 	return nil
 }
@@ -605,6 +617,9 @@ func (c *h2sConn) directData(st *h2stream, b []byte, end bool) error {
 		if len(b) == 0 {
 			if end && !st.out.done {
 				c.down.finishFlow(st.id, &st.out)
+			}
+			if end {
+				st.directUC = nil // as in directHeadersLocked
 			}
 			return nil
 		}

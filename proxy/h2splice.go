@@ -259,7 +259,7 @@ func (up *h2uConn) open(st *h2stream) {
 	up.streams[st.uid] = st
 	st.upOut.window = int64(up.peer.initWindow)
 	st.upIn.avail = h2StreamWindow
-	st.sent = c.h.now()
+	st.sent = c.h.later(st.start)
 	bodyless := st.reqEnded && len(st.upOut.pend) == 0 && st.upOut.trailers == nil
 	up.peer.headers(st.uid, st.reqFields, bodyless)
 	st.reqFields = nil
@@ -502,7 +502,7 @@ func (c *h2sConn) onUpHeaders(st *h2stream, f *http2.MetaHeadersFrame) {
 		c.down.headers(st.id, c.responseFields(status, f.RegularFields(), ""), false)
 		return
 	}
-	st.respSeen, st.status, st.headers = true, code, c.h.now()
+	st.respSeen, st.status, st.headers = true, code, c.h.later(st.start)
 	if c.s.draining.Load() {
 		c.beginGoAwayLocked()
 	}
@@ -662,7 +662,7 @@ func (c *h2sConn) finishSplice(st *h2stream) {
 func (c *h2sConn) record(st *h2stream) {
 	h := c.h
 	h.tracker.RequestDone()
-	end := h.now()
+	end := h.later(st.start)
 	status := st.status
 	reason := ""
 	switch {

@@ -168,7 +168,7 @@ func (h *Handler) handshake(w http.ResponseWriter, r *http.Request, st *reqState
 		fail(err)
 		return nil, nil, nil, false
 	}
-	st.sent = h.now()
+	st.sent = h.later(st.start)
 	if err := out.Write(app); err != nil {
 		app.Close()
 		fail(err)
@@ -181,7 +181,7 @@ func (h *Handler) handshake(w http.ResponseWriter, r *http.Request, st *reqState
 		fail(err)
 		return nil, nil, nil, false
 	}
-	st.headers = h.now()
+	st.headers = h.later(st.start)
 	if !accept(resp.StatusCode) {
 		// The app said no: relay its answer as a plain response.
 		defer app.Close()
