@@ -548,3 +548,25 @@ func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
 	wait.For(t, "condition", cond)
 }
+
+// TestLaterStamps: a stamp after the start is the start plus the time
+// since (one monotonic read) with the real clock, and the injected
+// clock's reading with another.
+func TestLaterStamps(t *testing.T) {
+	h := &Handler{now: time.Now, realClock: true}
+	start := time.Now()
+	before := time.Now()
+	got := h.later(start)
+	after := time.Now()
+	if got.Before(before) || got.After(after) {
+		t.Fatalf("later = %v, want between %v and %v", got, before, after)
+	}
+	if d := got.Sub(start); d < 0 || d > after.Sub(start) {
+		t.Fatalf("later - start = %v, want within [0, %v]", d, after.Sub(start))
+	}
+	fixed := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	h = &Handler{now: func() time.Time { return fixed }}
+	if got := h.later(start); !got.Equal(fixed) {
+		t.Fatalf("with an injected clock later = %v, want its %v", got, fixed)
+	}
+}
