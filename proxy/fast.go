@@ -394,12 +394,17 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 			w.stop()
 		}
 	}()
-	// The watch may start late by up to clientWatchAfter, and the
-	// header timeout end late by deadlineSlack: a deadline already on the
-	// connection from the request before then serves (armDeadline).
+	// The watch may start late by up to clientWatchAfter (but not after
+	// the header deadline), and the header timeout end late by
+	// deadlineSlack: a deadline already on the connection from the
+	// request before then serves (armDeadline).
 	deadline, slack := x.sent.Add(clientWatchAfter), time.Duration(clientWatchAfter)
-	if !hdrDeadline.IsZero() && hdrDeadline.Before(deadline) {
+	switch {
+	case hdrDeadline.IsZero():
+	case hdrDeadline.Before(deadline):
 		deadline, slack = hdrDeadline, deadlineSlack(h.h1.headerTimeout)
+	default:
+		slack = min(slack, hdrDeadline.Sub(deadline))
 	}
 	for {
 		uc.armDeadline(deadline, slack)

@@ -615,10 +615,10 @@ func (c *h2sConn) directData(st *h2stream, b []byte, end bool) error {
 		st.bytes += int64(n)
 		b = b[n:]
 		if len(b) == 0 {
-			if end && !st.out.done {
-				c.down.finishFlow(st.id, &st.out)
-			}
 			if end {
+				if !st.out.done {
+					c.down.finishFlow(st.id, &st.out)
+				}
 				st.directUC = nil // as in directHeadersLocked
 			}
 			return nil
