@@ -11,16 +11,16 @@ import (
 )
 
 // Tests of what an app connection keeps between requests: its read
-// deadline (armDeadline: moved once in a while, not once a request, and
+// deadline (readDeadline.arm: moved once in a while, not once a request, and
 // never so that a wait ends early) and its read buffer (given back while
 // the connection is idle).
 
 func TestArmDeadlineMovesOnlyWhenOutsideTheWindow(t *testing.T) {
 	const slack = 100 * time.Millisecond
 	dc := &deadlineConn{}
-	c := &h1Conn{nc: dc}
+	c := &readDeadline{nc: dc}
 	base := time.Now()
-	c.armDeadline(base, slack)
+	c.arm(base, slack)
 	if dc.set != 1 || !dc.last.Equal(base.Add(slack)) {
 		t.Fatalf("first arm: %d deadlines, the last %v after d; want 1, at d+slack", dc.set, dc.last.Sub(base))
 	}
@@ -28,7 +28,7 @@ func TestArmDeadlineMovesOnlyWhenOutsideTheWindow(t *testing.T) {
 	// ends no earlier than its own d, and no later than d+slack.
 	for i := range 100 {
 		d := base.Add(time.Duration(i) * slack / 100)
-		c.armDeadline(d, slack)
+		c.arm(d, slack)
 		if dc.last.Before(d) || dc.last.After(d.Add(slack)) {
 			t.Fatalf("request %d: deadline %v after its d, want within [0, %v]", i, dc.last.Sub(d), slack)
 		}
@@ -38,23 +38,23 @@ func TestArmDeadlineMovesOnlyWhenOutsideTheWindow(t *testing.T) {
 	}
 	// Past the window: a new one.
 	d := base.Add(slack + time.Millisecond)
-	c.armDeadline(d, slack)
+	c.arm(d, slack)
 	if dc.set != 2 || !dc.last.Equal(d.Add(slack)) {
 		t.Fatalf("beyond the window: %d deadlines, the last %v after d; want 2, at d+slack", dc.set, dc.last.Sub(d))
 	}
 	// A deadline later than d+slack (a longer wait's) is not kept either:
 	// the wait would end too late.
-	c.armDeadline(base, slack)
+	c.arm(base, slack)
 	if dc.set != 3 || !dc.last.Equal(base.Add(slack)) {
 		t.Fatalf("earlier d: %d deadlines, the last %v after d; want 3, at d+slack", dc.set, dc.last.Sub(base))
 	}
 	// Clearing is a call once, then nothing to do.
-	c.setDeadline(time.Time{})
-	c.setDeadline(time.Time{})
-	if dc.set != 4 || !dc.last.IsZero() || !c.deadline.IsZero() {
+	c.set(time.Time{})
+	c.set(time.Time{})
+	if dc.set != 4 || !dc.last.IsZero() || !c.at.IsZero() {
 		t.Fatalf("clear twice: %d deadlines, the last %v; want 4, none", dc.set, dc.last)
 	}
-	c.armDeadline(base, slack)
+	c.arm(base, slack)
 	if dc.set != 5 {
 		t.Fatalf("arm after a clear: %d deadlines, want 5", dc.set)
 	}

@@ -50,16 +50,9 @@ type fastConn struct {
 	resp     h1head // the app's answer to it
 	req      fastRequest
 	id       [36]byte // a generated request id
-	// idleUntil is the read deadline serveFastConn set on nc for an idle
-	// wait, while it stands; zero once anything else sets one.
-	idleUntil time.Time
-}
-
-// setReadDeadline sets the client connection's read deadline for anything
-// but an idle wait.
-func (fc *fastConn) setReadDeadline(t time.Time) {
-	fc.idleUntil = time.Time{}
-	_ = fc.nc.SetReadDeadline(t)
+	// deadline is nc's read deadline: the idle wait keeps the one it set
+	// before while a request after another comes in time (awaitIdle).
+	deadline readDeadline
 }
 
 // clientSource feeds the connection's reader: a byte the client watch
@@ -397,7 +390,7 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 	// The watch may start late by up to clientWatchAfter (but not after
 	// the header deadline), and the header timeout end late by
 	// deadlineSlack: a deadline already on the connection from the
-	// request before then serves (armDeadline).
+	// request before then serves (readDeadline.arm).
 	deadline, slack := x.sent.Add(clientWatchAfter), time.Duration(clientWatchAfter)
 	switch {
 	case hdrDeadline.IsZero():
@@ -407,7 +400,7 @@ func (h *Handler) awaitHead(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 		slack = min(slack, hdrDeadline.Sub(deadline))
 	}
 	for {
-		uc.armDeadline(deadline, slack)
+		uc.deadline.arm(deadline, slack)
 		if w != nil && w.gone.Load() {
 			// The watch may have seen the client leave before the
 			// deadline above replaced the one it set.
@@ -458,7 +451,7 @@ func watchClient(fc *fastConn, app net.Conn) *clientWatch {
 	w := &clientWatch{fc: fc, done: make(chan struct{})}
 	// The deadline for reading the request head has no say in the
 	// exchange: the app may take longer, and the watch must last.
-	fc.setReadDeadline(time.Time{})
+	fc.deadline.set(time.Time{})
 	go func() {
 		defer close(w.done)
 		n, err := fc.nc.Read(fc.src.one[:])
@@ -476,9 +469,9 @@ func watchClient(fc *fastConn, app net.Conn) *clientWatch {
 
 // stop ends the watch and reports whether the client went away.
 func (w *clientWatch) stop() bool {
-	w.fc.setReadDeadline(time.Unix(1, 0))
+	w.fc.deadline.set(time.Unix(1, 0))
 	<-w.done
-	w.fc.setReadDeadline(time.Time{})
+	w.fc.deadline.set(time.Time{})
 	return w.gone.Load()
 }
 
@@ -502,7 +495,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 		if h.h1.headerTimeout > 0 {
 			d = time.Now().Add(h.h1.headerTimeout)
 		}
-		uc.setDeadline(d)
+		uc.deadline.set(d)
 	}
 	for {
 		var err error
@@ -555,7 +548,7 @@ func (h *Handler) relayResponse(uc *h1Conn, fc *fastConn, bw *bufio.Writer, x *f
 	// The head's read deadline (awaitHead) stays on the connection unless
 	// the body needs another read: most answers arrive in one.
 	if mode == bodyChunked || mode == bodyToClose || mode == bodyLength && int64(uc.br.Buffered()-n) < length {
-		uc.setDeadline(time.Time{})
+		uc.deadline.set(time.Time{})
 	}
 	writeHead(bw, rh, hops)
 	switch mode {

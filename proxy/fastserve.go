@@ -56,7 +56,7 @@ func (s *Server) serveWithFastPath() error {
 // request unread, to net/http.
 func (s *Server) serveFastConn(c *trackedConn) {
 	s.transition(c, http.StateNew, s.t)
-	fc := &fastConn{nc: c, remote: c.RemoteAddr().String()}
+	fc := &fastConn{nc: c, deadline: readDeadline{nc: c}, remote: c.RemoteAddr().String()}
 	s.mu.Lock()
 	s.fastConns[c] = fc
 	s.mu.Unlock()
@@ -82,7 +82,7 @@ func (s *Server) serveFastConn(c *trackedConn) {
 		if idle {
 			fc.awaitIdle(s.idleTimeout)
 		} else {
-			fc.setReadDeadline(time.Now().Add(s.readHeaderTimeout))
+			fc.deadline.set(time.Now().Add(s.readHeaderTimeout))
 		}
 		if _, err := fc.br.Peek(1); err != nil {
 			return
@@ -140,12 +140,7 @@ func idleSlack(idle time.Duration) time.Duration { return min(idle/8, 10*time.Se
 // awaitIdle makes sure the connection closes idle timeout after now, or
 // at most idleSlack(idle) later, if no request comes.
 func (fc *fastConn) awaitIdle(idle time.Duration) {
-	now := time.Now()
-	if !fc.idleUntil.IsZero() && !fc.idleUntil.Before(now.Add(idle)) {
-		return
-	}
-	fc.idleUntil = now.Add(idle + idleSlack(idle))
-	_ = fc.nc.SetReadDeadline(fc.idleUntil)
+	fc.deadline.arm(time.Now().Add(idle), idleSlack(idle))
 }
 
 // prefaceHead is the part of the HTTP/2 client preface that reads as a
@@ -158,7 +153,7 @@ const prefaceHead = "PRI * HTTP/2.0\r\n\r\n"
 func (s *Server) readRequestHead(fc *fastConn, idle bool) (n int, ok bool, err error) {
 	var more func() // a new connection's deadline is the header timeout already
 	if idle {
-		more = func() { fc.setReadDeadline(time.Now().Add(s.readHeaderTimeout)) }
+		more = func() { fc.deadline.set(time.Now().Add(s.readHeaderTimeout)) }
 	}
 	n, err = readHead(fc.br, more)
 	switch {

@@ -60,36 +60,14 @@ type h1Conn struct {
 	// mayHold: send may leave the request's last write to awaitFirst
 	// (the connection is new, or was idle less than holdIdleMax).
 	mayHold bool
-	// deadline is the read deadline set on nc; zero: none. The fast paths
-	// leave a deadline on the connection when its answer needed no
-	// further read, and move it only when the next one must fall outside
-	// it (armDeadline): a connection busy with one request after another
-	// sets its timer once in a while, not once a request.
-	deadline time.Time
+	// deadline is nc's read deadline. The fast paths leave the one of an
+	// answer's wait on the connection when the answer needed no further
+	// read, for the next request's wait to keep (arm).
+	deadline readDeadline
 }
 
-// setDeadline sets nc's read deadline to d (zero: none).
-func (c *h1Conn) setDeadline(d time.Time) {
-	if d.IsZero() && c.deadline.IsZero() {
-		return
-	}
-	_ = c.nc.SetReadDeadline(d)
-	c.deadline = d
-}
-
-// armDeadline makes nc's read deadline fall between d and d+slack: it
-// keeps the deadline already set when that does, and sets d+slack when it
-// does not. A wait so bounded never ends before d, and at most slack
-// after it.
-func (c *h1Conn) armDeadline(d time.Time, slack time.Duration) {
-	if !c.deadline.IsZero() && !c.deadline.Before(d) && !c.deadline.After(d.Add(slack)) {
-		return
-	}
-	c.setDeadline(d.Add(slack))
-}
-
-// deadlineSlack is how late armDeadline may let a wait of length wait
-// end: an eighth of it, at most headerSlackMax.
+// deadlineSlack is how late an armed wait of length wait may end: an
+// eighth of it, at most headerSlackMax.
 func deadlineSlack(wait time.Duration) time.Duration {
 	return min(wait/8, headerSlackMax)
 }
@@ -157,9 +135,9 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 	// The answer's head is awaited under the header timeout. Set before
 	// the cancel below is armed, so that a cancel is never overwritten.
 	if t.headerTimeout > 0 {
-		c.setDeadline(time.Now().Add(t.headerTimeout))
+		c.deadline.set(time.Now().Add(t.headerTimeout))
 	} else {
-		c.setDeadline(time.Time{})
+		c.deadline.set(time.Time{})
 	}
 	// Cancel by deadline: it wakes a blocked read or write at once.
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
@@ -200,7 +178,7 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		}
 	}
 	if t.headerTimeout > 0 {
-		c.setDeadline(time.Time{})
+		c.deadline.set(time.Time{})
 		if ctx.Err() != nil {
 			return fail(ctx.Err()) // canceled just before: the reset above undid its deadline
 		}
@@ -332,7 +310,7 @@ func (t *h1Transport) get(ctx context.Context, now time.Time) (*h1Conn, error) {
 }
 
 func newH1Conn(nc net.Conn) *h1Conn {
-	c := &h1Conn{nc: nc}
+	c := &h1Conn{nc: nc, deadline: readDeadline{nc: nc}}
 	c.out.nc = nc
 	c.bw = bufio.NewWriterSize(&c.out, 4<<10)
 	if sc, ok := nc.(syscall.Conn); ok {

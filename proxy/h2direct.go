@@ -252,11 +252,11 @@ func (c *h2sConn) armReadDeadline(st *h2stream, uc *h1Conn) {
 	defer c.mu.Unlock()
 	switch t := c.h.h1.headerTimeout; {
 	case st.clientRst || c.closed:
-		uc.setDeadline(time.Unix(1, 0))
+		uc.deadline.set(time.Unix(1, 0))
 	case t > 0:
-		uc.armDeadline(st.sent.Add(t), deadlineSlack(t))
+		uc.deadline.arm(st.sent.Add(t), deadlineSlack(t))
 	default:
-		uc.setDeadline(time.Time{})
+		uc.deadline.set(time.Time{})
 	}
 }
 
@@ -266,10 +266,10 @@ func (c *h2sConn) clearReadDeadline(st *h2stream, uc *h1Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if st.clientRst || c.closed {
-		uc.setDeadline(time.Unix(1, 0))
+		uc.deadline.set(time.Unix(1, 0))
 		return
 	}
-	uc.setDeadline(time.Time{})
+	uc.deadline.set(time.Time{})
 }
 
 // directGone cuts the app request of a direct stream whose client reset
@@ -277,7 +277,7 @@ func (c *h2sConn) clearReadDeadline(st *h2stream, uc *h1Conn) {
 // connection (directUC is nil), which may already serve another.
 func (c *h2sConn) directGone(st *h2stream) {
 	if uc := st.directUC; uc != nil {
-		uc.setDeadline(time.Unix(1, 0))
+		uc.deadline.set(time.Unix(1, 0))
 	}
 }
 

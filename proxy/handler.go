@@ -334,7 +334,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 // request to the app, from in, the client's request.
 func (h *Handler) setForwardedHeaders(in, out *http.Request) {
 	if h.forwarded == ForwardedOff {
-		// ReverseProxy took them off out before rewrite: as they came.
+		// ReverseProxy took them out before rewrite: as they came.
 		for _, k := range [...]string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"} {
 			if vs := in.Header[k]; len(vs) > 0 {
 				out.Header[k] = slices.Clone(vs)

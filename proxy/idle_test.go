@@ -27,7 +27,7 @@ func (c *deadlineConn) SetReadDeadline(t time.Time) error {
 func TestAwaitIdleSetsTheDeadlineOnlyWhenItFallsShort(t *testing.T) {
 	const idle = 8 * time.Second // slack 1s
 	c := &deadlineConn{}
-	fc := &fastConn{nc: c}
+	fc := &fastConn{nc: c, deadline: readDeadline{nc: c}}
 	start := time.Now()
 	fc.awaitIdle(idle)
 	if c.set != 1 || c.last.Before(start.Add(idle+idleSlack(idle))) {
@@ -41,13 +41,13 @@ func TestAwaitIdleSetsTheDeadlineOnlyWhenItFallsShort(t *testing.T) {
 	}
 	// Anything else that sets a deadline (the client watch, the header
 	// timeout) makes the next idle wait set its own.
-	fc.setReadDeadline(time.Time{})
+	fc.deadline.set(time.Time{})
 	fc.awaitIdle(idle)
 	if c.set != 3 || !c.last.After(time.Now().Add(idle)) {
 		t.Fatalf("after another deadline: %d set, the last in %v; want 3, past the idle timeout", c.set, time.Until(c.last))
 	}
 	// A deadline that would fall short of the timeout is set again.
-	fc.idleUntil = time.Now().Add(idle - time.Millisecond)
+	fc.deadline.at = time.Now().Add(idle - time.Millisecond)
 	fc.awaitIdle(idle)
 	if c.set != 4 || c.last.Before(time.Now().Add(idle)) {
 		t.Fatalf("short deadline: %d set, the last in %v; want 4, past the idle timeout", c.set, time.Until(c.last))
