@@ -66,9 +66,19 @@ type Spec struct {
 
 	InitialDelay     time.Duration // default 0
 	Period           time.Duration // default 10s
+	// StartPeriod, if set, is how often the probe runs until it first
+	// passes, instead of Period: tidegate's implicit upstream check looks
+	// every 50ms, so that readiness follows an app that starts listening
+	// within one StartPeriod. Zero means Period (the kubelet's way).
+	StartPeriod      time.Duration
 	Timeout          time.Duration // default 1s, per attempt
 	SuccessThreshold int           // default 1; must be 1 for liveness and startup
 	FailureThreshold int           // default 3
+
+	// Implicit marks a probe that tidegate added itself (the upstream
+	// connect check when no readiness probe is configured); /status shows
+	// it. The zero value is a configured probe.
+	Implicit bool
 }
 
 // HTTPGetAction is an HTTP GET probe: 200–399 is success.
@@ -84,6 +94,10 @@ type HTTPGetAction struct {
 type TCPSocketAction struct {
 	Host string // default 127.0.0.1
 	Port int
+	// Unix, if set, is a unix socket path to connect to instead of
+	// Host:Port (an app behind a unix socket; not in Kubernetes' schema).
+	// Empty means TCP.
+	Unix string
 }
 
 // GRPCAction calls grpc.health.v1.Health/Check: SERVING is success.
@@ -104,6 +118,8 @@ func (s Spec) Target() string {
 	case s.HTTPGet != nil:
 		h := s.HTTPGet
 		return fmt.Sprintf("%s://%s%s", h.Scheme, net.JoinHostPort(h.Host, strconv.Itoa(h.Port)), h.Path)
+	case s.TCPSocket != nil && s.TCPSocket.Unix != "":
+		return "unix://" + s.TCPSocket.Unix
 	case s.TCPSocket != nil:
 		return "tcp://" + net.JoinHostPort(s.TCPSocket.Host, strconv.Itoa(s.TCPSocket.Port))
 	case s.GRPC != nil:
@@ -198,6 +214,7 @@ func (s Spec) Validate() error {
 		if !strings.HasPrefix(s.HTTPGet.Path, "/") {
 			return fmt.Errorf("httpGet.path %q must start with /", s.HTTPGet.Path)
 		}
+	case s.TCPSocket != nil && s.TCPSocket.Unix != "":
 	case s.TCPSocket != nil:
 		if err := port(s.TCPSocket.Port); err != nil {
 			return fmt.Errorf("tcpSocket.%w", err)
@@ -213,6 +230,9 @@ func (s Spec) Validate() error {
 	}
 	if s.InitialDelay < 0 || s.Period <= 0 || s.Timeout <= 0 {
 		return fmt.Errorf("initialDelaySeconds must be ≥ 0, periodSeconds and timeoutSeconds ≥ 1 (got %s, %s, %s)", s.InitialDelay, s.Period, s.Timeout)
+	}
+	if s.StartPeriod < 0 {
+		return fmt.Errorf("start period %s is negative", s.StartPeriod)
 	}
 	if s.SuccessThreshold < 1 || s.FailureThreshold < 1 {
 		return fmt.Errorf("successThreshold and failureThreshold must be ≥ 1 (got %d, %d)", s.SuccessThreshold, s.FailureThreshold)
@@ -239,8 +259,10 @@ func newProber(s Spec, version string) prober {
 	switch {
 	case s.HTTPGet != nil:
 		return newHTTPProber(s.HTTPGet, version)
+	case s.TCPSocket != nil && s.TCPSocket.Unix != "":
+		return tcpProber{network: "unix", addr: s.TCPSocket.Unix}
 	case s.TCPSocket != nil:
-		return tcpProber{addr: net.JoinHostPort(s.TCPSocket.Host, strconv.Itoa(s.TCPSocket.Port))}
+		return tcpProber{network: "tcp", addr: net.JoinHostPort(s.TCPSocket.Host, strconv.Itoa(s.TCPSocket.Port))}
 	case s.GRPC != nil:
 		return grpcProber{addr: net.JoinHostPort(s.GRPC.Host, strconv.Itoa(s.GRPC.Port)), service: s.GRPC.Service, version: version}
 	default:
@@ -318,11 +340,11 @@ func (p httpProber) probe(ctx context.Context) Outcome {
 	return out
 }
 
-type tcpProber struct{ addr string }
+type tcpProber struct{ network, addr string }
 
 func (p tcpProber) probe(ctx context.Context) Outcome {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", p.addr)
+	c, err := d.DialContext(ctx, p.network, p.addr)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{Reason: "timeout"}

@@ -23,6 +23,9 @@ type Status struct {
 	LastAt    time.Time `json:"last_at,omitzero"`
 	Successes int       `json:"consecutive_successes"`
 	Failures  int       `json:"consecutive_failures"`
+	// Implicit is true for the check tidegate adds itself when no
+	// readiness probe is configured (a connect to the upstream).
+	Implicit bool `json:"implicit,omitempty"`
 
 	everPassed bool
 }
@@ -39,6 +42,7 @@ type runner struct {
 	// passed; readiness and liveness probes do not run before.
 	gate    <-chan struct{}
 	changed func() // called after every transition
+	cancel  func() // ends run; set by the Set when it starts the runner
 
 	mu     sync.Mutex
 	st     Status
@@ -48,7 +52,7 @@ type runner struct {
 func newRunner(s Spec, version string, log *zap.Logger, m *probeMetrics) *runner {
 	r := &runner{spec: s, prober: newProber(s, version), log: log.With(zap.String("probe", s.Name)), m: m,
 		passed: make(chan struct{})}
-	r.st = Status{Name: s.Name, Container: s.Container, Kind: s.Kind, Target: s.Target(),
+	r.st = Status{Name: s.Name, Container: s.Container, Kind: s.Kind, Target: s.Target(), Implicit: s.Implicit,
 		// Kubernetes' initial states: not ready, alive, not started.
 		Healthy: s.Kind == Liveness}
 	m.up.WithLabelValues(s.Name, string(s.Kind)).Set(b2f(r.st.Healthy))
@@ -73,18 +77,35 @@ func (r *runner) run(ctx context.Context) {
 			return
 		}
 	}
-	tick := time.NewTicker(r.spec.Period)
-	defer tick.Stop()
+	next := time.NewTimer(0)
+	defer next.Stop()
 	for {
+		start := time.Now()
 		if r.attempt(ctx) && r.spec.Kind == Startup {
 			return // the kubelet stops a startup probe once it has passed
 		}
+		// One attempt per period, counted from the attempt's start.
+		next.Reset(max(r.period()-time.Since(start), 0))
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-next.C:
 		}
 	}
+}
+
+// period is the wait between attempts: StartPeriod until the probe has
+// passed once, then Period.
+func (r *runner) period() time.Duration {
+	if r.spec.StartPeriod <= 0 {
+		return r.spec.Period
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st.everPassed {
+		return r.spec.Period
+	}
+	return r.spec.StartPeriod
 }
 
 // attempt runs one probe with its timeout and applies the thresholds; it
@@ -161,34 +182,37 @@ func (r *runner) status() Status {
 	return r.st
 }
 
-// check is the healthz Check for this probe. started says whether the
-// container's startup probe (if any) has passed.
-func (r *runner) check(started func() bool) Check {
-	return Check{
-		Name:      r.spec.Name,
-		Container: r.spec.Container,
-		Func: func(context.Context) error {
-			st := r.status()
-			switch {
-			case !started() && r.spec.Kind == Readiness:
-				return fmt.Errorf("waiting for the startup probe")
-			case !started() && r.spec.Kind == Liveness:
-				return nil // not evaluated until start-up, as the kubelet
-			case st.Healthy:
-				return nil
-			case !st.Probed:
-				return fmt.Errorf("not probed yet")
-			default:
-				return fmt.Errorf("%s (%d in a row)", st.Reason, st.Failures)
-			}
-		},
-		Info: func() string {
-			st := r.status()
-			if !st.Probed {
-				return st.Target
-			}
-			return fmt.Sprintf("%s, last %s ago", st.Target, time.Since(st.LastAt).Round(time.Millisecond))
-		},
+// verdict is the probe's answer now: nil when it passes. started says
+// whether the container's startup probe (if any) has passed.
+func (r *runner) verdict(started bool) error {
+	st := r.status()
+	switch {
+	case !started && r.spec.Kind == Readiness:
+		return fmt.Errorf("waiting for the startup probe")
+	case !started && r.spec.Kind == Liveness:
+		return nil // not evaluated until start-up, as the kubelet
+	case st.Healthy:
+		return nil
+	case !st.Probed:
+		return fmt.Errorf("not probed yet")
+	default:
+		return fmt.Errorf("%s (%d in a row)", st.Reason, st.Failures)
+	}
+}
+
+// info describes the target and the last attempt, for ?verbose.
+func (r *runner) info() string {
+	st := r.status()
+	if !st.Probed {
+		return st.Target
+	}
+	return fmt.Sprintf("%s, last %s ago", st.Target, time.Since(st.LastAt).Round(time.Millisecond))
+}
+
+// stop ends the probe's loop (Set.Update, Set.Reset); a no-op before Run.
+func (r *runner) stop() {
+	if r.cancel != nil {
+		r.cancel()
 	}
 }
 
@@ -239,4 +263,11 @@ func newProbeMetrics(reg prometheus.Registerer) (*probeMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// forget drops a removed probe's series.
+func (m *probeMetrics) forget(s Spec) {
+	m.up.DeleteLabelValues(s.Name, string(s.Kind))
+	m.duration.DeleteLabelValues(s.Name)
+	m.transitions.DeleteLabelValues(s.Name, string(s.Kind))
 }

@@ -3,6 +3,7 @@ package healthz
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,14 +26,19 @@ type SetOptions struct {
 }
 
 // Set runs the app's probes and answers for them, per container and as a
-// whole. Safe for concurrent use.
+// whole. Its probes can be replaced while it runs (Update, Reset). Safe for
+// concurrent use.
 type Set struct {
+	o SetOptions
+	m *probeMetrics
+
+	mu         sync.Mutex
 	runners    []*runner
 	startup    map[string]*runner // container → its startup probe
 	containers []string
-
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every transition
+	changed    chan struct{}   // closed and replaced on every transition and update
+	ctx        context.Context // Run's; nil before Run
+	wg         sync.WaitGroup  // running probes
 }
 
 // NewSet validates specs (naming the offending probe and field), fills in
@@ -46,9 +52,24 @@ func NewSet(specs []Spec, o SetOptions) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Set{startup: map[string]*runner{}, changed: make(chan struct{})}
+	s := &Set{o: o, m: m, changed: make(chan struct{})}
+	runners, startup, containers, err := s.build(specs, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.runners, s.startup, s.containers = runners, startup, containers
+	return s, nil
+}
+
+// build validates specs and makes their runners. A runner of keep is
+// reused, state and all, when every probe of its container is unchanged.
+func (s *Set) build(specs []Spec, keep []*runner) ([]*runner, map[string]*runner, []string, error) {
+	var runners []*runner
+	startup := map[string]*runner{}
+	var containers []string
 	names := map[string]bool{}
 	counts := map[string]int{}
+	byContainer := map[string][]Spec{}
 	for i, spec := range specs {
 		spec = spec.WithDefaults()
 		if spec.Name == "" {
@@ -61,34 +82,118 @@ func NewSet(specs []Spec, o SetOptions) (*Set, error) {
 		}
 		label := fmt.Sprintf("probe %d (%s)", i+1, spec.Name)
 		if err := spec.Validate(); err != nil {
-			return nil, fmt.Errorf("%s: %w", label, err)
+			return nil, nil, nil, fmt.Errorf("%s: %w", label, err)
 		}
 		if strings.ContainsAny(spec.Container, "/ ") || strings.Contains(spec.Name, " ") {
-			return nil, fmt.Errorf("%s: container and probe names may not contain '/' or spaces", label)
+			return nil, nil, nil, fmt.Errorf("%s: container and probe names may not contain '/' or spaces", label)
 		}
 		if names[spec.Name] {
-			return nil, fmt.Errorf("%s: the name is used twice", label)
+			return nil, nil, nil, fmt.Errorf("%s: the name is used twice", label)
 		}
 		names[spec.Name] = true
-		r := newRunner(spec, o.Version, o.Logger.Named("probe"), m)
-		r.changed = s.notify
 		if spec.Kind == Startup {
-			if s.startup[spec.Container] != nil {
-				return nil, fmt.Errorf("%s: container %q already has a startup probe", label, spec.Container)
+			if startup[spec.Container] != nil {
+				return nil, nil, nil, fmt.Errorf("%s: container %q already has a startup probe", label, spec.Container)
 			}
-			s.startup[spec.Container] = r
+			startup[spec.Container] = &runner{} // placeholder until the runners are made
 		}
-		if !slices.Contains(s.containers, spec.Container) {
-			s.containers = append(s.containers, spec.Container)
+		if !slices.Contains(containers, spec.Container) {
+			containers = append(containers, spec.Container)
 		}
-		s.runners = append(s.runners, r)
+		byContainer[spec.Container] = append(byContainer[spec.Container], spec)
 	}
-	for _, r := range s.runners {
-		if st := s.startup[r.spec.Container]; st != nil && r.spec.Kind != Startup {
+	oldByContainer := map[string][]*runner{}
+	for _, r := range keep {
+		oldByContainer[r.spec.Container] = append(oldByContainer[r.spec.Container], r)
+	}
+	for _, c := range containers {
+		specs, old := byContainer[c], oldByContainer[c]
+		same := len(specs) == len(old)
+		for i := 0; same && i < len(specs); i++ {
+			same = reflect.DeepEqual(specs[i], old[i].spec)
+		}
+		if same {
+			runners = append(runners, old...)
+			continue
+		}
+		for _, spec := range specs {
+			r := newRunner(spec, s.o.Version, s.o.Logger.Named("probe"), s.m)
+			r.changed = s.notify
+			runners = append(runners, r)
+		}
+	}
+	for _, r := range runners {
+		if r.spec.Kind == Startup {
+			startup[r.spec.Container] = r
+		}
+	}
+	for _, r := range runners {
+		if st := startup[r.spec.Container]; st != nil && r.spec.Kind != Startup {
 			r.gate = st.passed
 		}
 	}
-	return s, nil
+	return runners, startup, containers, nil
+}
+
+// Update replaces the probes with specs, validated as NewSet does; on an
+// error nothing changes. The probes of a container whose specs are all
+// unchanged keep running with their state; the others start afresh at
+// once (Kubernetes' initial states) and the old ones stop.
+func (s *Set) Update(specs []Spec) error {
+	s.mu.Lock()
+	old := s.runners
+	s.mu.Unlock()
+	runners, startup, containers, err := s.build(specs, old)
+	if err != nil {
+		return err
+	}
+	s.swap(runners, startup, containers)
+	return nil
+}
+
+// Reset starts every probe afresh, as the kubelet does when a container
+// restarts: the startup probe runs again, readiness fails until it passes.
+func (s *Set) Reset() {
+	s.mu.Lock()
+	specs := make([]Spec, 0, len(s.runners))
+	for _, r := range s.runners {
+		specs = append(specs, r.spec)
+	}
+	s.mu.Unlock()
+	runners, startup, containers, err := s.build(specs, nil)
+	if err != nil {
+		panic(fmt.Sprintf("healthz: specs that were valid are not: %v", err)) // a bug
+	}
+	s.swap(runners, startup, containers)
+}
+
+// swap installs runners, starts the new ones if Run is running, stops the
+// ones left out, and signals a change.
+func (s *Set) swap(runners []*runner, startup map[string]*runner, containers []string) {
+	s.mu.Lock()
+	old := s.runners
+	s.runners, s.startup, s.containers = runners, startup, containers
+	for _, r := range runners {
+		if !slices.Contains(old, r) && s.ctx != nil {
+			s.startLocked(r)
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range old {
+		if !slices.Contains(runners, r) {
+			r.stop()
+			if !slices.ContainsFunc(runners, func(n *runner) bool { return n.spec.Name == r.spec.Name }) {
+				s.m.forget(r.spec)
+			}
+		}
+	}
+	s.notify()
+}
+
+func (s *Set) startLocked(r *runner) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	r.cancel = cancel
+	s.wg.Go(func() { r.run(ctx) })
 }
 
 func (s *Set) notify() {
@@ -98,7 +203,7 @@ func (s *Set) notify() {
 	s.mu.Unlock()
 }
 
-// Changed returns a channel closed at the next probe transition.
+// Changed returns a channel closed at the next probe transition or update.
 func (s *Set) Changed() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -106,38 +211,86 @@ func (s *Set) Changed() <-chan struct{} {
 }
 
 // Run probes until ctx ends, then returns once every probe has stopped.
+// It may be called once.
 func (s *Set) Run(ctx context.Context) {
-	var wg sync.WaitGroup
+	s.mu.Lock()
+	s.ctx = ctx
 	for _, r := range s.runners {
-		wg.Go(func() { r.run(ctx) })
+		s.startLocked(r)
 	}
-	wg.Wait()
+	s.mu.Unlock()
+	<-ctx.Done()
+	s.wg.Wait()
+}
+
+// current returns the runners in configuration order.
+func (s *Set) current() []*runner {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.runners
 }
 
 // Empty reports whether the Set has no probes.
-func (s *Set) Empty() bool { return len(s.runners) == 0 }
+func (s *Set) Empty() bool { return len(s.current()) == 0 }
 
 // Containers lists the containers that have probes, in configuration order.
-func (s *Set) Containers() []string { return slices.Clone(s.containers) }
+func (s *Set) Containers() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.containers)
+}
 
 // started reports whether container's startup probe (if any) has passed.
 func (s *Set) started(container string) bool {
+	s.mu.Lock()
 	r := s.startup[container]
+	s.mu.Unlock()
 	return r == nil || isClosed(r.passed)
+}
+
+// byName returns the current runner of a probe, or nil.
+func (s *Set) byName(name string) *runner {
+	for _, r := range s.current() {
+		if r.spec.Name == name {
+			return r
+		}
+	}
+	return nil
 }
 
 // Checks returns the checks of one kind, for one container or, with
 // container "", for all.
 func (s *Set) Checks(kind Kind, container string) []Check {
 	var cs []Check
-	for _, r := range s.runners {
+	for _, r := range s.current() {
 		if r.spec.Kind != kind || (container != "" && r.spec.Container != container) {
 			continue
 		}
-		c := r.spec.Container
-		cs = append(cs, r.check(func() bool { return s.started(c) }))
+		cs = append(cs, s.check(r.spec.Name, r.spec.Container, kind))
 	}
 	return cs
+}
+
+// check is the Check of one probe, found by name when it runs, so that it
+// answers for the probe's current runner after Reset or Update.
+func (s *Set) check(name, container string, kind Kind) Check {
+	return Check{
+		Name:      name,
+		Container: container,
+		Func: func(context.Context) error {
+			r := s.byName(name)
+			if r == nil || r.spec.Kind != kind {
+				return fmt.Errorf("probe %s was removed by a config reload", name)
+			}
+			return r.verdict(s.started(container))
+		},
+		Info: func() string {
+			if r := s.byName(name); r != nil {
+				return r.info()
+			}
+			return "removed"
+		},
+	}
 }
 
 // Healthy reports whether every check of a kind passes, for one container
@@ -153,8 +306,9 @@ func (s *Set) Healthy(kind Kind, container string) bool {
 
 // Statuses returns every probe's state, for /status.
 func (s *Set) Statuses() []Status {
-	out := make([]Status, 0, len(s.runners))
-	for _, r := range s.runners {
+	runners := s.current()
+	out := make([]Status, 0, len(runners))
+	for _, r := range runners {
 		out = append(out, r.status())
 	}
 	return out
