@@ -64,8 +64,8 @@ type Spec struct {
 	GRPC      *GRPCAction
 	Exec      *ExecAction
 
-	InitialDelay     time.Duration // default 0
-	Period           time.Duration // default 10s
+	InitialDelay time.Duration // default 0
+	Period       time.Duration // default 10s
 	// StartPeriod, if set, is how often the probe runs until it first
 	// passes, instead of Period: tidegate's implicit upstream check looks
 	// every 50ms, so that readiness follows an app that starts listening
