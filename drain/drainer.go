@@ -226,6 +226,30 @@ func (d *Drainer) Undrain() error {
 	return nil
 }
 
+// Timing is the part of Options that may change while tidegate runs (a
+// config reload). Zero values mean what they mean in Options.
+type Timing struct {
+	Delay, Quiet, Timeout, AppStopTimeout time.Duration
+}
+
+// SetTiming sets the timing of the next drain; a drain under way keeps the
+// timing it started with. The error names the value that is wrong.
+func (d *Drainer) SetTiming(t Timing) error {
+	if t.Delay < 0 || t.Quiet < 0 || t.Timeout < 0 || t.AppStopTimeout < 0 {
+		return fmt.Errorf("drain: negative duration (delay %s, quiet %s, timeout %s, app stop timeout %s)", t.Delay, t.Quiet, t.Timeout, t.AppStopTimeout)
+	}
+	if t.Delay > t.Timeout {
+		return fmt.Errorf("drain: delay %s is longer than timeout %s", t.Delay, t.Timeout)
+	}
+	if t.AppStopTimeout == 0 {
+		t.AppStopTimeout = 10 * time.Second
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.o.Delay, d.o.Quiet, d.o.Timeout, d.o.AppStopTimeout = t.Delay, t.Quiet, t.Timeout, t.AppStopTimeout
+	return nil
+}
+
 // Run waits for a trigger, then drains and stops the app; it returns when
 // the lifecycle is Stopped. If ctx ends before a trigger, that is the
 // trigger ("context").
@@ -249,8 +273,8 @@ func (d *Drainer) Run(ctx context.Context) Report {
 
 // drain runs one drain round; ok is false if it was undrained.
 func (d *Drainer) drain(undrain <-chan struct{}) (rep Report, ok bool) {
-	o := d.o
 	d.mu.Lock()
+	o := d.o // a drain keeps the timing it started with (SetTiming)
 	rep.Trigger = d.trigger
 	expedite := d.expedite
 	d.mu.Unlock()

@@ -72,6 +72,12 @@ func (ss *wsSessions) remove(s *wsSession) {
 	delete(ss.sessions, s)
 }
 
+func (ss *wsSessions) count() int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return len(ss.sessions)
+}
+
 func (ss *wsSessions) all() []*wsSession {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -259,6 +265,10 @@ func (s *wsSession) goAway() {
 		wg.Wait()
 	})
 }
+
+// Upgraded returns how many upgraded connections (WebSocket, other
+// upgrades, CONNECT tunnels) the handler is proxying now.
+func (h *Handler) Upgraded() int { return h.ws.count() }
 
 // CloseUpgraded ends every live upgraded session: WebSocket ones with close
 // frames 1001 (going away) and up to a second for the peers to answer,

@@ -74,7 +74,16 @@ func (s *sidecar) adminHandler() http.Handler {
 		ErrorLog: zap.NewStdLog(s.log.Named("metrics")),
 	}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.status()) })
-	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.loaded.effective()) })
+	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.conf.Load().effective()) })
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		if err := s.requestReload(ctx); err != nil {
+			writeJSONStatus(w, http.StatusUnprocessableEntity, map[string]any{"result": "failure", "error": err.Error(), "config_version": s.version.Load()})
+			return
+		}
+		writeJSON(w, map[string]any{"result": "success", "config_version": s.version.Load(), "config_hash": configHash(s.conf.Load())})
+	})
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
 		wait, err := waitParam(r)
 		if err != nil {
@@ -97,7 +106,7 @@ func (s *sidecar) adminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprint(w, "tidegate admin: GET /metrics /status /config /debug/pprof/; POST /drain[?wait=DUR] /undrain\n")
+		fmt.Fprint(w, "tidegate admin: GET /metrics /status /config /debug/pprof/; POST /drain[?wait=DUR] /undrain /reload\n")
 	})
 	return mux
 }
@@ -113,20 +122,29 @@ type status struct {
 	Probes     []healthz.Status  `json:"probes"`
 	Build      buildInfo         `json:"build"`
 	Config     map[string]string `json:"config"`
+
+	ConfigVersion int64          `json:"config_version"` // 1 at start, +1 per applied reload
+	ConfigHash    string         `json:"config_hash"`
+	LastReload    *reloadOutcome `json:"last_reload,omitempty"`
 }
 
 func (s *sidecar) status() status {
 	phase, since := s.life.State()
+	l := s.conf.Load()
 	return status{
 		Phase:      phase.String(),
 		PhaseSince: since,
 		Uptime:     time.Since(s.started).Seconds(),
-		Upstream:   s.cfg.Upstream.Address,
+		Upstream:   l.cfg.Upstream.Address,
 		Traffic:    s.tracker.Snapshot(),
 		App:        s.appStatus(),
 		Probes:     s.probes.Statuses(),
 		Build:      s.build,
-		Config:     s.loaded.effective(),
+		Config:     l.effective(),
+
+		ConfigVersion: s.version.Load(),
+		ConfigHash:    configHash(l),
+		LastReload:    s.lastReload.Load(),
 	}
 }
 

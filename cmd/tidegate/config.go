@@ -16,26 +16,8 @@ type Config struct {
 	HealthListen string   // "off" disables the health listener
 	AdminListen  string   // "off" disables the admin listener
 
-	Upstream struct {
-		Address               string
-		Protocol              string
-		DialTimeout           time.Duration
-		ResponseHeaderTimeout time.Duration
-		IdleTimeout           time.Duration
-		MaxIdleConns          int
-		ExpectContinueTimeout time.Duration
-	}
-
-	Server struct {
-		ReadHeaderTimeout time.Duration
-		IdleTimeout       time.Duration
-		MaxHeaderBytes    int64
-		MaxBodyBytes      int64
-		Forwarded         string
-		RequestID         string
-		NetHTTPOnly       bool
-		PlainSyscalls     bool
-	}
+	Upstream UpstreamConfig
+	Server   ServerConfig
 
 	Drain struct {
 		Delay   time.Duration
@@ -58,6 +40,7 @@ type Config struct {
 		RestartMax     time.Duration
 		RestartLimit   int
 		ReapOrphans    bool
+		ForwardSignals []string // signals passed to the child instead of acted on
 	}
 
 	ProbeUserAgents []string
@@ -69,6 +52,7 @@ type Config struct {
 		Period, Timeout              time.Duration
 		FailureThreshold             int
 		SuccessThreshold             int
+		DefaultReadiness             string // "upstream" or "none": readiness when no readiness probe is configured
 	}
 	HoldUntilReady   time.Duration
 	GateUnready      bool
@@ -79,6 +63,30 @@ type Config struct {
 		Format string
 	}
 	AccessLog string // "off", "stdout", "stderr" or a file path
+}
+
+// UpstreamConfig is how tidegate reaches the app (the upstream.* keys).
+type UpstreamConfig struct {
+	Address               string
+	Protocol              string
+	DialTimeout           time.Duration
+	ResponseHeaderTimeout time.Duration
+	IdleTimeout           time.Duration
+	MaxIdleConns          int
+	ExpectContinueTimeout time.Duration
+}
+
+// ServerConfig is how the public listeners serve clients (the server.*
+// keys).
+type ServerConfig struct {
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int64
+	MaxBodyBytes      int64
+	Forwarded         string
+	RequestID         string
+	NetHTTPOnly       bool
+	PlainSyscalls     bool
 }
 
 // listenerSpec is one public listener, from --listen/--protocol or the YAML

@@ -95,12 +95,13 @@ func (s *sidecar) preStopDrain(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	if s.cfg.Drain.Token == "" {
+	token := s.live().Drain.Token
+	if token == "" {
 		http.Error(w, "drain endpoint is off: start tidegate with --drain-token", http.StatusNotFound)
 		return
 	}
 	got := r.Header.Get(DrainTokenHeader)
-	if subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Drain.Token)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 		s.log.Named("health").Warn("drain request with a wrong or missing token", zap.String("reason", "bad_token"), zap.String("remote_addr", r.RemoteAddr))
 		http.Error(w, "missing or wrong "+DrainTokenHeader, http.StatusForbidden)
 		return

@@ -50,6 +50,11 @@ type loaded struct {
 	probes        []healthz.Spec    // every probe, validated
 	fileListeners []listenerSpec    // the YAML "listeners" list
 	listeners     []listenerSpec    // every public listener, validated
+
+	// What the config was loaded from, so that a reload (SIGHUP) reads
+	// the same flags, environment and file again.
+	args   []string
+	getenv func(string) string
 }
 
 // loadConfig builds the effective Config of `tidegate run` from args, the
@@ -67,6 +72,7 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 		fs.Var(raw[s.flag], s.flag, s.usage)
 	}
 	configPath := fs.String("config", "", "YAML file with settings")
+	allArgs := slices.Clone(args)
 	var appCmd []string
 	if i := slices.Index(args, "--"); i >= 0 {
 		args, appCmd = args[:i], args[i+1:]
@@ -89,7 +95,7 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 		return nil, usagef("unexpected argument %q: flags come first, and the app's command after -- (see tidegate run --help)", fs.Arg(0))
 	}
 
-	l := &loaded{origin: make(map[string]string, len(table))}
+	l := &loaded{origin: make(map[string]string, len(table)), args: allArgs, getenv: getenv}
 	for _, s := range table {
 		if err := s.set(&l.cfg, splitList(s, s.def)); err != nil {
 			return nil, fmt.Errorf("default of %s: %w", s.key, err) // a bug, not bad input
@@ -522,6 +528,14 @@ func (l *loaded) validateApp(table []setting) error {
 	case "command":
 		if strings.TrimSpace(a.StopCommand) == "" {
 			return fmt.Errorf("%s is command: give the command with --app-stop-command", stop)
+		}
+	}
+	if len(a.ForwardSignals) > 0 {
+		if a.Stop != "child" {
+			return fmt.Errorf("%s needs the child strategy: tidegate can only signal an app it started (put the app's command after --)", l.describeKey(table, "app.forward_signals"))
+		}
+		if _, err := parseForwardSignals(a.ForwardSignals); err != nil {
+			return fmt.Errorf("%s: %w", l.describeKey(table, "app.forward_signals"), err)
 		}
 	}
 	if a.Restart != "never" && a.Stop != "child" {

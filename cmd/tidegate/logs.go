@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -12,17 +13,19 @@ import (
 
 // loggers are the sidecar's two log streams: operational logs (levelled and
 // sampled, so a failing app cannot flood them) and the access log (one line
-// per request, never sampled, independent of --log-level).
+// per request, never sampled, independent of --log-level). A reload changes
+// the level and the access log's destination in place.
 type loggers struct {
 	log    *zap.Logger
-	access *zap.Logger // nil when the access log is off
-	close  func() error
+	level  zap.AtomicLevel
+	access *zap.Logger // nil when the access log is off at start
+	sink   *accessSink // the access log's destination
 }
 
 func newLoggers(c *Config, stdout, stderr io.Writer) (*loggers, error) {
-	var level zapcore.Level
-	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
-		return nil, usagef("--log-level: %q is not one of debug, info, warn, error", c.Log.Level)
+	level, err := parseLevel(c.Log.Level)
+	if err != nil {
+		return nil, usageError{err}
 	}
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "ts"
@@ -34,36 +37,110 @@ func newLoggers(c *Config, stdout, stderr io.Writer) (*loggers, error) {
 	}
 	out := zapcore.Lock(zapcore.AddSync(stdout))
 	errOut := zapcore.Lock(zapcore.AddSync(stderr))
-	core := zapcore.NewSamplerWithOptions(zapcore.NewCore(newEnc(), out, level), time.Second, 100, 100)
+	atom := zap.NewAtomicLevelAt(level)
+	core := zapcore.NewSamplerWithOptions(zapcore.NewCore(newEnc(), out, atom), time.Second, 100, 100)
 	l := &loggers{
 		log:   zap.New(core, zap.ErrorOutput(errOut)),
-		close: func() error { return nil },
+		level: atom,
+		sink:  &accessSink{stdout: out, stderr: errOut},
 	}
-	var sink zapcore.WriteSyncer
-	switch c.AccessLog {
-	case off:
-		return l, nil
-	case "stdout":
-		sink = out
-	case "stderr":
-		sink = errOut
-	default:
-		f, err := os.OpenFile(c.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-		if err != nil {
-			return nil, fmt.Errorf("open access log: %w", err)
-		}
-		sink = zapcore.Lock(f)
-		l.close = f.Close
+	if err := l.sink.open(c.AccessLog); err != nil {
+		return nil, err
 	}
-	l.access = zap.New(zapcore.NewCore(newEnc(), sink, zapcore.InfoLevel), zap.ErrorOutput(errOut)).Named("access")
+	// The access logger exists even when the log is off, so that a reload
+	// can turn it on; handlers get it only while it is on.
+	l.access = zap.New(zapcore.NewCore(newEnc(), l.sink, zapcore.InfoLevel), zap.ErrorOutput(errOut)).Named("access")
 	return l, nil
+}
+
+func parseLevel(s string) (zapcore.Level, error) {
+	var level zapcore.Level
+	if err := level.UnmarshalText([]byte(s)); err != nil {
+		return level, fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", s)
+	}
+	return level, nil
 }
 
 // sync flushes both streams and closes an access log file.
 func (l *loggers) sync() {
 	_ = l.log.Sync()
-	if l.access != nil {
-		_ = l.access.Sync()
+	_ = l.access.Sync()
+	_ = l.sink.close()
+}
+
+// accessSink is where access log lines go: stdout, stderr, a file, or
+// nowhere. open replaces the destination without losing a line: the new
+// file is opened before the old one closes, under the lock every write
+// takes, so a reload (or SIGUSR1 after logrotate moved the file) starts a
+// new file at once.
+type accessSink struct {
+	stdout, stderr zapcore.WriteSyncer
+
+	mu   sync.Mutex
+	dest string              // "off", "stdout", "stderr" or a path
+	w    zapcore.WriteSyncer // nil when off
+	file *os.File            // the open file, if dest is a path
+}
+
+// open points the sink at dest, reopening a file even when its path is
+// the same. On error the old destination stays.
+func (a *accessSink) open(dest string) error {
+	var w zapcore.WriteSyncer
+	var f *os.File
+	switch dest {
+	case off:
+	case "stdout":
+		w = a.stdout
+	case "stderr":
+		w = a.stderr
+	default:
+		var err error
+		f, err = openAppend(dest)
+		if err != nil {
+			return fmt.Errorf("open access log: %w", err)
+		}
+		w = f
 	}
-	_ = l.close()
+	a.mu.Lock()
+	old := a.file
+	a.dest, a.w, a.file = dest, w, f
+	a.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	return nil
+}
+
+func (a *accessSink) Write(p []byte) (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.w == nil {
+		return len(p), nil
+	}
+	return a.w.Write(p)
+}
+
+func (a *accessSink) Sync() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.w == nil {
+		return nil
+	}
+	return a.w.Sync()
+}
+
+func (a *accessSink) close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.file
+	a.w, a.file = nil, nil
+	if f != nil {
+		return f.Close()
+	}
+	return nil
+}
+
+// openAppend opens an access log file for appending, creating it if needed.
+func openAppend(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 }

@@ -12,11 +12,10 @@ package main
 import (
 	"os"
 	"os/signal"
-	"syscall"
 )
 
 func main() {
-	signals := make(chan os.Signal, 2)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	signals := make(chan os.Signal, 8)
+	signal.Notify(signals, handledSignals()...)
 	os.Exit(cli(os.Args[1:], env{getenv: os.Getenv, stdout: os.Stdout, stderr: os.Stderr, signals: signals}))
 }

@@ -6,11 +6,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tidegate/tidegate/healthz"
+	"github.com/tidegate/tidegate/proxy"
 )
 
 // containerProbes is one entry of the YAML "probes" list: a container's
@@ -205,8 +207,57 @@ func (l *loaded) probeSpecs() ([]healthz.Spec, error) {
 			specs = append(specs, s)
 		}
 	}
+	if c.Probe.DefaultReadiness == "upstream" && !slices.ContainsFunc(specs, func(s healthz.Spec) bool { return s.Kind == healthz.Readiness }) {
+		specs = append(specs, upstreamChecks(l.listeners)...)
+	}
 	if _, err := healthz.NewSet(specs, healthz.SetOptions{}); err != nil {
 		return nil, err
 	}
 	return specs, nil
+}
+
+// The timing of the implicit upstream check: look every 50ms until the app
+// first accepts (readiness follows an app that takes a while to listen), then
+// every second; three failures in a row fail readiness.
+const (
+	upstreamCheckStartPeriod = 50 * time.Millisecond
+	upstreamCheckPeriod      = time.Second
+)
+
+// upstreamChecks is readiness when none is configured: a connect to each
+// distinct upstream (TCP, or its unix socket), as Knative's queue-proxy does,
+// so that /readyz never says ready before the app listens. Named "upstream"
+// ("upstream-<listener>" when listeners have different upstreams).
+func upstreamChecks(listeners []listenerSpec) []healthz.Spec {
+	var seen []string
+	var specs []healthz.Spec
+	for _, pl := range listeners {
+		if slices.Contains(seen, pl.Upstream) {
+			continue
+		}
+		seen = append(seen, pl.Upstream)
+		up, err := proxy.ParseUpstream(pl.Upstream)
+		if err != nil {
+			continue // validated before; a bug
+		}
+		action := &healthz.TCPSocketAction{Unix: up.Address}
+		if up.Network != "unix" {
+			host, port, err := proxy.SplitHostPort(up.Address)
+			if err != nil {
+				continue
+			}
+			if host == "" {
+				host = "127.0.0.1"
+			}
+			action = &healthz.TCPSocketAction{Host: host, Port: port}
+		}
+		specs = append(specs, healthz.Spec{Name: "upstream-" + pl.Name, Container: "app", Kind: healthz.Readiness,
+			TCPSocket: action, Implicit: true,
+			Period: upstreamCheckPeriod, StartPeriod: upstreamCheckStartPeriod, Timeout: time.Second,
+			SuccessThreshold: 1, FailureThreshold: 3})
+	}
+	if len(specs) == 1 {
+		specs[0].Name = "upstream"
+	}
+	return specs
 }

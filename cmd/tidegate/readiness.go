@@ -64,7 +64,8 @@ func (s *sidecar) phaseChanged(from, to drain.Phase) {
 }
 
 // gate answers for the app while it cannot: before it is first ready
-// (holding the request up to --hold-until-ready, else 503), and with
+// (holding the request up to --hold-until-ready, else 503), after a
+// supervised app restarted until it is ready again (the same way), and with
 // --gate-unready while readiness fails after start-up. It never gates during
 // a drain: tidegate keeps serving while load balancers move away.
 type gate struct {
@@ -75,25 +76,52 @@ type gate struct {
 func newGate(s *sidecar) (*gate, error) {
 	g := &gate{s: s, gated: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tidegate_gated_requests_total",
-		Help: "Requests answered 503 by tidegate instead of the app: reason starting (before the app was first ready) or unready (--gate-unready).",
+		Help: "Requests answered 503 by tidegate instead of the app: reason starting (before the app was first ready), restarting (a restarted app child not ready yet) or unready (--gate-unready).",
 	}, []string{"reason"})}
-	for _, r := range []string{"starting", "unready"} {
+	for _, r := range []string{"starting", "restarting", "unready"} {
 		g.gated.WithLabelValues(r)
 	}
 	return g, s.reg.Register(g.gated)
 }
 
+// closed returns why the gate answers for the app now, or "" when requests
+// go through. Cheap in the common case (two atomic loads): the fast path
+// asks it per request.
+func (g *gate) closed() string {
+	s := g.s
+	switch phase := s.life.Phase(); {
+	case phase == drain.Starting:
+		return "starting"
+	case phase != drain.Serving:
+		return ""
+	case s.restarting.Load():
+		if !s.appReady() {
+			return "restarting"
+		}
+		s.restarting.Store(false)
+	}
+	if s.live().GateUnready && !s.appReady() {
+		return "unready"
+	}
+	return ""
+}
+
 // wrap puts the gate in front of next.
 func (g *gate) wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch phase := g.s.life.Phase(); {
-		case phase == drain.Starting:
+		switch reason := g.closed(); reason {
+		case "":
+		case "starting", "restarting":
 			if !g.hold(r.Context()) {
-				g.refuse(w, "starting", "the app is not ready yet")
+				msg := "the app is not ready yet"
+				if reason == "restarting" {
+					msg = "the app restarted and is not ready yet"
+				}
+				g.refuse(w, reason, msg)
 				return
 			}
-		case phase == drain.Serving && g.s.cfg.GateUnready && !g.s.appReady():
-			g.refuse(w, "unready", "the app is not ready")
+		default:
+			g.refuse(w, reason, "the app is not ready")
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -102,31 +130,25 @@ func (g *gate) wrap(next http.Handler) http.Handler {
 
 // open reports whether the gate lets requests through untouched now: the
 // fast path asks it, and leaves requests to wrap's handler when it is not.
-func (g *gate) open() bool {
-	switch phase := g.s.life.Phase(); {
-	case phase == drain.Starting:
-		return false
-	case phase == drain.Serving && g.s.cfg.GateUnready && !g.s.appReady():
-		return false
-	}
-	return true
-}
+func (g *gate) open() bool { return g.closed() == "" }
 
-// hold waits up to --hold-until-ready for the lifecycle to leave starting.
+// hold waits up to --hold-until-ready for the app to be ready: for the
+// lifecycle to leave starting, or a restarted app's readiness to pass.
 func (g *gate) hold(ctx context.Context) bool {
-	d := g.s.cfg.HoldUntilReady
+	d := g.s.live().HoldUntilReady
 	if d <= 0 {
 		return false
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
-		changed := g.s.life.Changed()
-		if g.s.life.Phase() != drain.Starting {
+		lifeChanged, probesChanged := g.s.life.Changed(), g.s.probes.Changed()
+		if r := g.closed(); r != "starting" && r != "restarting" {
 			return true
 		}
 		select {
-		case <-changed:
+		case <-lifeChanged:
+		case <-probesChanged:
 		case <-t.C:
 			return false
 		case <-ctx.Done():

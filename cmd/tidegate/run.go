@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,7 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -110,18 +109,31 @@ func exitCode(err error) int {
 // sidecar is one running tidegate: the composition root that wires the data
 // plane, the lifecycle and drain, health and admin together.
 type sidecar struct {
-	cfg     *Config
-	loaded  *loaded
+	cfg     *Config // as started: for the settings a reload cannot change (see reload.go)
+	conf    atomic.Pointer[loaded]
+	logs    *loggers
 	log     *zap.Logger
 	build   buildInfo
 	started time.Time
 
-	reg      *prometheus.Registry
-	life     *drain.Lifecycle
-	tracker  *proxy.Tracker
-	handlers []*proxy.Handler
-	public   publicListeners
-	aux      []*auxServer // health and admin listeners, stopped last
+	reg     *prometheus.Registry
+	life    *drain.Lifecycle
+	tracker *proxy.Tracker
+	metrics *proxy.Metrics
+	gate    *gate
+	front   *frontends
+	aux     []*auxServer // health and admin listeners, stopped last
+	health  swapHandler  // the health listener's handler, rebuilt when a reload changes the probes
+	reloads *reloadMetrics
+	version atomic.Int64 // config version: 1 at start, +1 per applied reload
+
+	// restarting is set when a supervised app restarts, until its
+	// readiness passes again: the gate answers for it meanwhile.
+	restarting atomic.Bool
+
+	reloadReq  chan chan error // POST /reload → the event loop, which answers on the channel
+	lastReload atomic.Pointer[reloadOutcome]
+	forward    []syscall.Signal // --forward-signals: passed to the child instead of acted on
 
 	app     drain.App    // how the app is stopped
 	child   *drain.Child // the supervised app, in child mode (set by run)
@@ -140,8 +152,11 @@ type sidecar struct {
 // no app yet.
 func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err error) {
 	cfg := &l.cfg
-	s := &sidecar{cfg: cfg, loaded: l, log: logs.log, build: build, started: time.Now(),
-		reg: prometheus.NewRegistry(), appGone: make(chan drain.AppExit, 1)}
+	s := &sidecar{cfg: cfg, logs: logs, log: logs.log, build: build, started: time.Now(),
+		reg: prometheus.NewRegistry(), appGone: make(chan drain.AppExit, 1), reloadReq: make(chan chan error)}
+	s.conf.Store(l)
+	s.version.Store(1)
+	s.front = newFrontends(s.log.Named("public"))
 
 	if err := s.registerProcessMetrics(); err != nil {
 		return nil, err
@@ -152,12 +167,18 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		return nil, err
 	}
 	s.tracker = proxy.NewTracker(proxy.TrackerOptions{ProbeUserAgents: cfg.ProbeUserAgents})
-	metrics, err := proxy.NewMetrics(s.reg, s.tracker)
+	s.metrics, err = proxy.NewMetrics(s.reg, s.tracker)
 	if err != nil {
 		return nil, fmt.Errorf("register proxy metrics: %w", err)
 	}
+	if s.reloads, err = newReloadMetrics(s.reg); err != nil {
+		return nil, err
+	}
 	if err := s.buildApp(); err != nil {
 		return nil, err
+	}
+	if s.forward, err = parseForwardSignals(cfg.App.ForwardSignals); err != nil {
+		return nil, usageError{err}
 	}
 	s.probes, err = healthz.NewSet(l.probes, healthz.SetOptions{Registerer: s.reg, Logger: s.log, Version: build.Version})
 	if err != nil {
@@ -166,8 +187,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	s.grpcHealth = healthz.NewGRPCHealth(s.probes.Containers()...)
 	s.grpcSrv = grpc.NewServer()
 	s.grpcHealth.Register(s.grpcSrv)
-	g, err := newGate(s)
-	if err != nil {
+	if s.gate, err = newGate(s); err != nil {
 		return nil, fmt.Errorf("register gate metrics: %w", err)
 	}
 
@@ -178,69 +198,22 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 			for _, ln := range bound {
 				_ = ln.Close()
 			}
+			for _, p := range s.front.list() {
+				_ = p.sock.Close()
+			}
 		}
 	}()
-	type upstreamHandler struct {
-		proxy *proxy.Handler
-		gated http.Handler
+	next, err := s.buildListeners(l, nil)
+	if err != nil {
+		return nil, err
 	}
-	byUpstream := map[string]upstreamHandler{} // one per upstream, shared by its HTTP listeners
-	for _, pl := range l.listeners {
-		up, err := proxy.ParseUpstream(pl.Upstream)
-		if err != nil {
-			return nil, usageError{err}
-		}
-		ln, err := proxy.Listen(pl.Address)
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", pl.Name, err)
-		}
-		bound = append(bound, ln)
-		var srv publicServer
-		var ws interface{ CloseUpgraded() }
-		if pl.Protocol == "tcp" {
-			srv = proxy.NewTCPServer(ln, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
-				Logger: s.log.Named("tcp"), Metrics: metrics})
-		} else {
-			uh, ok := byUpstream[pl.Upstream]
-			if !ok {
-				ph, err := s.newProxyHandler(up, metrics, logs.access)
-				if err != nil {
-					return nil, usageError{err}
-				}
-				s.handlers = append(s.handlers, ph)
-				uh = upstreamHandler{proxy: ph, gated: g.wrap(ph)}
-				byUpstream[pl.Upstream] = uh
-			}
-			ws = uh.proxy
-			var tlsCfg *tls.Config
-			if pl.TLS != nil {
-				tlsCfg, err = proxy.LoadTLS(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
-				if err != nil {
-					return nil, usageError{fmt.Errorf("listener %s: %w", pl.Name, err)}
-				}
-			}
-			var fastPath *proxy.Handler
-			if !cfg.Server.NetHTTPOnly {
-				fastPath = uh.proxy
-			}
-			srv = proxy.NewServer(ln, uh.gated, s.tracker, proxy.ServerOptions{
-				TLS:               tlsCfg,
-				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
-				IdleTimeout:       cfg.Server.IdleTimeout,
-				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
-				Logger:            s.log.Named("public"),
-				FastPath:          fastPath,
-				FastPathOpen:      g.open,
-			})
-		}
-		s.public = append(s.public, publicListener{spec: pl, srv: srv, ws: ws})
-	}
+	s.front.live = next // served by run
 
 	s.drainer, err = drain.New(drain.Options{
 		Delay: cfg.Drain.Delay, Quiet: cfg.Drain.Quiet, Timeout: cfg.Drain.Timeout,
 		AppStopTimeout: cfg.App.StopTimeout,
 		Traffic:        s.tracker,
-		Frontend:       s.public,
+		Frontend:       s.front,
 		App:            appRef{s},
 		Lifecycle:      s.life,
 		Registerer:     s.reg,
@@ -254,7 +227,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		name, addr string
 		handler    func() http.Handler
 		h2c        bool
-	}{{"health", cfg.HealthListen, s.healthHandler, true}, {"admin", cfg.AdminListen, s.adminHandler, false}} {
+	}{{"health", cfg.HealthListen, s.healthListenerHandler, true}, {"admin", cfg.AdminListen, s.adminHandler, false}} {
 		if aux.addr == off {
 			continue
 		}
@@ -275,9 +248,12 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	return s, nil
 }
 
-// newProxyHandler builds the data plane for one upstream.
-func (s *sidecar) newProxyHandler(up proxy.Upstream, metrics *proxy.Metrics, access *zap.Logger) (*proxy.Handler, error) {
-	cfg := s.cfg
+// newProxyHandler builds the data plane for one upstream under cfg.
+func (s *sidecar) newProxyHandler(cfg *Config, up proxy.Upstream) (*proxy.Handler, error) {
+	var access *zap.Logger
+	if cfg.AccessLog != off {
+		access = s.logs.access
+	}
 	return proxy.NewHandler(proxy.Options{
 		Upstream: up,
 		Protocol: proxy.UpstreamProtocol(cfg.Upstream.Protocol),
@@ -292,7 +268,7 @@ func (s *sidecar) newProxyHandler(up proxy.Upstream, metrics *proxy.Metrics, acc
 		Forwarded:    proxy.ForwardedMode(cfg.Server.Forwarded),
 		RequestID:    proxy.RequestIDMode(cfg.Server.RequestID),
 		Tracker:      s.tracker,
-		Metrics:      metrics,
+		Metrics:      s.metrics,
 		Logger:       s.log.Named("proxy"),
 		AccessLog:    access,
 
@@ -300,71 +276,12 @@ func (s *sidecar) newProxyHandler(up proxy.Upstream, metrics *proxy.Metrics, acc
 	})
 }
 
-// publicServer is an HTTP or a TCP public listener: what the drain steers,
-// plus serving.
-type publicServer interface {
-	drain.Frontend
-	Serve() error
-	Addr() net.Addr
-}
-
-type publicListener struct {
-	spec listenerSpec
-	srv  publicServer
-	ws   interface{ CloseUpgraded() } // the HTTP handler, for its WebSocket sessions; nil for tcp
-}
-
-// publicListeners drains every public listener as one.
-type publicListeners []publicListener
-
-func (ps publicListeners) BeginDrain() {
-	for _, p := range ps {
-		p.srv.BeginDrain()
-	}
-}
-
-func (ps publicListeners) EndDrain() {
-	for _, p := range ps {
-		p.srv.EndDrain()
-	}
-}
-
-// Shutdown shuts every listener down at once and returns the first error.
-func (ps publicListeners) Shutdown(ctx context.Context) error {
-	errs := make(chan error, len(ps))
-	for _, p := range ps {
-		go func() { errs <- p.srv.Shutdown(ctx) }()
-	}
-	var first error
-	for range ps {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// Close cuts what is left: WebSocket sessions get close frames 1001 (going
-// away) at both ends while every other connection is closed at once.
-func (ps publicListeners) Close() error {
-	var wg sync.WaitGroup
-	for _, p := range ps {
-		if p.ws != nil {
-			wg.Go(p.ws.CloseUpgraded)
-		}
-	}
-	var first error
-	for _, p := range ps {
-		if err := p.srv.Close(); err != nil && first == nil {
-			first = err
-		}
-	}
-	wg.Wait()
-	return first
-}
-
 // publicAddr is the first public listener's address.
-func (s *sidecar) publicAddr() string { return s.public[0].srv.Addr().String() }
+func (s *sidecar) publicAddr() string { return s.front.list()[0].srv.Addr().String() }
+
+// live returns the config in force: the one started with, or the last
+// reload's.
+func (s *sidecar) live() *Config { return &s.conf.Load().cfg }
 
 // buildApp picks how the app will be stopped. The child itself is started
 // by run, once the listeners are bound.
@@ -472,8 +389,9 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		s.app = failedApp{strategy: s.cfg.App.Stop, err: err}
 		s.drainer.Force("app_start_failed")
 	}
-	listeners := make([]string, 0, len(s.public))
-	for _, p := range s.public {
+	live := s.front.list()
+	listeners := make([]string, 0, len(live))
+	for _, p := range live {
 		proto := p.spec.Protocol
 		if p.spec.TLS != nil {
 			proto = "https"
@@ -499,14 +417,14 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		s.log.Named("lifecycle").Info("waiting for the app's startup and readiness probes before serving",
 			zap.String("phase", drain.Starting.String()))
 	}
-	errc := make(chan error, 1+len(s.public)+len(s.aux))
-	for _, p := range s.public {
-		go func() { errc <- p.srv.Serve() }()
+	for _, p := range live {
+		s.front.serve(p)
 	}
+	errc := make(chan error, 1+len(s.aux))
 	for _, a := range s.aux {
 		go func() { errc <- a.serve() }()
 	}
-	running := len(s.public) + len(s.aux)
+	running := len(s.aux)
 	if s.grpcLn != nil {
 		running++
 		go func() { errc <- s.grpcSrv.Serve(s.grpcLn) }()
@@ -540,6 +458,20 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 		select {
 		case sig := <-signals:
 			name := signalName(sig)
+			switch s.signalAction(sig) {
+			case actForward:
+				s.forwardSignal(sig)
+				continue
+			case actReload:
+				s.reload(name)
+				continue
+			case actReopen:
+				s.reopenLogs(name)
+				continue
+			case actIgnore:
+				log.Debug("signal ignored", zap.String("signal", name))
+				continue
+			}
 			if signalled {
 				log.Warn("second signal: stopping now", zap.String("reason", name), zap.Int64("inflight", s.tracker.InFlight()))
 				s.drainer.Force(name)
@@ -549,9 +481,15 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 			if !s.drainer.Trigger(name) {
 				log.Info("signal during a drain already under way", zap.String("reason", name))
 			}
+		case reply := <-s.reloadReq:
+			reply <- s.reload("admin")
 		case ex := <-s.appGone:
 			log.Error("app exited on its own; draining without delay", zap.String("reason", "app_exit"), zap.String("app", ex.String()))
 			s.drainer.Expedite("app_exit")
+		case err := <-s.front.errs:
+			log.Error("public listener failed; draining", zap.String("reason", "listener_error"), zap.Error(err))
+			code = 1
+			s.drainer.Trigger("listener_error")
 		case err := <-errc:
 			running--
 			if err != nil {
@@ -563,9 +501,8 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 			done = true
 		}
 	}
-	for _, h := range s.handlers {
-		h.CloseIdleConnections()
-	}
+	s.front.closeIdle()
+	s.front.wait()
 	if s.child != nil && code == 0 {
 		code = rep.App.ExitCode()
 	}

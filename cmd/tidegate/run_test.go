@@ -18,6 +18,7 @@ import (
 
 	"github.com/tidegate/tidegate/drain"
 	"github.com/tidegate/tidegate/proxy"
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // startSidecar runs an in-process sidecar in front of app with the given
@@ -45,6 +46,16 @@ func startSidecar(t *testing.T, app *httptest.Server, flags ...string) (*sidecar
 		reports <- rep
 	}()
 	return sc, sig, reports
+}
+
+// waitServing waits until the sidecar serves: its implicit upstream check
+// (no readiness probe is configured) has found the app listening.
+func waitServing(t *testing.T, sc *sidecar) {
+	t.Helper()
+	wait.Until(t, 5*time.Second, "the sidecar serving", func() (bool, string) {
+		p := sc.life.Phase()
+		return p == drain.Serving, "phase " + p.String()
+	})
 }
 
 // oneShot is a client that keeps no connection after a request.
@@ -77,6 +88,7 @@ func TestSignalAfterPreStopDrainIsNotASecondSignal(t *testing.T) {
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-release }))
 	defer app.Close()
 	sc, sig, reports := startSidecar(t, app, "--drain-delay", "100ms", "--drain-quiet", "0s")
+	waitServing(t, sc)
 	public := "http://" + sc.publicAddr()
 
 	result := make(chan int, 1)
@@ -112,6 +124,7 @@ func TestSecondSignalForces(t *testing.T) {
 	}))
 	defer app.Close()
 	sc, sig, reports := startSidecar(t, app, "--drain-delay", "5s")
+	waitServing(t, sc)
 	cut := make(chan struct{})
 	defer func() { <-cut }()
 	go func() {
@@ -167,11 +180,12 @@ func TestTCPListenerThroughTheDrain(t *testing.T) {
 	sig := make(chan os.Signal, 1)
 	reports := make(chan drain.Report, 1)
 	go func() { _, rep := sc.run(sig); reports <- rep }()
+	waitServing(t, sc)
 
-	if code, _ := oneShot("http://" + sc.public[0].srv.Addr().String()); code != 200 {
+	if code, _ := oneShot("http://" + sc.front.list()[0].srv.Addr().String()); code != 200 {
 		t.Fatalf("http listener: %d", code)
 	}
-	c, err := net.Dial("tcp", sc.public[1].srv.Addr().String())
+	c, err := net.Dial("tcp", sc.front.list()[1].srv.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,6 +244,7 @@ func TestWebSocketGoesAwayAtTheDeadline(t *testing.T) {
 	}))
 	defer app.Close()
 	sc, sig, reports := startSidecar(t, app, "--drain-delay", "100ms", "--drain-quiet", "0s", "--drain-timeout", "700ms")
+	waitServing(t, sc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, _, err := websocket.Dial(ctx, "ws://"+sc.publicAddr()+"/", &websocket.DialOptions{
@@ -264,6 +279,7 @@ func TestPreStopDrainAnswers(t *testing.T) {
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer app.Close()
 	sc, _, reports := startSidecar(t, app, "--drain-token", "s3cret", "--drain-delay", "800ms", "--drain-quiet", "0s")
+	waitServing(t, sc)
 	url := "http://" + sc.aux[0].ln.Addr().String() + "/drain"
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 	call := func(method, query, token string) int {

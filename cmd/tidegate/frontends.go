@@ -1,0 +1,395 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tidegate/tidegate/proxy"
+)
+
+// publicServer is an HTTP or a TCP public listener's server: what the drain
+// steers, plus serving.
+type publicServer interface {
+	Serve() error
+	Addr() net.Addr
+	BeginDrain()
+	EndDrain()
+	Shutdown(ctx context.Context) error
+	Close() error
+}
+
+// listenerPlan is everything a public listener's server and handler are
+// built from. A config reload that leaves it equal keeps the server; one
+// that changes it builds a new server on the same socket (or on a new one,
+// for a new address) and drains the old one.
+type listenerPlan struct {
+	Name, Address, Protocol, Upstream string
+	TLSCert, TLSKey                   string
+	TLSSum                            [sha256.Size]byte // of the files: a renewed certificate replaces the server
+
+	Server    ServerConfig
+	App       UpstreamConfig // its Address is the default upstream; Upstream above is this listener's
+	AccessLog bool
+}
+
+// planFor returns the plan of listener pl under cfg. It reads the TLS
+// files, so that a changed certificate is a changed plan.
+func planFor(pl listenerSpec, cfg *Config) (listenerPlan, error) {
+	p := listenerPlan{Name: pl.Name, Address: pl.Address, Protocol: pl.Protocol, Upstream: pl.Upstream,
+		Server: cfg.Server, App: cfg.Upstream, AccessLog: cfg.AccessLog != off}
+	if pl.TLS != nil {
+		p.TLSCert, p.TLSKey = pl.TLS.Cert, pl.TLS.Key
+		h := sha256.New()
+		for _, f := range []string{pl.TLS.Cert, pl.TLS.Key} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return p, fmt.Errorf("listener %s: read TLS file: %w", pl.Name, err)
+			}
+			h.Write(b)
+		}
+		copy(p.TLSSum[:], h.Sum(nil))
+	}
+	return p, nil
+}
+
+// publicListener is one public listener: its socket, and the server that
+// accepts from it now.
+type publicListener struct {
+	spec    listenerSpec
+	plan    listenerPlan
+	sock    *proxy.Socket
+	srv     publicServer
+	handler *proxy.Handler // nil for tcp
+}
+
+// frontends is the set of public listeners, which a config reload changes
+// while they serve; the drain steers all of them as one (drain.Frontend).
+// A replaced server is retired: it drains on its own (retire) and the
+// drain of the whole sidecar cuts it at its deadline like any other.
+type frontends struct {
+	log *zap.Logger
+
+	mu       sync.Mutex
+	live     []*publicListener             // in configuration order
+	retiring map[*publicListener]time.Time // replaced servers still draining → since
+	draining bool                          // BeginDrain without EndDrain: new servers drain from the start
+	shut     chan struct{}                 // closed by Shutdown or Close: retirements stop waiting
+
+	wg   sync.WaitGroup // Serve goroutines and retirements
+	errs chan error     // a Serve that failed; buffered, the first is enough to drain
+}
+
+func newFrontends(log *zap.Logger) *frontends {
+	return &frontends{log: log, retiring: map[*publicListener]time.Time{}, shut: make(chan struct{}), errs: make(chan error, 1)}
+}
+
+// list returns the live listeners.
+func (f *frontends) list() []*publicListener {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.live)
+}
+
+// serve starts p's server. A Serve that fails is logged and reported on
+// errs (the sidecar then drains).
+func (f *frontends) serve(p *publicListener) {
+	f.mu.Lock()
+	if f.draining {
+		p.srv.BeginDrain()
+	}
+	f.mu.Unlock()
+	f.wg.Go(func() {
+		if err := p.srv.Serve(); err != nil {
+			f.log.Error("listener failed", zap.String("listener", p.spec.Name), zap.String("reason", "listener_error"), zap.Error(err))
+			select {
+			case f.errs <- err:
+			default:
+			}
+		}
+	})
+}
+
+// replace makes next the live set: servers of next not live yet start,
+// live servers not in next retire. Each retiring server drains: after
+// delay when its socket goes away with it (a moved or removed listener, so
+// that clients racing the change are still answered), at once when a new
+// server has taken its socket over; it is cut after timeout.
+func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration) {
+	f.mu.Lock()
+	old := f.live
+	f.live = next
+	f.mu.Unlock()
+	for _, p := range next {
+		if !slices.Contains(old, p) {
+			f.serve(p)
+		}
+	}
+	for _, p := range old {
+		if slices.Contains(next, p) {
+			continue
+		}
+		kept := slices.ContainsFunc(next, func(n *publicListener) bool { return n.sock == p.sock })
+		d := delay
+		if kept {
+			d = 0
+		}
+		f.retire(p, d, timeout)
+	}
+}
+
+// retire drains p on its own: Connection: close and GOAWAY at once, keep
+// accepting for delay, then stop accepting and wait for what it serves
+// until timeout (counted from now), then cut it.
+func (f *frontends) retire(p *publicListener, delay, timeout time.Duration) {
+	f.mu.Lock()
+	f.retiring[p] = time.Now()
+	shut := f.shut
+	f.mu.Unlock()
+	log := f.log.With(zap.String("listener", p.spec.Name), zap.String("address", p.spec.Address))
+	log.Info("retiring the listener's old server", zap.String("phase", "retiring"), zap.Duration("delay", delay), zap.Duration("timeout", timeout))
+	f.wg.Go(func() {
+		defer func() {
+			f.mu.Lock()
+			delete(f.retiring, p)
+			f.mu.Unlock()
+		}()
+		start := time.Now()
+		p.srv.BeginDrain()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-shut:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+		err := p.srv.Shutdown(ctx)
+		// Upgraded connections are the handler's: wait for them too, as
+		// the sidecar's drain does, then cut what is left.
+		for err == nil && p.handler != nil && p.handler.Upgraded() > 0 {
+			t := time.NewTimer(10 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-shut:
+				err = errors.New("the sidecar is draining")
+			}
+			t.Stop()
+		}
+		if p.handler != nil {
+			p.handler.CloseUpgraded()
+		}
+		_ = p.srv.Close()
+		if p.handler != nil {
+			p.handler.CloseIdleConnections()
+		}
+		result := "complete"
+		if err != nil {
+			result = "cut"
+		}
+		log.Info("old server retired", zap.String("phase", "retired"), zap.String("result", result),
+			zap.Duration("duration", time.Since(start)))
+	})
+}
+
+// BeginDrain tells the clients of every server, live or retiring, to move.
+func (f *frontends) BeginDrain() {
+	f.mu.Lock()
+	f.draining = true
+	live := slices.Clone(f.live)
+	f.mu.Unlock()
+	for _, p := range live {
+		p.srv.BeginDrain()
+	}
+}
+
+// EndDrain lets the live servers keep connections alive again.
+func (f *frontends) EndDrain() {
+	f.mu.Lock()
+	f.draining = false
+	live := slices.Clone(f.live)
+	f.mu.Unlock()
+	for _, p := range live {
+		p.srv.EndDrain()
+	}
+}
+
+func (f *frontends) closeShut() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.shut:
+	default:
+		close(f.shut)
+	}
+}
+
+// Shutdown shuts every live server down at once and returns the first
+// error; the sockets close with them.
+func (f *frontends) Shutdown(ctx context.Context) error {
+	f.closeShut()
+	live := f.list()
+	errs := make(chan error, len(live))
+	for _, p := range live {
+		go func() { errs <- p.srv.Shutdown(ctx) }()
+	}
+	var first error
+	for range live {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Close cuts what is left on every server, live or retiring: WebSocket
+// sessions get close frames 1001 (going away) at both ends while every
+// other connection is closed at once.
+func (f *frontends) Close() error {
+	f.closeShut()
+	f.mu.Lock()
+	all := slices.Clone(f.live)
+	for p := range f.retiring {
+		all = append(all, p)
+	}
+	f.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range all {
+		if p.handler != nil {
+			wg.Go(p.handler.CloseUpgraded)
+		}
+	}
+	var first error
+	for _, p := range all {
+		if err := p.srv.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	wg.Wait()
+	return first
+}
+
+// closeIdle closes the idle app connections of every live handler.
+func (f *frontends) closeIdle() {
+	for _, p := range f.list() {
+		if p.handler != nil {
+			p.handler.CloseIdleConnections()
+		}
+	}
+}
+
+// wait returns once every Serve and every retirement has returned.
+func (f *frontends) wait() { f.wg.Wait() }
+
+// buildListeners builds a server for each listener of l that is not in
+// keep with an equal plan, on the socket of the kept listener with its
+// address, else on a new socket. It returns the new live set in l's order
+// and the sockets it bound. On error it releases what it made; nothing of
+// keep is touched.
+func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*publicListener, err error) {
+	var made []*publicListener
+	var bound []*proxy.Socket
+	defer func() {
+		if err != nil {
+			for _, p := range made {
+				_ = p.srv.Close()
+			}
+			for _, sock := range bound {
+				_ = sock.Close()
+			}
+		}
+	}()
+	type shared struct {
+		proxy *proxy.Handler
+		gated http.Handler
+	}
+	byUpstream := map[string]shared{} // one handler per upstream among the servers made now
+	for _, pl := range l.listeners {
+		plan, err := planFor(pl, &l.cfg)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		i := slices.IndexFunc(keep, func(p *publicListener) bool { return p.plan == plan })
+		if i >= 0 {
+			next = append(next, keep[i])
+			continue
+		}
+		var sock *proxy.Socket
+		if j := slices.IndexFunc(keep, func(p *publicListener) bool { return p.spec.Address == pl.Address }); j >= 0 {
+			sock = keep[j].sock
+		} else {
+			ln, err := proxy.Listen(pl.Address)
+			if err != nil {
+				return nil, fmt.Errorf("listener %s: %w", pl.Name, err)
+			}
+			sock = proxy.NewSocket(ln)
+			bound = append(bound, sock)
+		}
+		view, err := sock.View()
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", pl.Name, err)
+		}
+		up, err := proxy.ParseUpstream(pl.Upstream)
+		if err != nil {
+			_ = view.Close()
+			return nil, usageError{err}
+		}
+		p := &publicListener{spec: pl, plan: plan, sock: sock}
+		cfg := &l.cfg
+		if pl.Protocol == "tcp" {
+			p.srv = proxy.NewTCPServer(view, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
+				Logger: s.log.Named("tcp"), Metrics: s.metrics})
+		} else {
+			sh, ok := byUpstream[pl.Upstream]
+			if !ok {
+				ph, err := s.newProxyHandler(cfg, up)
+				if err != nil {
+					_ = view.Close()
+					return nil, usageError{err}
+				}
+				sh = shared{proxy: ph, gated: s.gate.wrap(ph)}
+				byUpstream[pl.Upstream] = sh
+			}
+			p.handler = sh.proxy
+			var tlsCfg *tls.Config
+			if pl.TLS != nil {
+				tlsCfg, err = proxy.LoadTLS(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
+				if err != nil {
+					_ = view.Close()
+					return nil, usageError{fmt.Errorf("listener %s: %w", pl.Name, err)}
+				}
+			}
+			var fastPath *proxy.Handler
+			if !cfg.Server.NetHTTPOnly {
+				fastPath = sh.proxy
+			}
+			p.srv = proxy.NewServer(view, sh.gated, s.tracker, proxy.ServerOptions{
+				TLS:               tlsCfg,
+				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+				IdleTimeout:       cfg.Server.IdleTimeout,
+				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
+				Logger:            s.log.Named("public"),
+				FastPath:          fastPath,
+				FastPathOpen:      s.gate.open,
+			})
+		}
+		made = append(made, p)
+		next = append(next, p)
+	}
+	return next, nil
+}
