@@ -116,6 +116,9 @@ func (s *sidecar) reload(trigger string) error {
 	out := &reloadOutcome{At: time.Now(), Trigger: trigger, Result: "success", Changed: changed}
 	if err != nil {
 		out.Result, out.Error = "failure", err.Error()
+	}
+	s.lastReload.Store(out) // before the counters: whoever sees the count sees the outcome
+	if err != nil {
 		s.reloads.total.WithLabelValues("failure").Inc()
 		s.reloads.successful.Set(0)
 		log.Error("config reload refused; the running config stays", zap.String("reason", "reload_refused"),
@@ -127,7 +130,6 @@ func (s *sidecar) reload(trigger string) error {
 		log.Info("config reloaded", zap.String("trigger", trigger), zap.Int64("config_version", s.version.Load()),
 			zap.String("config_hash", configHash(s.conf.Load())), zap.Strings("changed", changed))
 	}
-	s.lastReload.Store(out)
 	return err
 }
 
