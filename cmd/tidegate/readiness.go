@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -55,6 +56,14 @@ func (s *sidecar) watchReadiness(ctx context.Context, servingFields []zap.Field)
 // phaseChanged runs synchronously with every phase change: gRPC health
 // clients hear NOT_SERVING at the moment the drain starts, and for good.
 func (s *sidecar) phaseChanged(from, to drain.Phase) {
+	status := fmt.Sprintf("%s: %d in flight, config v%d", to, s.tracker.InFlight(), s.version.Load())
+	switch to {
+	case drain.Serving:
+		s.notify.Ready(status) // READY=1 once; later calls send nothing
+	case drain.Closing:
+		s.notify.Stopping(status) // no undrain after closing: the stop is certain
+	}
+	s.notify.Status(status)
 	switch {
 	case to == drain.Draining:
 		s.grpcHealth.Drain()

@@ -112,6 +112,8 @@ type reloadOutcome struct {
 // runs on the sidecar's event loop, one at a time.
 func (s *sidecar) reload(trigger string) error {
 	log := s.log.Named("config")
+	s.notify.Reloading()
+	defer func() { s.notify.Reloaded(s.statusLine()) }()
 	changed, err := s.applyReload()
 	out := &reloadOutcome{At: time.Now(), Trigger: trigger, Result: "success", Changed: changed}
 	if err != nil {

@@ -26,7 +26,13 @@ import (
 // it serves.
 func startWith(t *testing.T, args ...string) (*sidecar, chan os.Signal, <-chan drain.Report) {
 	t.Helper()
-	l, err := loadConfig(args, func(string) string { return "" })
+	return startWithEnv(t, func(string) string { return "" }, args...)
+}
+
+// startWithEnv is startWith with an environment.
+func startWithEnv(t *testing.T, getenv func(string) string, args ...string) (*sidecar, chan os.Signal, <-chan drain.Report) {
+	t.Helper()
+	l, err := loadConfig(args, getenv)
 	if err != nil {
 		t.Fatal(err)
 	}

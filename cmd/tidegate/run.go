@@ -131,6 +131,14 @@ type sidecar struct {
 	// readiness passes again: the gate answers for it meanwhile.
 	restarting atomic.Bool
 
+	notify *notifier // systemd's sd_notify; a no-op outside systemd
+	// ping is the watchdog's round trip through the event loop. stall
+	// stops the loop between two sends: only tests send, to show what a
+	// stuck loop does to the watchdog.
+	ping       chan chan struct{}
+	stall      chan struct{}
+	selfClient *http.Client // the watchdog's: no keep-alive, no proxy, bounded by its context
+
 	reloadReq  chan chan error // POST /reload → the event loop, which answers on the channel
 	lastReload atomic.Pointer[reloadOutcome]
 	forward    []syscall.Signal // --forward-signals: passed to the child instead of acted on
@@ -153,7 +161,9 @@ type sidecar struct {
 func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err error) {
 	cfg := &l.cfg
 	s := &sidecar{cfg: cfg, logs: logs, log: logs.log, build: build, started: time.Now(),
-		reg: prometheus.NewRegistry(), appGone: make(chan drain.AppExit, 1), reloadReq: make(chan chan error)}
+		reg: prometheus.NewRegistry(), appGone: make(chan drain.AppExit, 1), reloadReq: make(chan chan error), ping: make(chan chan struct{}), stall: make(chan struct{})}
+	s.notify = newNotifier(s.log.Named("systemd"), l.getenv)
+	s.selfClient = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	s.conf.Store(l)
 	s.version.Store(1)
 	s.front = newFrontends(s.log.Named("public"))
@@ -344,6 +354,7 @@ func (s *sidecar) startApp(ctx context.Context) error {
 	child, err := drain.StartChild(drain.ChildOptions{
 		Command: a.Command, StopSignal: sig,
 		Restart: a.Restart, BackoffInitial: a.RestartBackoff, BackoffMax: a.RestartMax, MaxRestarts: a.RestartLimit,
+		Env:    withoutNotifyEnv(os.Environ()),
 		Logger: s.log.Named("app"),
 		OnExit: func(ex drain.AppExit) { s.appGone <- ex },
 	})
@@ -449,6 +460,13 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 	go func() { s.watchReadiness(ctx, fields); close(watchDone) }()
 	defer func() { cancel(); <-watchDone }()
 
+	// The watchdog and the drain's progress for systemd live until run
+	// returns, through a drain started by POST /drain too.
+	sdDone := make(chan struct{}, 2)
+	go func() { s.notify.Watchdog(ctx, s.healthy); sdDone <- struct{}{} }()
+	go func() { s.reportDrain(ctx); sdDone <- struct{}{} }()
+	defer func() { cancel(); <-sdDone; <-sdDone }()
+
 	reports := make(chan drain.Report, 1)
 	go func() { reports <- s.drainer.Run(ctx) }()
 	var rep drain.Report
@@ -478,9 +496,14 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 				continue
 			}
 			signalled = true
+			s.notify.Stopping(s.statusLine()) // a signal: systemd is stopping us, there is no undrain
 			if !s.drainer.Trigger(name) {
 				log.Info("signal during a drain already under way", zap.String("reason", name))
 			}
+		case reply := <-s.ping:
+			close(reply)
+		case <-s.stall:
+			<-s.stall
 		case reply := <-s.reloadReq:
 			reply <- s.reload("admin")
 		case ex := <-s.appGone:
