@@ -8,11 +8,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -47,27 +49,50 @@ type ChildOptions struct {
 	// MaxRestarts is how many consecutive quick crashes are restarted
 	// before tidegate gives up on the app (a crash loop). Zero means 5.
 	MaxRestarts int
+	// OnStart is called from the supervisor's goroutine after every
+	// successful start of the app, with its pid: restart is false for the
+	// first run (the call may come after StartChild has returned) and true
+	// for each restart, so that the owner can stop sending traffic and run
+	// its startup probes again until the new run listens. It is never called
+	// concurrently with itself or OnExit; it must not block for long, as the
+	// supervisor waits for it before it watches the run. Nil means not
+	// called.
+	OnStart func(pid int, restart bool)
 	// OnExit is called once, from the supervisor's goroutine, when the child
 	// has exited on its own for good (not restarted, not stopped by Stop).
+	// Nil means not called.
 	OnExit func(AppExit)
+	// Registerer receives tidegate_app_up, tidegate_app_restarts_total and
+	// tidegate_app_last_exit_code (see appmetrics.go). Nil means no metrics.
+	Registerer prometheus.Registerer
 	// Logger receives starts, exits and restarts. Nil means no logs.
 	Logger *zap.Logger
 }
 
+// ErrAppNotRunning is the error Signal wraps when there is no app process
+// to signal: it is waiting to be restarted, or it is gone for good.
+var ErrAppNotRunning = errors.New("the app is not running")
+
 // Child supervises the app as tidegate's child process: it starts it,
-// forwards it no signal until Stop, restarts it by policy, and reports how it
-// ended. It implements App with strategy "child".
+// passes it the signals its owner forwards (Signal), restarts it by policy,
+// stops it (Stop) and reports how it ended. It implements App with strategy
+// "child".
+//
+// The app never outlives tidegate on Linux: it runs with a parent-death
+// signal (SIGKILL), armed on a thread that lives as long as the run (see
+// start), so a tidegate killed with SIGKILL or crashing takes the app with it.
 type Child struct {
 	o   ChildOptions
 	log *zap.Logger
 
 	mu       sync.Mutex
-	cmd      *exec.Cmd // the current process; nil while backing off
-	running  bool
+	cmd      *exec.Cmd // the current run's process, or the last one's while backing off
+	running  bool      // cmd has started and not been reaped
 	stopping bool
 	exit     AppExit   // the final outcome, once done is closed
 	started  time.Time // start of the current run
 	restarts int       // total restarts, for /status
+	lastCode int       // exit code of the last run to end, -1 before any
 
 	stopReq chan struct{} // closed by Stop
 	done    chan struct{} // closed when the child is gone for good
@@ -104,18 +129,39 @@ func StartChild(o ChildOptions) (*Child, error) {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	c := &Child{o: o, log: o.Logger, stopReq: make(chan struct{}), done: make(chan struct{})}
-	waitc, err := c.start()
+	c := &Child{o: o, log: o.Logger, lastCode: -1, stopReq: make(chan struct{}), done: make(chan struct{})}
+	var metrics prometheus.Collector
+	if o.Registerer != nil {
+		metrics = appCollector{c}
+		if err := o.Registerer.Register(metrics); err != nil {
+			return nil, fmt.Errorf("register the app metrics (%s): %w", appMetricNames, err)
+		}
+	}
+	pid, waitc, err := c.start()
 	if err != nil {
+		if metrics != nil {
+			o.Registerer.Unregister(metrics)
+		}
 		return nil, err
 	}
-	go c.supervise(waitc)
+	go c.supervise(pid, waitc)
 	return c, nil
 }
 
-// start launches one run of the app; the returned channel yields its Wait
-// error when it exits.
-func (c *Child) start() (<-chan error, error) {
+// start launches one run of the app and returns its pid; the channel yields
+// its Wait error when it has exited.
+//
+// Each run is started and waited for by a goroutine of its own, locked to
+// its OS thread for the whole run. The parent-death signal the kernel
+// delivers (PR_SET_PDEATHSIG) fires when the thread that forked the child
+// exits, not the process (golang/go#27505), and the Go runtime ends a
+// thread whose goroutine exits while locked to it. A child forked from just
+// any thread would be killed while tidegate still runs once that thread
+// ends: the caller of StartChild may be a locked goroutine about to return,
+// and an unlocked thread may later serve a goroutine that locks it and
+// exits. Locking the forking goroutine and keeping it on that thread until
+// the child is gone means the thread dies only with tidegate.
+func (c *Child) start() (int, <-chan error, error) {
 	cmd := exec.Command(c.o.Command[0], c.o.Command[1:]...)
 	cmd.Env = c.o.Env
 	cmd.Stdin = nil
@@ -126,32 +172,56 @@ func (c *Child) start() (<-chan error, error) {
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
 	}
-	// Its own process group: a terminal's Ctrl-C reaches tidegate, not the
-	// app, and the stop signal reaches a shell wrapper's children too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start app %q: %w", strings.Join(c.o.Command, " "), err)
-	}
-	c.mu.Lock()
-	c.cmd, c.running, c.started = cmd, true, time.Now()
-	c.mu.Unlock()
-	c.log.Info("app started", zap.Int("pid", cmd.Process.Pid), zap.Strings("command", c.o.Command))
+	// Its own process group (a terminal's Ctrl-C reaches tidegate, not the
+	// app, and the stop signal reaches a shell wrapper's children too) and,
+	// on Linux, a parent-death signal.
+	cmd.SysProcAttr = childSysProcAttr()
+	started := make(chan error, 1)
 	waitc := make(chan error, 1)
-	go func() { waitc <- cmd.Wait() }()
-	return waitc, nil
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			runtime.UnlockOSThread()
+			started <- err
+			return
+		}
+		c.mu.Lock()
+		c.cmd, c.running, c.started = cmd, true, time.Now()
+		if c.stopping {
+			// Stop came between the end of a backoff and this restart, saw
+			// no process to signal, and waits for this run to end.
+			_ = syscall.Kill(-cmd.Process.Pid, c.o.StopSignal)
+		}
+		c.mu.Unlock()
+		started <- nil
+		err := cmd.Wait()
+		// The child is gone (reaped): the thread may serve other goroutines.
+		runtime.UnlockOSThread()
+		waitc <- err
+	}()
+	if err := <-started; err != nil {
+		return 0, nil, fmt.Errorf("start app %q: %w", strings.Join(c.o.Command, " "), err)
+	}
+	pid := cmd.Process.Pid
+	c.log.Info("app started", zap.Int("pid", pid), zap.Strings("command", c.o.Command))
+	return pid, waitc, nil
 }
 
-func (c *Child) supervise(waitc <-chan error) {
+func (c *Child) supervise(pid int, waitc <-chan error) {
 	defer close(c.done)
+	if c.o.OnStart != nil {
+		c.o.OnStart(pid, false)
+	}
 	crashes, backoff := 0, c.o.BackoffInitial
 	for {
 		err := <-waitc
 		c.mu.Lock()
 		cmd, ran := c.cmd, time.Since(c.started)
+		ex := exitOf(cmd, err)
 		c.running = false
+		c.lastCode = ex.ExitCode()
 		stopping := c.stopping
 		c.mu.Unlock()
-		ex := exitOf(cmd, err)
 		if stopping {
 			c.finish(ex)
 			return
@@ -188,10 +258,13 @@ func (c *Child) supervise(waitc <-chan error) {
 		c.mu.Lock()
 		c.restarts++
 		c.mu.Unlock()
-		if waitc, err = c.start(); err != nil {
+		if pid, waitc, err = c.start(); err != nil {
 			c.log.Error("app restart failed", zap.Error(err))
 			c.finishOnItsOwn(AppExit{Strategy: "child", Status: "failed", Code: 127, Detail: err.Error()})
 			return
+		}
+		if c.o.OnStart != nil {
+			c.o.OnStart(pid, true)
 		}
 	}
 }
@@ -253,6 +326,41 @@ func (c *Child) Restarts() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.restarts
+}
+
+// Signal sends sig to the app's process, the current run's: a signal the
+// owner forwards (SIGHUP to reload, SIGUSR1, …). It goes to that process
+// only, not to its process group, as tini does without -g: the app's main
+// process decides what its workers and helpers get (a master process
+// handles a reload signal by managing its workers itself), and SIGHUP or
+// SIGUSR1 would kill any process of the group that has no handler for it,
+// terminating being their default action. Stop, in contrast, signals the
+// whole group.
+//
+// The error wraps ErrAppNotRunning when there is no process to signal: the
+// app is waiting to be restarted, or it is gone for good.
+func (c *Child) Signal(sig syscall.Signal) error {
+	c.mu.Lock()
+	cmd, running, stopping := c.cmd, c.running, c.stopping
+	c.mu.Unlock()
+	select {
+	case <-c.done:
+		return fmt.Errorf("signal %s to the app: %w: it has exited for good", SignalName(sig), ErrAppNotRunning)
+	default:
+	}
+	switch {
+	case !running && stopping:
+		return fmt.Errorf("signal %s to the app: %w: it is being stopped", SignalName(sig), ErrAppNotRunning)
+	case !running:
+		return fmt.Errorf("signal %s to the app: %w: it exited and waits to be restarted", SignalName(sig), ErrAppNotRunning)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		if errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("signal %s to the app (pid %d): %w: it has just exited", SignalName(sig), cmd.Process.Pid, ErrAppNotRunning)
+		}
+		return fmt.Errorf("signal %s to the app (pid %d): %w", SignalName(sig), cmd.Process.Pid, err)
+	}
+	return nil
 }
 
 // Done is closed when the app is gone for good.
