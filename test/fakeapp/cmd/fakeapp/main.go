@@ -7,6 +7,7 @@
 //
 //	fakeapp --listen 127.0.0.1:PORT [--id NAME] [--record FILE] [--on-term graceful|exit|ignore]
 //	        [--exit-code N] [--crash-after DUR] [--orphan] [--orphan-life DUR] [--pidfile FILE]
+//	        [--listen-delay DUR] [--on-hup default|record]
 //
 // Endpoints:
 //
@@ -26,9 +27,16 @@
 // is done about it. On stdout fakeapp prints the "listening" event (with the
 // bound address) and the "orphan" event, whether or not it records.
 //
+// --listen-delay makes it bind its port only after that long, like an app
+// that loads before it listens; a SIGTERM or SIGINT meanwhile is handled as
+// below (graceful and exit then exit at once, without ever listening).
+//
 // On SIGTERM or SIGINT (--on-term): graceful stops accepting, finishes what
 // is in flight (at most 30s) and exits with --exit-code; exit exits 0 at once
-// like a naive app; ignore keeps running. --crash-after makes it exit 3 on its
+// like a naive app; ignore keeps running. On SIGHUP, SIGUSR1, SIGUSR2 and
+// SIGWINCH (--on-hup): default leaves them their default action (SIGWINCH is
+// ignored, the others end the process); record records them as "signal"
+// events and keeps running, like an app that reloads on SIGHUP. --crash-after makes it exit 3 on its
 // own. --orphan starts a grandchild (sleep, for --orphan-life) through a
 // shell that exits at once, so that the grandchild is re-parented to the
 // nearest subreaper. fakeapp exits by itself (code 1) if its parent dies, so
@@ -71,6 +79,8 @@ type options struct {
 	orphan     bool
 	orphanLife time.Duration
 	pidfile    string
+	listenWait time.Duration
+	onHUP      string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -86,6 +96,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.orphan, "orphan", false, "start a grandchild that is orphaned at once")
 	fs.DurationVar(&o.orphanLife, "orphan-life", time.Second, "how long the orphaned grandchild lives")
 	fs.StringVar(&o.pidfile, "pidfile", "", "write the pid to this file once listening")
+	fs.DurationVar(&o.listenWait, "listen-delay", 0, "bind the port only after this long (0: at once)")
+	fs.StringVar(&o.onHUP, "on-hup", "default", "on SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH: default (their default action) or record (record, keep running)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -96,6 +108,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	case "graceful", "exit", "ignore":
 	default:
 		return o, fmt.Errorf("--on-term %q: want graceful, exit or ignore", o.onTerm)
+	}
+	switch o.onHUP {
+	case "default", "record":
+	default:
+		return o, fmt.Errorf("--on-hup %q: want default or record", o.onHUP)
+	}
+	if o.listenWait < 0 {
+		return o, fmt.Errorf("--listen-delay %s: want 0 or more", o.listenWait)
 	}
 	if o.id == "" {
 		o.id = "pid" + strconv.Itoa(os.Getpid())
@@ -119,8 +139,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// Catch signals before anything else, so that none is missed.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	if o.onHUP == "record" {
+		hups := make(chan os.Signal, 4)
+		signal.Notify(hups, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+		go func() {
+			for sig := range hups {
+				rec.event(event{Event: "signal", Signal: signalName(sig)}, false)
+			}
+		}()
+	}
 	go watchParent(os.Getppid())
 
+	if o.listenWait > 0 {
+		if code, stop := waitToListen(o, rec, sigs); stop {
+			return code
+		}
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		fmt.Fprintln(stderr, "fakeapp:", err)
@@ -168,6 +202,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	<-a.stopped
 	return o.exitCode
+}
+
+// waitToListen waits --listen-delay before the port is bound. A SIGTERM or
+// SIGINT meanwhile is recorded; with --on-term graceful or exit it ends the
+// wait and fakeapp (stop is true) with code, as there is nothing to finish.
+func waitToListen(o options, rec *recorder, sigs <-chan os.Signal) (code int, stop bool) {
+	t := time.NewTimer(o.listenWait)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return 0, false
+		case sig := <-sigs:
+			rec.event(event{Event: "signal", Signal: signalName(sig)}, false)
+			switch o.onTerm {
+			case "exit":
+				return 0, true
+			case "graceful":
+				return o.exitCode, true
+			}
+		}
+	}
 }
 
 // app is the HTTP side of fakeapp.
@@ -341,6 +397,14 @@ func signalName(sig os.Signal) string {
 		return "SIGTERM"
 	case syscall.SIGINT:
 		return "SIGINT"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	case syscall.SIGUSR1:
+		return "SIGUSR1"
+	case syscall.SIGUSR2:
+		return "SIGUSR2"
+	case syscall.SIGWINCH:
+		return "SIGWINCH"
 	}
 	return sig.String()
 }
