@@ -222,7 +222,8 @@ func processAlive(pid int) bool {
 var signalNames = map[string]syscall.Signal{
 	"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT, "SIGQUIT": syscall.SIGQUIT,
 	"SIGHUP": syscall.SIGHUP, "SIGUSR1": syscall.SIGUSR1, "SIGUSR2": syscall.SIGUSR2,
-	"SIGKILL": syscall.SIGKILL, "SIGWINCH": syscall.SIGWINCH,
+	"SIGKILL": syscall.SIGKILL, "SIGWINCH": syscall.SIGWINCH, "SIGPIPE": syscall.SIGPIPE,
+	"SIGALRM": syscall.SIGALRM, "SIGCONT": syscall.SIGCONT,
 }
 
 // ParseSignal parses a signal name (SIGTERM or TERM, any case) or number.
@@ -237,7 +238,7 @@ func ParseSignal(s string) (syscall.Signal, error) {
 	if sig, ok := signalNames[u]; ok {
 		return sig, nil
 	}
-	return 0, fmt.Errorf("%q is not a signal: use SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2 or a number", s)
+	return 0, fmt.Errorf("%q is not a signal: use SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH or a number", s)
 }
 
 // SignalName returns the SIG… name of a signal, or its number.

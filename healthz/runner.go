@@ -61,6 +61,9 @@ func newRunner(s Spec, version string, log *zap.Logger, m *probeMetrics) *runner
 
 // run probes until ctx ends (a startup probe stops after its first pass).
 func (r *runner) run(ctx context.Context) {
+	if r.spec.Kind == Startup && isClosed(r.passed) {
+		return // passed before a reload restarted it: start-up is over
+	}
 	if r.gate != nil {
 		select {
 		case <-r.gate:
@@ -68,7 +71,7 @@ func (r *runner) run(ctx context.Context) {
 			return
 		}
 	}
-	if d := r.spec.InitialDelay; d > 0 {
+	if d := r.spec.InitialDelay; d > 0 && !r.passedOnce() { // a probe restarted by a reload does not wait again
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -94,15 +97,17 @@ func (r *runner) run(ctx context.Context) {
 	}
 }
 
+// passedOnce reports whether the probe has passed (or inherited a pass).
+func (r *runner) passedOnce() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.st.everPassed
+}
+
 // period is the wait between attempts: StartPeriod until the probe has
 // passed once, then Period.
 func (r *runner) period() time.Duration {
-	if r.spec.StartPeriod <= 0 {
-		return r.spec.Period
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.st.everPassed {
+	if r.spec.StartPeriod <= 0 || r.passedOnce() {
 		return r.spec.Period
 	}
 	return r.spec.StartPeriod
@@ -207,6 +212,19 @@ func (r *runner) info() string {
 		return st.Target
 	}
 	return fmt.Sprintf("%s, last %s ago", st.Target, time.Since(st.LastAt).Round(time.Millisecond))
+}
+
+// inherit starts r from old's verdict: passing or not, and a startup
+// probe passed. r has not run yet.
+func (r *runner) inherit(old *runner) {
+	st := old.status()
+	r.mu.Lock()
+	r.st.Healthy, r.st.everPassed = st.Healthy, st.everPassed
+	r.mu.Unlock()
+	if r.spec.Kind == Startup && isClosed(old.passed) {
+		close(r.passed)
+	}
+	r.m.up.WithLabelValues(r.spec.Name, string(r.spec.Kind)).Set(b2f(st.Healthy))
 }
 
 // stop ends the probe's loop (Set.Update, Set.Reset); a no-op before Run.

@@ -53,7 +53,7 @@ func NewSet(specs []Spec, o SetOptions) (*Set, error) {
 		return nil, err
 	}
 	s := &Set{o: o, m: m, changed: make(chan struct{})}
-	runners, startup, containers, err := s.build(specs, nil)
+	runners, startup, containers, err := s.build(specs, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -62,8 +62,11 @@ func NewSet(specs []Spec, o SetOptions) (*Set, error) {
 }
 
 // build validates specs and makes their runners. A runner of keep is
-// reused, state and all, when every probe of its container is unchanged.
-func (s *Set) build(specs []Spec, keep []*runner) ([]*runner, map[string]*runner, []string, error) {
+// reused, state and all, when every probe of its container is unchanged;
+// a new runner for a probe of keep's with the same name and kind starts
+// from that probe's verdict (carry), so that editing a probe does not fail
+// readiness until the new one has run.
+func (s *Set) build(specs []Spec, keep []*runner, carry bool) ([]*runner, map[string]*runner, []string, error) {
 	var runners []*runner
 	startup := map[string]*runner{}
 	var containers []string
@@ -119,6 +122,9 @@ func (s *Set) build(specs []Spec, keep []*runner) ([]*runner, map[string]*runner
 		for _, spec := range specs {
 			r := newRunner(spec, s.o.Version, s.o.Logger.Named("probe"), s.m)
 			r.changed = s.notify
+			if i := slices.IndexFunc(keep, func(o *runner) bool { return o.spec.Name == spec.Name && o.spec.Kind == spec.Kind }); carry && i >= 0 {
+				r.inherit(keep[i])
+			}
 			runners = append(runners, r)
 		}
 	}
@@ -137,13 +143,17 @@ func (s *Set) build(specs []Spec, keep []*runner) ([]*runner, map[string]*runner
 
 // Update replaces the probes with specs, validated as NewSet does; on an
 // error nothing changes. The probes of a container whose specs are all
-// unchanged keep running with their state; the others start afresh at
-// once (Kubernetes' initial states) and the old ones stop.
+// unchanged keep running with their state; the others restart at once and
+// the old ones stop. A restarted probe that has the name and kind of an
+// old one starts from its verdict (passing or not, startup passed or not)
+// and moves by its own results and thresholds from there: editing a probe
+// never fails readiness by itself, and never re-runs a startup probe. A new
+// probe starts from Kubernetes' initial state.
 func (s *Set) Update(specs []Spec) error {
 	s.mu.Lock()
 	old := s.runners
 	s.mu.Unlock()
-	runners, startup, containers, err := s.build(specs, old)
+	runners, startup, containers, err := s.build(specs, old, true)
 	if err != nil {
 		return err
 	}
@@ -160,7 +170,7 @@ func (s *Set) Reset() {
 		specs = append(specs, r.spec)
 	}
 	s.mu.Unlock()
-	runners, startup, containers, err := s.build(specs, nil)
+	runners, startup, containers, err := s.build(specs, nil, false)
 	if err != nil {
 		panic(fmt.Sprintf("healthz: specs that were valid are not: %v", err)) // a bug
 	}

@@ -78,8 +78,8 @@ func TestUpdateKeepsUnchangedContainers(t *testing.T) {
 	if st, _ := statusOf(s, "a"); st.Successes < before.Successes {
 		t.Fatalf("probe a's state was reset: %d successes before, %d after", before.Successes, st.Successes)
 	}
-	if st, _ := statusOf(s, "b"); st.Healthy {
-		t.Fatalf("probe b changed but kept its state: %+v", st)
+	if st, _ := statusOf(s, "b"); st.Successes != 0 || !st.Healthy {
+		t.Fatalf("probe b changed: want a new probe that starts from the old verdict (passing), got %+v", st)
 	}
 	wait.For(t, "the changed probe passes again", func() bool { return s.Healthy(Readiness, "side") })
 	if _, ok := statusOf(s, "gone"); ok {
@@ -188,5 +188,58 @@ func TestUnixSocketProbe(t *testing.T) {
 	defer ln.Close()
 	if out := once(t, r); !out.OK {
 		t.Fatalf("probe failed with the socket listening: %s", out.Reason)
+	}
+}
+
+// TestUpdateCarriesTheVerdict: a reload that edits a probe keeps its
+// verdict until the new one has results: readiness does not fail because
+// of a config edit, and a passed startup probe is not run again.
+func TestUpdateCarriesTheVerdict(t *testing.T) {
+	up := listen(t, "127.0.0.1:0")
+	start := tcpSpec("app/startup", "app", Startup, portOf(up))
+	ready := tcpSpec("app/readiness", "app", Readiness, portOf(up))
+	s, err := NewSet([]Spec{start, ready}, SetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSet(t, s)
+	wait.For(t, "ready", func() bool { return s.Healthy(Readiness, "") })
+
+	// The edited probes point at a port where nothing listens: the startup
+	// probe would never pass again, and readiness fails only after
+	// failureThreshold attempts.
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := portOf(dead)
+	_ = dead.Close()
+	start2, ready2 := tcpSpec("app/startup", "app", Startup, deadPort), tcpSpec("app/readiness", "app", Readiness, deadPort)
+	ready2.Period, ready2.FailureThreshold = time.Hour, 2
+	if err := s.Update([]Spec{start2, ready2}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Healthy(Startup, "") || !s.Healthy(Readiness, "") {
+		t.Fatal("editing the probes failed start-up or readiness before the new probes ran")
+	}
+	wait.For(t, "the edited readiness probe's first attempt", func() bool { st, _ := statusOf(s, "app/readiness"); return st.Failures == 1 })
+	if !s.Healthy(Readiness, "") {
+		t.Fatal("one failure failed readiness; the threshold is 2")
+	}
+	if st, _ := statusOf(s, "app/startup"); st.Probed {
+		t.Fatalf("the passed startup probe ran again after the edit: %+v", st)
+	}
+	// A probe of a new name starts from Kubernetes' initial state: not
+	// ready (and, pointed at the dead port, never).
+	fresh := tcpSpec("other", "app", Readiness, deadPort)
+	if err := s.Update([]Spec{start2, fresh}); err != nil {
+		t.Fatal(err)
+	}
+	if s.Healthy(Readiness, "") {
+		t.Fatal("a new readiness probe passed before it ran")
+	}
+	wait.For(t, "the new probe's first failure", func() bool { st, _ := statusOf(s, "other"); return st.Failures >= 1 })
+	if s.Healthy(Readiness, "") {
+		t.Fatal("a new readiness probe against a dead port passes")
 	}
 }

@@ -316,6 +316,20 @@ func (s *sidecar) buildApp() error {
 	return nil
 }
 
+// appStarted runs on every start of the app child. After a restart the
+// app is not listening yet: its probes start afresh (the startup probe runs
+// again, as the kubelet does) and the gate answers for it until its
+// readiness passes again, so no request reaches an app that cannot take it.
+func (s *sidecar) appStarted(pid int, restart bool) {
+	if !restart {
+		return
+	}
+	s.probes.Reset()
+	s.restarting.Store(true)
+	s.log.Named("app").Info("app restarted; gating requests until it is ready again", zap.Int("pid", pid),
+		zap.String("reason", "app_restart"))
+}
+
 // appRef lets the drainer stop whatever app the sidecar has by the time the
 // drain is done (the child is started after the drainer is built).
 type appRef struct{ s *sidecar }
@@ -354,9 +368,11 @@ func (s *sidecar) startApp(ctx context.Context) error {
 	child, err := drain.StartChild(drain.ChildOptions{
 		Command: a.Command, StopSignal: sig,
 		Restart: a.Restart, BackoffInitial: a.RestartBackoff, BackoffMax: a.RestartMax, MaxRestarts: a.RestartLimit,
-		Env:    withoutNotifyEnv(os.Environ()),
-		Logger: s.log.Named("app"),
-		OnExit: func(ex drain.AppExit) { s.appGone <- ex },
+		Env:        withoutNotifyEnv(os.Environ()),
+		Logger:     s.log.Named("app"),
+		Registerer: s.reg,
+		OnStart:    s.appStarted,
+		OnExit:     func(ex drain.AppExit) { s.appGone <- ex },
 	})
 	if err != nil {
 		return err

@@ -133,6 +133,21 @@ func listSetting(flag, key, def, arg, usage string, field func(*Config) *[]strin
 	}
 }
 
+// commaListSetting is a listSetting whose flag also takes a
+// comma-separated list (--forward-signals SIGHUP,SIGUSR1), like its env var.
+func commaListSetting(flag, key, def, arg, usage string, field func(*Config) *[]string) setting {
+	s := listSetting(flag, key, def, arg, usage, field)
+	set := s.set
+	s.set = func(c *Config, vs []string) error {
+		var split []string
+		for _, v := range vs {
+			split = append(split, strings.Split(v, ",")...)
+		}
+		return set(c, split)
+	}
+	return s
+}
+
 func parseBool(v string) (bool, error) {
 	switch strings.ToLower(strings.TrimSpace(v)) {
 	case "true", "on", "yes", "1", "":
@@ -326,7 +341,7 @@ func settings() []setting {
 		intSetting("app-restart-limit", "app.restart_limit", "5",
 			"consecutive quick crashes restarted before tidegate gives up (crash loop) and exits",
 			func(c *Config) *int { return &c.App.RestartLimit }),
-		listSetting("forward-signals", "app.forward_signals", "", "SIGNALS",
+		commaListSetting("forward-signals", "app.forward_signals", "", "SIGNALS",
 			"pass these signals to the app child instead of acting on them, comma-separated: some of SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH (for apps that reload on SIGHUP; tidegate's own reload is then POST /reload on the admin listener)",
 			func(c *Config) *[]string { return &c.App.ForwardSignals }),
 		boolSetting("reap-orphans", "app.reap_orphans",

@@ -84,7 +84,7 @@ func (s *sidecar) forwardSignal(sig os.Signal) {
 		log.Warn("signal not forwarded: no app child", zap.String("signal", name), zap.String("reason", "no_child"))
 		return
 	}
-	if err := syscall.Kill(s.child.Pid(), sig.(syscall.Signal)); err != nil { // TODO(h1): Child.Signal
+	if err := s.child.Signal(sig.(syscall.Signal)); err != nil {
 		log.Warn("signal not forwarded", zap.String("signal", name), zap.String("reason", "forward_failed"), zap.Error(err))
 		return
 	}
