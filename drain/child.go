@@ -58,6 +58,11 @@ type ChildOptions struct {
 	// supervisor waits for it before it watches the run. Nil means not
 	// called.
 	OnStart func(pid int, restart bool)
+	// OnRestarting is called, from the supervisor's goroutine, when a run
+	// ended on its own and the app will be restarted after a backoff, so
+	// that the owner stops sending it traffic at once rather than at the
+	// restart. It must not block for long. Nil means not called.
+	OnRestarting func(AppExit)
 	// OnExit is called once, from the supervisor's goroutine, when the child
 	// has exited on its own for good (not restarted, not stopped by Stop).
 	// Nil means not called.
@@ -247,6 +252,9 @@ func (c *Child) supervise(pid int, waitc <-chan error) {
 		wait := jitter(backoff)
 		backoff = min(2*backoff, c.o.BackoffMax)
 		c.log.Info("restarting app", zap.Duration("backoff", wait), zap.Int("attempt", crashes))
+		if c.o.OnRestarting != nil {
+			c.o.OnRestarting(ex)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-c.stopReq:

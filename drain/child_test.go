@@ -486,6 +486,8 @@ func TestChildDuringBackoff(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	o.Registerer = reg
 	o.Restart, o.BackoffInitial = RestartAlways, time.Minute
+	restarting := make(chan AppExit, 1)
+	o.OnRestarting = func(ex AppExit) { restarting <- ex }
 	c, err := StartChild(o)
 	if err != nil {
 		t.Fatal(err)
@@ -496,6 +498,9 @@ func TestChildDuringBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the app to exit into its restart backoff", func() bool { return !c.Alive() })
+	if ex := recvWithin(t, restarting, "OnRestarting before the backoff"); ex.Code != 3 {
+		t.Fatalf("OnRestarting(%+v), want the run's exit 3", ex)
+	}
 	wantAppMetrics(t, reg, "in backoff", 0, 0, 3)
 	err = c.Signal(syscall.SIGHUP)
 	if !errors.Is(err, ErrAppNotRunning) || !strings.Contains(err.Error(), "restarted") {

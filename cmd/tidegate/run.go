@@ -316,6 +316,33 @@ func (s *sidecar) buildApp() error {
 	return nil
 }
 
+// upstreamsFree makes sure that, before tidegate starts the app, nothing
+// accepts connections where the app will listen: a process left over from
+// an earlier run (or another app) holding the port would take the traffic
+// while the new child crash-loops on "address in use". The check dials each
+// upstream once, for at most 250ms.
+func (s *sidecar) upstreamsFree() error {
+	seen := map[string]bool{}
+	for _, p := range s.front.list() {
+		if seen[p.spec.Upstream] {
+			continue
+		}
+		seen[p.spec.Upstream] = true
+		up, err := proxy.ParseUpstream(p.spec.Upstream)
+		if err != nil {
+			return err
+		}
+		c, err := net.DialTimeout(up.Network, up.Address, 250*time.Millisecond)
+		if err != nil {
+			continue // refused (or unreachable): free for the app
+		}
+		_ = c.Close()
+		return fmt.Errorf("upstream %s already accepts connections before the app is started: another process holds it "+
+			"(an app left over from an earlier run?). Stop that process, or point --upstream at the address your app listens on", p.spec.Upstream)
+	}
+	return nil
+}
+
 // appStarted runs on every start of the app child. After a restart the
 // app is not listening yet: its probes start afresh (the startup probe runs
 // again, as the kubelet does) and the gate answers for it until its
@@ -364,6 +391,9 @@ func (s *sidecar) startApp(ctx context.Context) error {
 	if a.Stop != "child" {
 		return nil
 	}
+	if err := s.upstreamsFree(); err != nil {
+		return err
+	}
 	sig, _ := drain.ParseSignal(a.StopSignal)
 	child, err := drain.StartChild(drain.ChildOptions{
 		Command: a.Command, StopSignal: sig,
@@ -372,7 +402,10 @@ func (s *sidecar) startApp(ctx context.Context) error {
 		Logger:     s.log.Named("app"),
 		Registerer: s.reg,
 		OnStart:    s.appStarted,
-		OnExit:     func(ex drain.AppExit) { s.appGone <- ex },
+		OnRestarting: func(drain.AppExit) {
+			s.restarting.Store(true) // the gate holds or refuses until the next run is ready
+		},
+		OnExit: func(ex drain.AppExit) { s.appGone <- ex },
 	})
 	if err != nil {
 		return err
