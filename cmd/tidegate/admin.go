@@ -112,6 +112,7 @@ type status struct {
 	App        appStatus         `json:"app"`
 	Probes     []healthz.Status  `json:"probes"`
 	Build      buildInfo         `json:"build"`
+	Limits     limitsStatus      `json:"limits"`
 	Config     map[string]string `json:"config"`
 }
 
@@ -126,6 +127,7 @@ func (s *sidecar) status() status {
 		App:        s.appStatus(),
 		Probes:     s.probes.Statuses(),
 		Build:      s.build,
+		Limits:     s.limitsStatus(),
 		Config:     s.loaded.effective(),
 	}
 }

@@ -29,6 +29,7 @@ type Config struct {
 	Server struct {
 		ReadHeaderTimeout time.Duration
 		IdleTimeout       time.Duration
+		MaxConnections    int // per public listener; 0: from the open-file limit
 		MaxHeaderBytes    int64
 		MaxBodyBytes      int64
 		Forwarded         string

@@ -122,6 +122,7 @@ type sidecar struct {
 	handlers []*proxy.Handler
 	public   publicListeners
 	aux      []*auxServer // health and admin listeners, stopped last
+	limits   startLimits
 
 	app     drain.App    // how the app is stopped
 	child   *drain.Child // the supervised app, in child mode (set by run)
@@ -156,6 +157,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	if err != nil {
 		return nil, fmt.Errorf("register proxy metrics: %w", err)
 	}
+	s.limits = setLimits(cfg, len(l.listeners), s.log.Named("limits"))
 	if err := s.buildApp(); err != nil {
 		return nil, err
 	}
@@ -195,11 +197,13 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 			return nil, fmt.Errorf("listener %s: %w", pl.Name, err)
 		}
 		bound = append(bound, ln)
+		connLimit := proxy.NewConnLimit(s.limits.maxConnections) // the socket's, whichever server serves it
+		metrics.WatchConnLimit(pl.Name, connLimit)
 		var srv publicServer
 		var ws interface{ CloseUpgraded() }
 		if pl.Protocol == "tcp" {
 			srv = proxy.NewTCPServer(ln, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
-				Logger: s.log.Named("tcp"), Metrics: metrics})
+				Logger: s.log.Named("tcp"), Metrics: metrics, ConnLimit: connLimit})
 		} else {
 			uh, ok := byUpstream[pl.Upstream]
 			if !ok {
@@ -231,6 +235,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 				Logger:            s.log.Named("public"),
 				FastPath:          fastPath,
 				FastPathOpen:      g.open,
+				ConnLimit:         connLimit,
 			})
 		}
 		s.public = append(s.public, publicListener{spec: pl, srv: srv, ws: ws})
