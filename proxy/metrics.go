@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,7 @@ type Metrics struct {
 	requests       *prometheus.CounterVec
 	duration       prometheus.Histogram
 	upstreamErrors map[Reason]prometheus.Counter
+	limits         *limitCollector
 
 	// counters caches requests' children for the usual codes and methods,
 	// so that the hot path skips hashing its label values.
@@ -37,7 +39,11 @@ var DurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 
 //	tidegate_inflight_requests               requests being proxied now (from t)
 //	tidegate_connections_active{protocol}    client connections open now (from t)
 //	tidegate_upstream_errors_total{reason}   requests the app could not answer, by Reason
+//	tidegate_connections_limit{listener}     connection limit of a listener (0: none)
+//	tidegate_accept_waits_total{listener}    accepts that waited for a connection to close
+//	tidegate_accept_errors_total{listener,reason}  failed accepts: emfile, enfile, other
 //
+// The listener series exist for each ConnLimit given to WatchConnLimit.
 // It returns an error if any of them is already registered on reg.
 func NewMetrics(reg prometheus.Registerer, t *Tracker) (*Metrics, error) {
 	m := &Metrics{
@@ -68,7 +74,9 @@ func NewMetrics(reg prometheus.Registerer, t *Tracker) (*Metrics, error) {
 		"Client connections open now, by protocol.",
 		[]string{"protocol"}, nil)}
 
-	for _, c := range []prometheus.Collector{m.requests, m.duration, upErr, inflight, conns} {
+	m.limits = newLimitCollector()
+
+	for _, c := range []prometheus.Collector{m.requests, m.duration, upErr, inflight, conns, m.limits} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -125,5 +133,59 @@ func (c *connCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range Protocols() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(c.t.Connections(p)), p.String())
+	}
+}
+
+// WatchConnLimit reports l's series under the listener label from now on:
+// its limit, its accept waits and its accept errors. A later call with the
+// same listener name replaces l (counters restart from l's own counts).
+func (m *Metrics) WatchConnLimit(listener string, l *ConnLimit) {
+	if l == nil {
+		return
+	}
+	m.limits.mu.Lock()
+	defer m.limits.mu.Unlock()
+	m.limits.byListener[listener] = l
+}
+
+// limitCollector reads the listeners' ConnLimits at scrape time, so the
+// accept path updates its own atomics and nothing else.
+type limitCollector struct {
+	limit, waits, errs *prometheus.Desc
+
+	mu         sync.Mutex
+	byListener map[string]*ConnLimit
+}
+
+func newLimitCollector() *limitCollector {
+	return &limitCollector{
+		limit: prometheus.NewDesc("tidegate_connections_limit",
+			"The most client connections open at once on a public listener (--max-connections); 0 means no limit.",
+			[]string{"listener"}, nil),
+		waits: prometheus.NewDesc("tidegate_accept_waits_total",
+			"Accepts on a public listener that waited for a connection to close because the listener was at its connection limit; meanwhile new clients wait in the listen backlog.",
+			[]string{"listener"}, nil),
+		errs: prometheus.NewDesc("tidegate_accept_errors_total",
+			"Failed accepts on a public listener, each followed by a backoff, by reason: emfile (tidegate is out of open files), enfile (the system is), other.",
+			[]string{"listener", "reason"}, nil),
+		byListener: make(map[string]*ConnLimit),
+	}
+}
+
+func (c *limitCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.limit
+	ch <- c.waits
+	ch <- c.errs
+}
+
+func (c *limitCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, l := range c.byListener {
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(l.Max()), name)
+		ch <- prometheus.MustNewConstMetric(c.waits, prometheus.CounterValue, float64(l.waits.Load()), name)
+		for kind, reason := range acceptErrorReasons {
+			ch <- prometheus.MustNewConstMetric(c.errs, prometheus.CounterValue, float64(l.acceptErr[kind].Load()), name, reason)
+		}
 	}
 }

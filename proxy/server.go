@@ -70,6 +70,12 @@ type ServerOptions struct {
 	// for example while a gate in that chain answers for the app. Nil
 	// means always open.
 	FastPathOpen func() bool
+
+	// ConnLimit bounds the client connections open at once on the
+	// listener's socket (see ConnLimit): at the limit, the server stops
+	// accepting until one closes. Every server of one socket shares the
+	// socket's ConnLimit. Nil means no limit.
+	ConnLimit *ConnLimit
 }
 
 // Server serves the proxy on one listener and counts its connections.
@@ -133,7 +139,7 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 		o.Logger = zap.NewNop()
 	}
 	s := &Server{
-		ln:      &trackedListener{Listener: ln},
+		ln:      newTrackedListener(ln, o.ConnLimit, o.Logger),
 		grace:   o.NewConnGrace,
 		fresh:   make(map[*trackedConn]time.Time),
 		h2conns: make(map[h2Drainer]struct{}),
@@ -306,29 +312,63 @@ func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
 }
 
 // trackedListener hands out trackedConns and remembers being closed; Close
-// may be called more than once.
+// may be called more than once. Each accept first takes a slot of the
+// socket's ConnLimit, which the connection gives back when it closes.
 type trackedListener struct {
 	net.Listener
 	raw    bool // wrap accepted connections in rawSyscalls (the fast path's)
+	limit  *ConnLimit
+	log    *zap.Logger   // the limit's warnings
+	addr   string        // for the limit's warnings
+	done   chan struct{} // closed by Close: ends a wait for a slot
 	once   sync.Once
 	closed atomic.Bool
 	err    error
 }
 
-func (l *trackedListener) Accept() (net.Conn, error) {
+func newTrackedListener(ln net.Listener, limit *ConnLimit, log *zap.Logger) *trackedListener {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &trackedListener{Listener: ln, limit: limit, log: log, addr: ln.Addr().String(), done: make(chan struct{})}
+}
+
+// accept waits for a slot of the socket's connection limit, then accepts a
+// connection, which holds the slot: the caller makes sure that
+// l.limit.closed() runs once when the connection closes.
+func (l *trackedListener) accept() (net.Conn, error) {
+	if !l.limit.acquire(l.done, l.log, l.addr) {
+		return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: net.ErrClosed}
+	}
 	c, err := l.Listener.Accept()
+	if err != nil {
+		l.limit.release()
+		if !l.closed.Load() && !errors.Is(err, net.ErrClosed) {
+			l.limit.acceptFailed(err)
+		}
+		return nil, err
+	}
+	l.limit.opened()
+	return c, nil
+}
+
+// Accept returns the next connection as a trackedConn, whose Close gives
+// its slot back. The accepted *net.TCPConn goes to rawSyscalls unwrapped.
+func (l *trackedListener) Accept() (net.Conn, error) {
+	c, err := l.accept()
 	if err != nil {
 		return nil, err
 	}
 	if l.raw {
 		c = rawSyscalls(c)
 	}
-	return &trackedConn{Conn: c}, nil
+	return &trackedConn{Conn: c, limit: l.limit}, nil
 }
 
 func (l *trackedListener) Close() error {
 	l.once.Do(func() {
 		l.closed.Store(true)
+		close(l.done)
 		l.err = l.Listener.Close()
 	})
 	return l.err
@@ -337,12 +377,25 @@ func (l *trackedListener) Close() error {
 // trackedConn carries its last http.ConnState, so that state changes are
 // counted without a shared map. It passes on the optional methods net/http
 // looks for on a connection: CloseWrite (a rejected request's response is
-// read before the close, not reset) and ReadFrom (sendfile/splice).
+// read before the close, not reset) and ReadFrom (sendfile/splice). Its
+// first Close gives the connection's slot back to the socket's ConnLimit,
+// whoever closes it: net/http, the fast path, tidegate's HTTP/2 server, or
+// a handler that hijacked it.
 type trackedConn struct {
 	net.Conn
 	state     atomic.Int32 // http.ConnState; 0 is StateNew
 	proto     atomic.Int32 // Protocol: HTTP/1.1 until an HTTP/2 request shows otherwise
 	handedOff atomic.Bool  // the fast path gave it to net/http, which has not seen it yet
+	limit     *ConnLimit   // nil: no limit
+	released  atomic.Bool  // the slot is given back
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	if c.limit != nil && c.released.CompareAndSwap(false, true) {
+		c.limit.closed()
+	}
+	return err
 }
 
 func (c *trackedConn) CloseWrite() error {

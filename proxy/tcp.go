@@ -22,6 +22,11 @@ type TCPOptions struct {
 	// Metrics counts failed dials in tidegate_upstream_errors_total. Nil
 	// means none.
 	Metrics *Metrics
+	// ConnLimit bounds the sessions open at once on the listener's socket
+	// (see ConnLimit): at the limit, the server stops accepting until one
+	// ends. Every server of one socket shares the socket's ConnLimit. Nil
+	// means no limit.
+	ConnLimit *ConnLimit
 }
 
 // TCPServer proxies raw TCP connections to the app, bytes both ways with
@@ -54,7 +59,7 @@ func NewTCPServer(ln net.Listener, up Upstream, t *Tracker, o TCPOptions) *TCPSe
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	return &TCPServer{ln: &trackedListener{Listener: ln}, up: up, tracker: t, log: o.Logger, metrics: o.Metrics,
+	return &TCPServer{ln: newTrackedListener(ln, o.ConnLimit, o.Logger), up: up, tracker: t, log: o.Logger, metrics: o.Metrics,
 		dialer: net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}, conns: map[net.Conn]struct{}{}}
 }
 
@@ -62,10 +67,13 @@ func NewTCPServer(ln net.Listener, up Upstream, t *Tracker, o TCPOptions) *TCPSe
 func (s *TCPServer) Addr() net.Addr { return s.ln.Addr() }
 
 // Serve accepts connections until Shutdown or Close; then it returns nil.
+// At the connection limit it waits for a session to end before it accepts
+// the next one. The client connection stays a bare *net.TCPConn, so that
+// the copies splice; its session gives the limit's slot back when it ends.
 func (s *TCPServer) Serve() error {
 	var backoff time.Duration
 	for {
-		c, err := s.ln.Listener.Accept()
+		c, err := s.ln.accept()
 		if err != nil {
 			if s.ln.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -74,7 +82,12 @@ func (s *TCPServer) Serve() error {
 			if errors.As(err, &te) && te.Temporary() { // EMFILE and friends: back off, as net/http does
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.Warn("accept failed; backing off", zap.Error(err), zap.Duration("backoff", backoff))
-				time.Sleep(backoff)
+				t := time.NewTimer(backoff)
+				select {
+				case <-t.C:
+				case <-s.ln.done:
+					t.Stop()
+				}
 				continue
 			}
 			return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)
@@ -82,6 +95,7 @@ func (s *TCPServer) Serve() error {
 		backoff = 0
 		if !s.track(c) {
 			_ = c.Close()
+			s.ln.limit.closed()
 			continue
 		}
 		s.wg.Go(func() { s.session(c) })
@@ -114,6 +128,7 @@ func (s *TCPServer) session(client net.Conn) {
 		s.tracker.RequestDone()
 		s.tracker.ConnClosed(ProtocolTCP)
 	}()
+	defer s.ln.limit.closed() // after the close: the slot stands for the client's file
 	defer client.Close()
 	defer s.untrack(client)
 

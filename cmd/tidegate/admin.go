@@ -121,6 +121,7 @@ type status struct {
 	App        appStatus         `json:"app"`
 	Probes     []healthz.Status  `json:"probes"`
 	Build      buildInfo         `json:"build"`
+	Limits     limitsStatus      `json:"limits"`
 	Config     map[string]string `json:"config"`
 
 	ConfigVersion int64          `json:"config_version"` // 1 at start, +1 per applied reload
@@ -140,6 +141,7 @@ func (s *sidecar) status() status {
 		App:        s.appStatus(),
 		Probes:     s.probes.Statuses(),
 		Build:      s.build,
+		Limits:     s.limitsStatus(),
 		Config:     l.effective(),
 
 		ConfigVersion: s.version.Load(),

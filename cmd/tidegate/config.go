@@ -81,6 +81,7 @@ type UpstreamConfig struct {
 type ServerConfig struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
+	MaxConnections    int // per public listener; 0: from the open-file limit
 	MaxHeaderBytes    int64
 	MaxBodyBytes      int64
 	Forwarded         string

@@ -69,6 +69,7 @@ type publicListener struct {
 	spec    listenerSpec
 	plan    listenerPlan
 	sock    *proxy.Socket
+	limit   *proxy.ConnLimit // the socket's: shared by the servers that take turns on it
 	srv     publicServer
 	handler *proxy.Handler // nil for tcp
 }
@@ -330,8 +331,9 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			continue
 		}
 		var sock *proxy.Socket
+		var limit *proxy.ConnLimit
 		if j := slices.IndexFunc(keep, func(p *publicListener) bool { return p.spec.Address == pl.Address }); j >= 0 {
-			sock = keep[j].sock
+			sock, limit = keep[j].sock, keep[j].limit
 		} else {
 			ln, err := proxy.Listen(pl.Address)
 			if err != nil {
@@ -339,6 +341,7 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			}
 			sock = proxy.NewSocket(ln)
 			bound = append(bound, sock)
+			limit = proxy.NewConnLimit(s.limits.maxConnections)
 		}
 		view, err := sock.View()
 		if err != nil {
@@ -349,11 +352,11 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			_ = view.Close()
 			return nil, usageError{err}
 		}
-		p := &publicListener{spec: pl, plan: plan, sock: sock}
+		p := &publicListener{spec: pl, plan: plan, sock: sock, limit: limit}
 		cfg := &l.cfg
 		if pl.Protocol == "tcp" {
 			p.srv = proxy.NewTCPServer(view, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
-				Logger: s.log.Named("tcp"), Metrics: s.metrics})
+				Logger: s.log.Named("tcp"), Metrics: s.metrics, ConnLimit: limit})
 		} else {
 			sh, ok := byUpstream[pl.Upstream]
 			if !ok {
@@ -386,10 +389,14 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 				Logger:            s.log.Named("public"),
 				FastPath:          fastPath,
 				FastPathOpen:      s.gate.open,
+				ConnLimit:         limit,
 			})
 		}
 		made = append(made, p)
 		next = append(next, p)
+	}
+	for _, p := range made { // after every error: a failed reload leaves the metrics as they were
+		s.metrics.WatchConnLimit(p.spec.Name, p.limit)
 	}
 	return next, nil
 }

@@ -49,6 +49,7 @@ var frozenKeys = map[string]string{
 	"admin_listen":            "",
 	"grpc_health_listen":      "",
 	"log.format":              "",
+	"server.max_connections":  "each listening socket keeps the limit it was opened with",
 	"probe_user_agents":       "",
 	"app.command":             "the app runs already",
 	"app.stop":                "",

@@ -142,6 +142,7 @@ type sidecar struct {
 	reloadReq  chan chan error // POST /reload → the event loop, which answers on the channel
 	lastReload atomic.Pointer[reloadOutcome]
 	forward    []syscall.Signal // --forward-signals: passed to the child instead of acted on
+	limits     startLimits
 
 	app     drain.App    // how the app is stopped
 	child   *drain.Child // the supervised app, in child mode (set by run)
@@ -184,6 +185,7 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 	if s.reloads, err = newReloadMetrics(s.reg); err != nil {
 		return nil, err
 	}
+	s.limits = setLimits(cfg, len(l.listeners), s.log.Named("limits"))
 	if err := s.buildApp(); err != nil {
 		return nil, err
 	}

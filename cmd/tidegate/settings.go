@@ -233,6 +233,10 @@ func settings() []setting {
 		durSetting("idle-timeout", "server.idle_timeout", "620s",
 			"close client keep-alive connections idle this long; keep above your load balancer's idle timeout",
 			func(c *Config) *time.Duration { return &c.Server.IdleTimeout }),
+		// The automatic limit: see proxy.MaxConnectionsFor.
+		intSetting("max-connections", "server.max_connections", "0",
+			"most client connections open at once on each public listener; more wait in the kernel's listen backlog until one closes. 0 = from the open-file limit (ulimit -n): (limit - reserve) / 2 / listeners, reserve = max(64, limit/10), since a proxied connection may hold two files (client and app)",
+			func(c *Config) *int { return &c.Server.MaxConnections }),
 		bytesSetting("max-header-bytes", "server.max_header_bytes", "64KiB",
 			"largest request line plus headers (larger: 431)",
 			func(c *Config) *int64 { return &c.Server.MaxHeaderBytes }),
