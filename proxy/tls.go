@@ -36,6 +36,21 @@ type certReloader struct {
 // LoadTLS checks the key pair and returns the server's TLS configuration.
 // The error names the files and what is wrong with them.
 func LoadTLS(o TLSOptions) (*tls.Config, error) {
+	kp, err := NewKeyPair(o)
+	if err != nil {
+		return nil, err
+	}
+	return kp.Config(), nil
+}
+
+// KeyPair is a listener's certificate and key, read again when the files
+// change (looked at by a handshake at most every CheckEvery) or when told
+// (Reload, on a config reload).
+type KeyPair struct{ r *certReloader }
+
+// NewKeyPair loads the key pair. The error names the files and what is
+// wrong with them.
+func NewKeyPair(o TLSOptions) (*KeyPair, error) {
 	if o.CheckEvery <= 0 {
 		o.CheckEvery = 10 * time.Second
 	}
@@ -47,11 +62,29 @@ func LoadTLS(o TLSOptions) (*tls.Config, error) {
 		return nil, err
 	}
 	r.checked.Store(time.Now().UnixNano())
+	return &KeyPair{r: r}, nil
+}
+
+// Config is the server's TLS configuration: TLS 1.2 and up, ALPN h2 and
+// http/1.1, the key pair's current certificate.
+func (k *KeyPair) Config() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"h2", "http/1.1"},
-		GetCertificate: r.get,
-	}, nil
+		GetCertificate: k.r.get,
+	}
+}
+
+// Reload reads the files now; on error the previous certificate stays and
+// the error names the files.
+func (k *KeyPair) Reload() error {
+	k.r.mu.Lock()
+	defer k.r.mu.Unlock()
+	if err := k.r.load(); err != nil {
+		return err
+	}
+	k.r.checked.Store(time.Now().UnixNano())
+	return nil
 }
 
 func (r *certReloader) load() error {

@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -35,32 +33,21 @@ type publicServer interface {
 // for a new address) and drains the old one.
 type listenerPlan struct {
 	Name, Address, Protocol, Upstream string
-	TLSCert, TLSKey                   string
-	TLSSum                            [sha256.Size]byte // of the files: a renewed certificate replaces the server
+	TLSCert, TLSKey                   string // a renewed certificate under the same names keeps the server (KeyPair.Reload)
 
 	Server    ServerConfig
 	App       UpstreamConfig // its Address is the default upstream; Upstream above is this listener's
 	AccessLog bool
 }
 
-// planFor returns the plan of listener pl under cfg. It reads the TLS
-// files, so that a changed certificate is a changed plan.
-func planFor(pl listenerSpec, cfg *Config) (listenerPlan, error) {
+// planFor returns the plan of listener pl under cfg.
+func planFor(pl listenerSpec, cfg *Config) listenerPlan {
 	p := listenerPlan{Name: pl.Name, Address: pl.Address, Protocol: pl.Protocol, Upstream: pl.Upstream,
 		Server: cfg.Server, App: cfg.Upstream, AccessLog: cfg.AccessLog != off}
 	if pl.TLS != nil {
 		p.TLSCert, p.TLSKey = pl.TLS.Cert, pl.TLS.Key
-		h := sha256.New()
-		for _, f := range []string{pl.TLS.Cert, pl.TLS.Key} {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return p, fmt.Errorf("listener %s: read TLS file: %w", pl.Name, err)
-			}
-			h.Write(b)
-		}
-		copy(p.TLSSum[:], h.Sum(nil))
 	}
-	return p, nil
+	return p
 }
 
 // publicListener is one public listener: its socket, and the server that
@@ -72,6 +59,7 @@ type publicListener struct {
 	limit   *proxy.ConnLimit // the socket's: shared by the servers that take turns on it
 	srv     publicServer
 	handler *proxy.Handler // nil for tcp
+	keys    *proxy.KeyPair // nil without TLS
 }
 
 // frontends is the set of public listeners, which a config reload changes
@@ -321,12 +309,14 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 	}
 	byUpstream := map[string]shared{} // one handler per upstream among the servers made now
 	for _, pl := range l.listeners {
-		plan, err := planFor(pl, &l.cfg)
-		if err != nil {
-			return nil, usageError{err}
-		}
+		plan := planFor(pl, &l.cfg)
 		i := slices.IndexFunc(keep, func(p *publicListener) bool { return p.plan == plan })
 		if i >= 0 {
+			if p := keep[i]; p.keys != nil { // the same files, maybe renewed: they must load
+				if _, err := tls.LoadX509KeyPair(pl.TLS.Cert, pl.TLS.Key); err != nil {
+					return nil, usageError{fmt.Errorf("listener %s: tls: certificate %s with key %s: %w", pl.Name, pl.TLS.Cert, pl.TLS.Key, err)}
+				}
+			}
 			next = append(next, keep[i])
 			continue
 		}
@@ -371,11 +361,12 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			p.handler = sh.proxy
 			var tlsCfg *tls.Config
 			if pl.TLS != nil {
-				tlsCfg, err = proxy.LoadTLS(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
+				p.keys, err = proxy.NewKeyPair(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
 				if err != nil {
 					_ = view.Close()
 					return nil, usageError{fmt.Errorf("listener %s: %w", pl.Name, err)}
 				}
+				tlsCfg = p.keys.Config()
 			}
 			var fastPath *proxy.Handler
 			if !cfg.Server.NetHTTPOnly {

@@ -203,6 +203,14 @@ func (s *sidecar) applyReload() ([]string, error) {
 	if err := access.open(reopen); err != nil {
 		s.log.Warn("access log not reopened; it keeps its old destination", zap.String("reason", "access_log"), zap.Error(err))
 	}
+	for _, p := range next {
+		if p.keys != nil && containsListener(keep, p) {
+			if err := p.keys.Reload(); err != nil { // checked above; changed again since
+				s.log.Warn("certificate not reloaded; the listener keeps the previous one", zap.String("listener", p.spec.Name),
+					zap.String("reason", "tls_reload"), zap.Error(err))
+			}
+		}
+	}
 	s.conf.Store(l)
 	s.health.set(s.healthHandler())
 	s.front.replace(next, c.Drain.Delay, c.Drain.Timeout)

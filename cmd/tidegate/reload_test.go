@@ -2,7 +2,15 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -392,3 +400,88 @@ func TestStraySignalsDoNotStopTidegate(t *testing.T) {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// writeTestCert writes a self-signed certificate with the given serial,
+// and its key, into dir (the same names each time).
+func writeTestCert(t *testing.T, dir string, serial int64) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "tidegate test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writeConfig(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	writeConfig(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})))
+	return certFile, keyFile
+}
+
+// TestReloadRenewsTheCertificateAndMovesTheAccessLog: SIGHUP reads a
+// renewed certificate at once (the listener keeps its server and its
+// connections), a new access log path takes the next lines, and a broken
+// certificate is refused.
+func TestReloadRenewsTheCertificateAndMovesTheAccessLog(t *testing.T) {
+	app := namedApp(t, "a", nil)
+	dir := t.TempDir()
+	certFile, keyFile := writeTestCert(t, dir, 1)
+	file := filepath.Join(dir, "tidegate.yaml")
+	logA, logB := filepath.Join(dir, "a.log"), filepath.Join(dir, "b.log")
+	base := "health_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: " + app.Listener.Addr().String() +
+		"\nlisteners:\n  - {name: web, address: \"127.0.0.1:0\", tls: {cert: " + certFile + ", key: " + keyFile + "}}\n"
+	writeConfig(t, file, base+"access_log: "+logA+"\n")
+	sc, sig, _ := startWith(t, "--config", file)
+	before := sc.front.list()[0]
+	url := "https://" + sc.publicAddr() + "/"
+
+	serialOf := func(path string) int64 {
+		t.Helper()
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // a self-signed test certificate
+		resp, err := c.Get(url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.TLS.PeerCertificates[0].SerialNumber.Int64()
+	}
+	if got := serialOf("first"); got != 1 {
+		t.Fatalf("serial %d, want 1", got)
+	}
+
+	writeTestCert(t, dir, 2)
+	writeConfig(t, file, base+"access_log: "+logB+"\n")
+	sig <- syscall.SIGHUP
+	wait.For(t, "config version 2", func() bool { return sc.version.Load() == 2 })
+	if got := serialOf("second"); got != 2 {
+		t.Fatalf("serial %d after the reload, want 2 (the renewed certificate, at once)", got)
+	}
+	if sc.front.list()[0] != before {
+		t.Fatal("a renewed certificate under the same names replaced the listener's server")
+	}
+	wait.Until(t, 5*time.Second, "the access log lines in their files", func() (bool, string) {
+		a, _ := os.ReadFile(logA)
+		b, _ := os.ReadFile(logB)
+		return strings.Contains(string(a), "/first") && strings.Contains(string(b), "/second") && !strings.Contains(string(a), "/second"),
+			"a.log: " + string(a) + "\nb.log: " + string(b)
+	})
+
+	writeConfig(t, certFile, "not a certificate")
+	sig <- syscall.SIGHUP
+	wait.For(t, "the reload refused", func() bool { return testutil.ToFloat64(sc.reloads.total.WithLabelValues("failure")) == 1 })
+	if out := sc.lastReload.Load(); !strings.Contains(out.Error, certFile) {
+		t.Fatalf("the refusal does not name the certificate file: %+v", out)
+	}
+	if got := serialOf("third"); got != 2 {
+		t.Fatalf("serial %d after a refused reload, want 2", got)
+	}
+}
