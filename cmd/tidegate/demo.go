@@ -170,8 +170,13 @@ func demoCmd(args []string, e env) int {
 	sigAt := time.Now()
 	signalled.Store(sigAt.UnixNano())
 	inflight := sc.tracker.InFlight()
+	changed := sc.life.Changed()
 	sig <- syscall.SIGTERM
 	fmt.Fprintf(out, "%s  SIGTERM → sidecar; %d requests in flight\n", at(sigAt), inflight)
+	select { // the signal reaches the event loop: readiness fails from then on
+	case <-changed:
+	case <-time.After(time.Second):
+	}
 	if code, err := probe(client, readyz); err == nil {
 		fmt.Fprintf(out, "%s  readiness %d\n", at(time.Now()), code)
 	}

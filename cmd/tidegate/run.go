@@ -547,10 +547,10 @@ func (s *sidecar) run(signals <-chan os.Signal) (int, drain.Report) {
 				continue
 			}
 			signalled = true
-			s.notify.Stopping(s.statusLine()) // a signal: systemd is stopping us, there is no undrain
 			if !s.drainer.Trigger(name) {
 				log.Info("signal during a drain already under way", zap.String("reason", name))
 			}
+			s.notify.Stopping(s.statusLine()) // a signal: systemd is stopping us, there is no undrain
 		case reply := <-s.ping:
 			close(reply)
 		case <-s.stall:

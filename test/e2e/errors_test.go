@@ -60,11 +60,13 @@ func deadAddr(t *testing.T) string {
 }
 
 // TestDeadApp: with nothing listening on the app's port the client gets a
-// short 502 of tidegate's own, never Go's error text.
+// short 502 of tidegate's own, never Go's error text. (By default readiness
+// follows the app and tidegate would stay starting: this is the app that
+// died after start, or --default-readiness none.)
 func TestDeadApp(t *testing.T) {
 	t.Parallel()
 	up := deadAddr(t)
-	tg := start(t, "--upstream", up)
+	tg := start(t, "--upstream", up, "--default-readiness", "none")
 	c := newClient(t)
 
 	if got := scrape(t, c, tg).value("tidegate_upstream_errors_total", "reason", "connect_refused"); got != 0 {
@@ -235,4 +237,36 @@ func TestBodyLimit(t *testing.T) {
 		}
 	})
 	metricEventually(t, c, tg, 2, "tidegate_requests_total", "code", strconv.Itoa(http.StatusRequestEntityTooLarge))
+}
+
+// TestNotReadyBeforeTheAppListens: out of the box, with no probe
+// configured, tidegate says not ready and answers for the app while nothing
+// listens at the upstream, and serves once the app listens.
+func TestNotReadyBeforeTheAppListens(t *testing.T) {
+	t.Parallel()
+	up := deadAddr(t)
+	listen, health := hostPort(freePort(t)), hostPort(freePort(t))
+	tg := launch(t, nil, "run", "--listen", listen, "--health-listen", health, "--admin-listen", "127.0.0.1:0", "--upstream", up)
+	tg.waitLog(startTimeout, "the upstream check failing", func(m map[string]any) bool {
+		return m["msg"] == "probe not passing yet" && m["probe"] == "upstream"
+	})
+	c := newClient(t)
+	code, body, err := statusCode(c, "http://"+health+"/readyz?verbose")
+	if err != nil || code != http.StatusServiceUnavailable || !strings.Contains(body, "[-]upstream failed") {
+		t.Fatalf("/readyz before the app listens: %d %v\n%s", code, err, body)
+	}
+	resp, _ := get(t, c, "http://"+listen+"/")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Tidegate-Reason") != "not_ready" {
+		t.Fatalf("a request before the app listens: %d %q, want 503 not_ready", resp.StatusCode, resp.Header.Get("X-Tidegate-Reason"))
+	}
+
+	startFakeapp(t, "--listen", up)
+	tg.waitServing()
+	resp, _ = get(t, c, "http://"+listen+"/")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("once the app listens: %d, want 200", resp.StatusCode)
+	}
+	if code, body, _ := statusCode(c, "http://"+health+"/readyz?verbose"); code != 200 || !strings.Contains(body, "[+]upstream ok") {
+		t.Fatalf("/readyz once the app listens: %d\n%s", code, body)
+	}
 }
