@@ -6,13 +6,14 @@
 //
 // Usage:
 //
-//	burn [--procs N] [--max DUR]
+//	burn [--procs N] [--max DUR] [--check]
 //
 // It spins --procs goroutines (default 1), each busy on a core, until it
 // is stopped: by SIGINT or SIGTERM, when its parent goes away (it is
 // re-parented, so a killed make never leaves it behind), or after --max
 // (default 2h), whichever comes first. It exits 0 when stopped, 2 on bad
-// flags.
+// flags. With --check it only checks its flags, for a caller that starts
+// it in the background and would not see it fail.
 package main
 
 import (
@@ -40,6 +41,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	procs := fs.Int("procs", 1, "busy goroutines, each keeping one core busy (1..number of CPUs)")
 	maxFor := fs.Duration("max", 2*time.Hour, "stop after this long even if nobody stops burn (>0)")
+	checkOnly := fs.Bool("check", false, "check the flags and exit (0 if good) without burning")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -47,13 +49,18 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "burn: %v\n", err)
 		return 2
 	}
+	if *checkOnly {
+		return 0
+	}
 	var stop atomic.Bool
+	defer stop.Store(true)
 	for range *procs {
 		go spin(&stop)
 	}
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	deadline := time.NewTimer(*maxFor)
 	defer deadline.Stop()
 	tick := time.NewTicker(parentPoll)
@@ -62,16 +69,13 @@ func run(args []string, stderr io.Writer) int {
 	for {
 		select {
 		case s := <-sig:
-			stop.Store(true)
 			fmt.Fprintf(stderr, "burn: %v; stopping\n", s)
 			return 0
 		case <-deadline.C:
-			stop.Store(true)
 			fmt.Fprintf(stderr, "burn: --max %v reached; stopping\n", *maxFor)
 			return 0
 		case <-tick.C:
 			if os.Getppid() != ppid {
-				stop.Store(true)
 				fmt.Fprintln(stderr, "burn: parent is gone; stopping")
 				return 0
 			}

@@ -45,9 +45,17 @@ func TestRunStopsAtMax(t *testing.T) {
 }
 
 func TestRunRejectsBadFlags(t *testing.T) {
-	for _, args := range [][]string{{"--procs", "0"}, {"--max", "0s"}, {"--nope"}} {
+	for _, args := range [][]string{{"--procs", "0"}, {"--max", "0s"}, {"--nope"}, {"--check", "--procs", "0"}} {
 		if code := run(args, io.Discard); code != 2 {
 			t.Errorf("run(%q) = %d, want 2", args, code)
 		}
+	}
+}
+
+func TestCheckOnlyReturnsAtOnce(t *testing.T) {
+	var out strings.Builder
+	// Without --check this would burn for an hour.
+	if code := run([]string{"--check", "--procs", "1", "--max", "1h"}, &out); code != 0 || out.Len() != 0 {
+		t.Fatalf("run --check with good flags = %d, stderr %q; want 0 and nothing said", code, out.String())
 	}
 }
