@@ -624,9 +624,11 @@ func (c *h2sConn) releaseIfIdle() {
 const h2IdleWorkers = 32
 
 // h2CloseLinger bounds how long a client connection that tidegate ends
-// (the drain's last GOAWAY, the idle timeout, a protocol error) stays
-// half-closed, read and dropped, before the close: until the client's own
-// close, which usually comes at once on the FIN (frameOut.finish).
+// with no stream left (the drain's last GOAWAY, the idle timeout) stays
+// half-closed, its bytes read and dropped, before the close: until the
+// client's own close, which usually comes at once on the FIN
+// (frameOut.finish). A connection ended for an error closes once the
+// GOAWAY is written.
 const h2CloseLinger = time.Second
 
 // h2WorkerLinger is how long stream goroutines wait on a connection
