@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS    := ./...
 
-.PHONY: all build test vet fmt-check unit bench bench-mem bench-micro demo clean
+.PHONY: all build test test-stress vet fmt-check unit bench bench-mem bench-micro demo clean
 
 all: build
 
@@ -16,6 +16,35 @@ build:
 ## test: what CI runs — vet, gofmt, and every test with the race detector
 test: vet fmt-check
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## test-stress: `make test`'s test command while test/burn keeps BURN_PROCS
+## cores busy (default 1: on a 2-core machine, the other core), as on a
+## loaded CI runner, to shake out tests that race the scheduler. The burner
+## starts first and is killed when the target ends, however it ends (a
+## failure, Ctrl-C, or a kill of make: it exits when its parent goes, and
+## after 20 minutes a run, which is more than a run's 15m timeout). With
+## STRESS_RUNS=N the suite runs N times, each printing
+## "stress run i/N: ok (duration)", and the target stops at the first failure.
+##   make test-stress STRESS_RUNS=5
+STRESS_RUNS ?= 1
+BURN_PROCS  ?= 1
+test-stress: vet fmt-check
+	$(GO) build -o bin/burn ./test/burn
+	@case "$(STRESS_RUNS)" in ''|*[!0-9]*|0) \
+		echo "STRESS_RUNS=$(STRESS_RUNS): want how many times to run the suite, a whole number from 1"; exit 2;; esac; \
+	bin/burn --check --procs "$(BURN_PROCS)" || { echo "BURN_PROCS=$(BURN_PROCS): see above"; exit 2; }; \
+	bin/burn --procs $(BURN_PROCS) --max $$(( $(STRESS_RUNS) * 20 ))m & burn=$$!; \
+	trap 'kill $$burn 2>/dev/null; wait $$burn 2>/dev/null' EXIT; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; \
+	echo "burning $(BURN_PROCS) core(s) (pid $$burn); $(STRESS_RUNS) run(s)"; \
+	i=1; while [ $$i -le $(STRESS_RUNS) ]; do \
+		start=$$(date +%s); \
+		if ! $(GO) test -race -count=1 -timeout 15m $(PKGS); then \
+			echo "stress run $$i/$(STRESS_RUNS): FAIL ($$(( $$(date +%s) - start ))s)"; exit 1; \
+		fi; \
+		echo "stress run $$i/$(STRESS_RUNS): ok ($$(( $$(date +%s) - start ))s)"; \
+		i=$$((i + 1)); \
+	done
 
 vet:
 	$(GO) vet $(PKGS)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // Tests of what an app connection keeps between requests: its read
@@ -143,11 +145,23 @@ func checkTimedOut(t *testing.T, status string, took, timeout time.Duration) {
 // read buffer back when it has read an answer whole, on the HTTP/1.1 fast
 // path and on the HTTP/2 direct path, and takes one again for the next
 // answer.
+//
+// The connection goes back to the pool after the answer has been written
+// to the client (fast.go: the flush, then put; h2direct.go: the last DATA
+// frame handed to the client connection's writer, then put), so the client can hold the answer before the
+// pool holds the connection: check waits for it to be back, then looks at
+// it. Waiting also keeps the next request from finding the pool empty and
+// dialing a second connection.
 func TestIdleAppConnectionsHoldNoReadBuffer(t *testing.T) {
 	app := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
 	r := newFastRig(t, app.Listener.Addr().String(), nil, nil)
 	check := func(what string) {
 		t.Helper()
+		wait.Until(t, 5*time.Second, what+": the app connection back in the pool", func() (bool, string) {
+			r.handler.h1.mu.Lock()
+			defer r.handler.h1.mu.Unlock()
+			return len(r.handler.h1.idle) > 0, "the pool is empty"
+		})
 		r.handler.h1.mu.Lock()
 		defer r.handler.h1.mu.Unlock()
 		if len(r.handler.h1.idle) != 1 {

@@ -143,6 +143,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	c.down.init(newFrameOut(&c.mu, tc))
 	c.down.out.yield = &c.handlers
+	c.down.out.linger = h2CloseLinger
 	ctx := context.WithValue(context.Background(), connKey{}, fc.nc)
 	ctx = context.WithValue(ctx, h2Key{}, h2Drainer(c))
 	ctx = context.WithValue(ctx, http.ServerContextKey, s.srv)
@@ -183,7 +184,10 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 			break
 		}
 		c.mu.Lock()
-		ok := c.process(f)
+		ok := true
+		if !c.down.out.close {
+			ok = c.process(f)
+		} // else the connection is ending, with no stream left (frameOut.finish): read and dropped
 		c.mu.Unlock()
 		c.syncState()
 		if !ok {
@@ -618,6 +622,14 @@ func (c *h2sConn) releaseIfIdle() {
 // h2IdleWorkers is how many stream goroutines of a connection may wait
 // for its next stream.
 const h2IdleWorkers = 32
+
+// h2CloseLinger bounds how long a client connection that tidegate ends
+// with no stream left (the drain's last GOAWAY, the idle timeout) stays
+// half-closed, its bytes read and dropped, before the close: until the
+// client's own close, which usually comes at once on the FIN
+// (frameOut.finish). A connection ended for an error closes once the
+// GOAWAY is written.
+const h2CloseLinger = time.Second
 
 // h2WorkerLinger is how long stream goroutines wait on a connection
 // without streams. Clients that send their requests in rounds (h2load,

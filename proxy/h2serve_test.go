@@ -1068,6 +1068,12 @@ func TestH2OwnDrain(t *testing.T) {
 					t.Fatalf("stream 5, opened after the real GOAWAY, got %v", f)
 				}
 			}
+			// The server half-closed (frameOut.finish): the EOF, not a
+			// reset, even though the client's last frames (stream 5, the
+			// WINDOW_UPDATE for stream 1's DATA) may have come in after
+			// its last write. The client closes on the EOF, as Go's
+			// Transport does, and the server with it.
+			_ = c.c.Close()
 			if err := recv(t, shut, "Shutdown's return"); err != nil {
 				t.Fatalf("Shutdown: %v", err)
 			}

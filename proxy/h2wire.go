@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -52,6 +53,10 @@ type frameOut struct {
 	exited chan struct{} // closed when run returns
 	close  bool          // close nc once buf is written; guarded by mu
 	yield  *atomic.Int32 // handler goroutines writing here; nil: none ever
+	// linger, when set, makes the close after the last write a half-close
+	// (finish): the owner's reader reads on and closes nc at the peer's
+	// EOF, or after linger at most. Zero: nc is closed at once.
+	linger time.Duration
 }
 
 func newFrameOut(mu *sync.Mutex, nc net.Conn) *frameOut {
@@ -101,7 +106,7 @@ func (o *frameOut) run(failed func(error)) {
 			}
 		}
 		if closeAfter {
-			_ = o.nc.Close()
+			o.finish()
 			return
 		}
 		if cap(b) <= 64<<10 { // keep a buffer of usual size, not a burst's
@@ -112,6 +117,23 @@ func (o *frameOut) run(failed func(error)) {
 			o.mu.Unlock()
 		}
 	}
+}
+
+// finish ends nc once the last frames are written. A full close while
+// the peer's bytes sit unread in the socket (a WINDOW_UPDATE for the last
+// DATA, a stream opened after GOAWAY) makes the kernel answer with a
+// reset instead of a FIN, and drop what of the last frames it has not
+// sent yet: the peer may lose the end of the last answer. So with linger
+// set, and a connection that can, finish sends a FIN and leaves the close
+// to the owner's reader, which reads (and drops) what still comes until
+// the peer's EOF, or until the read deadline set here.
+func (o *frameOut) finish() {
+	cw, ok := o.nc.(interface{ CloseWrite() error })
+	if o.linger <= 0 || !ok || cw.CloseWrite() != nil {
+		_ = o.nc.Close()
+		return
+	}
+	_ = o.nc.SetReadDeadline(time.Now().Add(o.linger))
 }
 
 // h2peer is the sending side of one HTTP/2 connection: its frame buffer,

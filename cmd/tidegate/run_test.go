@@ -10,6 +10,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -96,10 +98,7 @@ func TestSignalAfterPreStopDrainIsNotASecondSignal(t *testing.T) {
 		code, _ := oneShot(public)
 		result <- code
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for sc.tracker.InFlight() == 0 && time.Now().Before(deadline) {
-		<-time.After(2 * time.Millisecond)
-	}
+	eventually(t, "the request in flight", func() bool { return sc.tracker.InFlight() == 1 })
 	sc.drainer.Trigger("prestop")
 	sig <- syscall.SIGTERM
 	<-time.After(300 * time.Millisecond) // past the delay: a forced drain would have cut by now
@@ -131,10 +130,7 @@ func TestSecondSignalForces(t *testing.T) {
 		_, _ = oneShot("http://" + sc.publicAddr())
 		close(cut)
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for sc.tracker.InFlight() == 0 && time.Now().Before(deadline) {
-		<-time.After(2 * time.Millisecond)
-	}
+	eventually(t, "the request in flight", func() bool { return sc.tracker.InFlight() == 1 })
 	sig <- syscall.SIGTERM
 	sig <- syscall.SIGINT
 	rep := waitReport(t, reports)
@@ -172,7 +168,8 @@ func TestTCPListenerThroughTheDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs, _ := newLoggers(&l.cfg, io.Discard, io.Discard)
+	var log lockedLog // to see the drain delay end
+	logs, _ := newLoggers(&l.cfg, &log, io.Discard)
 	sc, err := newSidecar(l, logs, readBuildInfo())
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +207,8 @@ func TestTCPListenerThroughTheDrain(t *testing.T) {
 		return sc.tracker.Connections(proxy.ProtocolTCP) == 1 && sc.tracker.InFlight() == 1
 	})
 	sig <- syscall.SIGTERM
-	<-time.After(500 * time.Millisecond) // past the 300ms delay, before the 1s deadline
+	// Past the 300ms delay (the drainer says so), before the 1s deadline.
+	eventually(t, "the drain delay over", func() bool { return strings.Contains(log.String(), "drain delay over") })
 	if err := say("during the drain"); err != nil {
 		t.Fatalf("the TCP session did not survive the drain delay: %v", err)
 	}
@@ -316,4 +314,22 @@ func TestPreStopDrainAnswers(t *testing.T) {
 	if rep := waitReport(t, reports); rep.Trigger != "prestop" || rep.Result != "complete" {
 		t.Fatalf("report %+v", rep)
 	}
+}
+
+// lockedLog is a log sink a test reads while the sidecar writes to it.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
