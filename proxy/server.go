@@ -628,15 +628,18 @@ func (s *Server) closeStaleFresh() {
 	}
 }
 
-// Close closes the listener and every connection at once.
+// Close closes the listener and every connection at once. It closes the
+// listener even if Serve never ran (net/http closes only the listeners it
+// serves): a server built on a Socket's view and dropped unserved, by a
+// refused reload, must give the view back or the socket never closes.
 func (s *Server) Close() error {
 	s.stop()
 	for _, c := range s.ownH2Conns() {
 		c.closeNow()
 	}
 	err := s.srv.Close()
+	_ = s.ln.Close()
 	if s.fast != nil {
-		_ = s.ln.Close()
 		s.closeAllFast()
 	}
 	return err
