@@ -94,10 +94,15 @@ func (f *frontends) list() []*publicListener {
 // errs (the sidecar then drains).
 func (f *frontends) serve(p *publicListener) {
 	f.mu.Lock()
-	if f.draining {
+	if f.draining { // under the lock: an EndDrain cannot slip in between
 		p.srv.BeginDrain()
 	}
 	f.mu.Unlock()
+	f.start(p)
+}
+
+// start runs p's Serve.
+func (f *frontends) start(p *publicListener) {
 	f.wg.Go(func() {
 		if err := p.srv.Serve(); err != nil {
 			f.log.Error("listener failed", zap.String("listener", p.spec.Name), zap.String("reason", "listener_error"), zap.Error(err))
@@ -114,15 +119,40 @@ func (f *frontends) serve(p *publicListener) {
 // delay when its socket goes away with it (a moved or removed listener, so
 // that clients racing the change are still answered), at once when a new
 // server has taken its socket over; it is cut after timeout.
-func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration) {
+//
+// Once Shutdown or Close has begun (a drain that started while the reload
+// was being prepared), replace refuses: it closes the servers of next that
+// are not live and changes nothing, since the drain would never stop a
+// server started after its Shutdown.
+func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration) error {
 	f.mu.Lock()
 	old := f.live
+	select {
+	case <-f.shut:
+		f.mu.Unlock()
+		for _, p := range next {
+			if !slices.Contains(old, p) {
+				_ = p.srv.Close()
+			}
+		}
+		return errors.New("the listeners are shutting down: a drain began during the reload")
+	default:
+	}
 	f.live = next
-	f.mu.Unlock()
+	var added []*publicListener
 	for _, p := range next {
 		if !slices.Contains(old, p) {
-			f.serve(p)
+			if f.draining {
+				p.srv.BeginDrain()
+			}
+			added = append(added, p)
 		}
+	}
+	f.mu.Unlock()
+	// A Shutdown from here on sees the added servers in live: a Serve that
+	// starts after their Shutdown returns at once.
+	for _, p := range added {
+		f.start(p)
 	}
 	for _, p := range old {
 		if slices.Contains(next, p) {
@@ -135,6 +165,7 @@ func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration
 		}
 		f.retire(p, d, timeout)
 	}
+	return nil
 }
 
 // retire drains p on its own: Connection: close and GOAWAY at once, keep
