@@ -339,6 +339,17 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 		gated http.Handler
 	}
 	byUpstream := map[string]shared{} // one handler per upstream among the servers made now
+	// A socket serves one listener: the kept listeners' sockets are taken,
+	// and a changed listener takes over the socket of a listener with its
+	// address. An address with port 0 names no socket (each bind gets its
+	// own port): there only the listener's own socket, by name, is reused.
+	taken := map[*proxy.Socket]bool{}
+	for _, pl := range l.listeners {
+		plan := planFor(pl, &l.cfg)
+		if i := slices.IndexFunc(keep, func(p *publicListener) bool { return p.plan == plan }); i >= 0 {
+			taken[keep[i].sock] = true
+		}
+	}
 	for _, pl := range l.listeners {
 		plan := planFor(pl, &l.cfg)
 		i := slices.IndexFunc(keep, func(p *publicListener) bool { return p.plan == plan })
@@ -353,8 +364,11 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 		}
 		var sock *proxy.Socket
 		var limit *proxy.ConnLimit
-		if j := slices.IndexFunc(keep, func(p *publicListener) bool { return p.spec.Address == pl.Address }); j >= 0 {
+		if j := slices.IndexFunc(keep, func(p *publicListener) bool {
+			return !taken[p.sock] && p.spec.Address == pl.Address && (p.spec.Name == pl.Name || !anyPort(pl.Address))
+		}); j >= 0 {
 			sock, limit = keep[j].sock, keep[j].limit
+			taken[sock] = true
 		} else {
 			ln, err := proxy.Listen(pl.Address)
 			if err != nil {
@@ -421,4 +435,10 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 		s.metrics.WatchConnLimit(p.spec.Name, p.limit)
 	}
 	return next, nil
+}
+
+// anyPort reports whether a listen address asks for any free port (port 0).
+func anyPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && (port == "0" || port == "")
 }
