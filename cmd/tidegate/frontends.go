@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -334,11 +333,6 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			}
 		}
 	}()
-	type shared struct {
-		proxy *proxy.Handler
-		gated http.Handler
-	}
-	byUpstream := map[string]shared{} // one handler per upstream among the servers made now
 	// A socket serves one listener: the kept listeners' sockets are taken,
 	// and a changed listener takes over the socket of a listener with its
 	// address. An address with port 0 names no socket (each bind gets its
@@ -393,17 +387,16 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			p.srv = proxy.NewTCPServer(view, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
 				Logger: s.log.Named("tcp"), Metrics: s.metrics, ConnLimit: limit})
 		} else {
-			sh, ok := byUpstream[pl.Upstream]
-			if !ok {
-				ph, err := s.newProxyHandler(cfg, up)
-				if err != nil {
-					_ = view.Close()
-					return nil, usageError{err}
-				}
-				sh = shared{proxy: ph, gated: s.gate.wrap(ph)}
-				byUpstream[pl.Upstream] = sh
+			// A handler of its own, not one shared by the listeners of an
+			// upstream: the retirement of this server waits for and cuts
+			// the handler's upgraded sessions, which must be this
+			// server's only, not those of another listener's live server.
+			ph, err := s.newProxyHandler(cfg, up)
+			if err != nil {
+				_ = view.Close()
+				return nil, usageError{err}
 			}
-			p.handler = sh.proxy
+			p.handler = ph
 			var tlsCfg *tls.Config
 			if pl.TLS != nil {
 				p.keys, err = proxy.NewKeyPair(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
@@ -415,9 +408,9 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			}
 			var fastPath *proxy.Handler
 			if !cfg.Server.NetHTTPOnly {
-				fastPath = sh.proxy
+				fastPath = ph
 			}
-			p.srv = proxy.NewServer(view, sh.gated, s.tracker, proxy.ServerOptions{
+			p.srv = proxy.NewServer(view, s.gate.wrap(ph), s.tracker, proxy.ServerOptions{
 				TLS:               tlsCfg,
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
