@@ -197,6 +197,10 @@ func (s *TCPServer) Shutdown(ctx context.Context) error {
 	}
 }
 
+// StopAccepting closes the listener; the sessions go on until Shutdown or
+// Close, and Serve returns nil.
+func (s *TCPServer) StopAccepting() { _ = s.ln.Close() }
+
 // Close stops accepting, cuts every session and waits for them to unwind.
 func (s *TCPServer) Close() error {
 	err := s.ln.Close()

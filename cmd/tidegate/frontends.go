@@ -24,6 +24,9 @@ type publicServer interface {
 	EndDrain()
 	Shutdown(ctx context.Context) error
 	Close() error
+	// StopAccepting closes the listener only: the connections are served
+	// on until Shutdown or Close.
+	StopAccepting()
 }
 
 // listenerPlan is everything a public listener's server and handler are
@@ -114,10 +117,13 @@ func (f *frontends) start(p *publicListener) {
 }
 
 // replace makes next the live set: servers of next not live yet start,
-// live servers not in next retire. Each retiring server drains: after
-// delay when its socket goes away with it (a moved or removed listener, so
-// that clients racing the change are still answered), at once when a new
-// server has taken its socket over; it is cut after timeout.
+// live servers not in next retire. Each retiring server drains for delay
+// before it shuts down, and is cut after timeout. When its socket goes
+// away with it (a moved or removed listener) it keeps accepting meanwhile,
+// so that clients racing the change are still answered; when a new server
+// has taken its socket over, it stops accepting at once but keeps serving
+// its connections, so that each keep-alive client's next request gets an
+// answer with Connection: close rather than a closed connection.
 //
 // Once Shutdown or Close has begun (a drain that started while the reload
 // was being prepared), replace refuses: it closes the servers of next that
@@ -158,25 +164,23 @@ func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration
 			continue
 		}
 		kept := slices.ContainsFunc(next, func(n *publicListener) bool { return n.sock == p.sock })
-		d := delay
-		if kept {
-			d = 0
-		}
-		f.retire(p, d, timeout)
+		f.retire(p, kept, delay, timeout)
 	}
 	return nil
 }
 
-// retire drains p on its own: Connection: close and GOAWAY at once, keep
-// accepting for delay, then stop accepting and wait for what it serves
-// until timeout (counted from now), then cut it.
-func (f *frontends) retire(p *publicListener, delay, timeout time.Duration) {
+// retire drains p on its own: Connection: close and GOAWAY at once; for
+// delay keep accepting (or, when taken over is set, only serving the
+// connections it has); then shut down, waiting for what it serves until
+// timeout (counted from now), then cut it.
+func (f *frontends) retire(p *publicListener, takenOver bool, delay, timeout time.Duration) {
 	f.mu.Lock()
 	f.retiring[p] = time.Now()
 	shut := f.shut
 	f.mu.Unlock()
 	log := f.log.With(zap.String("listener", p.spec.Name), zap.String("address", p.spec.Address))
-	log.Info("retiring the listener's old server", zap.String("phase", "retiring"), zap.Duration("delay", delay), zap.Duration("timeout", timeout))
+	log.Info("retiring the listener's old server", zap.String("phase", "retiring"), zap.Duration("delay", delay), zap.Duration("timeout", timeout),
+		zap.Bool("taken_over", takenOver))
 	f.wg.Go(func() {
 		defer func() {
 			f.mu.Lock()
@@ -185,6 +189,9 @@ func (f *frontends) retire(p *publicListener, delay, timeout time.Duration) {
 		}()
 		start := time.Now()
 		p.srv.BeginDrain()
+		if takenOver {
+			p.srv.StopAccepting() // the socket's connections are the new server's now
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		if delay > 0 {

@@ -33,7 +33,8 @@ import (
 //     files, access log on or off, ...) are unchanged keeps its server and
 //     connections; a changed one gets a new server on the same socket, so no
 //     connection waiting to be accepted is lost, and the old server drains
-//     (Connection: close, GOAWAY) until drain.timeout; a new address is bound
+//     (it stops accepting, answers with Connection: close or GOAWAY for
+//     drain.delay, then shuts down) until drain.timeout; a new address is bound
 //     before anything changes, and the old address drains like a drain
 //     (accepting for drain.delay, then closing);
 //   - the settings in frozenKeys cannot change while tidegate runs: a file
