@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -267,3 +270,122 @@ func TestHostileServerOnAClosedSocket(t *testing.T) {
 		t.Fatalf("Serve on a closed socket: %v, want nil", serveErr)
 	}
 }
+
+// TestHostileStopAcceptingServesTheConnectionsItHas: a server replaced on
+// its socket by a reload stops accepting at once, but its keep-alive
+// connection still gets an answer to its next request, a POST that the
+// fast path hands to net/http included, with Connection: close after
+// BeginDrain. New connections go to the socket's other view, and Serve
+// returns nil (by Shutdown at the latest).
+func TestHostileStopAcceptingServesTheConnectionsItHas(t *testing.T) {
+	app := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "app")
+	}))
+	for _, fast := range []bool{true, false} {
+		t.Run(fmt.Sprintf("fast path %v", fast), func(t *testing.T) {
+			up, err := ParseUpstream(app)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := NewTracker(TrackerOptions{})
+			h, err := NewHandler(Options{Upstream: up, Tracker: tr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.CloseIdleConnections()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sock := NewSocket(ln)
+			view, err := sock.View()
+			if err != nil {
+				t.Fatal(err)
+			}
+			so := ServerOptions{}
+			if fast {
+				so.FastPath = h
+			}
+			srv := NewServer(view, h, tr, so)
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve() }()
+			defer func() { _ = srv.Close() }()
+
+			c, err := net.Dial("tcp", sock.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			br := bufioReader(c)
+			ask := func(req string) *http.Response {
+				t.Helper()
+				if _, err := io.WriteString(c, req); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("the connection the old server had: %v", err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp
+			}
+			if resp := ask("GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 || resp.Close {
+				t.Fatalf("before: %d close=%v", resp.StatusCode, resp.Close)
+			}
+
+			next, err := sock.View() // the new server's
+			if err != nil {
+				t.Fatal(err)
+			}
+			var byNext atomic.Int64
+			nextDone := make(chan error, 1)
+			go func() { nextDone <- serveEcho(next, "n", &byNext) }()
+			defer func() { _ = next.Close(); <-nextDone }()
+			srv.BeginDrain()
+			srv.StopAccepting()
+			resp := ask("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+			if resp.StatusCode != 200 || !resp.Close {
+				t.Fatalf("the next request on the kept connection: %d close=%v, want 200 with Connection: close", resp.StatusCode, resp.Close)
+			}
+			nc, err := net.DialTimeout("tcp", sock.Addr().String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(nc)
+			_ = nc.Close()
+			if string(b) != "n" {
+				t.Fatalf("a new connection after StopAccepting got %q, want the new view's answer", b)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			var serveErr error
+			wait.For(t, "Serve returned", func() bool {
+				select {
+				case serveErr = <-served:
+					return true
+				default:
+					return false
+				}
+			})
+			if serveErr != nil {
+				t.Fatalf("Serve after StopAccepting: %v, want nil", serveErr)
+			}
+		})
+	}
+}
+
+func httptestServer(t *testing.T, h http.Handler) string {
+	t.Helper()
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return s.Listener.Addr().String()
+}
+
+func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -348,4 +350,85 @@ func TestHostileReloadStorm(t *testing.T) {
 		return g <= goroutines+8 && f <= fds+4,
 			fmt.Sprintf("goroutines %d (%d before), open files %d (%d before)", g, goroutines, f, fds)
 	})
+}
+
+// TestHostileReloadUnderPostLoad: keep-alive clients POST without pause
+// while 10 reloads move the upstream. The old server, whose socket the new
+// one takes over, must answer each connection's next request (with
+// Connection: close) rather than close the connection under a request
+// already on the wire: a POST is not retried by clients (nor by nginx or
+// HAProxy in front), so each such close is a failed request. Before the
+// fix about two POSTs failed per reload (EOF, connection reset).
+func TestHostileReloadUnderPostLoad(t *testing.T) {
+	for _, tc := range []struct{ name, extra string }{
+		{"fast path", ""},
+		{"net/http only", "server: {net_http_only: true}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := namedApp(t, "a", nil), namedApp(t, "b", nil)
+			file := filepath.Join(t.TempDir(), "tidegate.yaml")
+			conf := func(i int) string {
+				up := []string{a.Listener.Addr().String(), b.Listener.Addr().String()}[i%2]
+				return "listen: 127.0.0.1:0\nhealth_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: " + up +
+					"\ndrain: {delay: 500ms, timeout: 2s}\n" + tc.extra
+			}
+			writeConfig(t, file, conf(0))
+			sc, sig, _ := startWith(t, "--config", file)
+			public := "http://" + sc.publicAddr() + "/"
+
+			stop := make(chan struct{})
+			var ok, failed atomic.Int64
+			var mu sync.Mutex
+			var errs []string
+			var wg sync.WaitGroup
+			deadline := time.Now().Add(30 * time.Second)
+			for range 8 {
+				wg.Go(func() {
+					c := &http.Client{Timeout: 10 * time.Second}
+					defer c.CloseIdleConnections()
+					for time.Now().Before(deadline) {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						resp, err := c.Post(public, "text/plain", strings.NewReader("hello"))
+						if err == nil {
+							_, err = io.Copy(io.Discard, resp.Body)
+							resp.Body.Close()
+							if err == nil && resp.StatusCode != 200 {
+								err = fmt.Errorf("status %d", resp.StatusCode)
+							}
+						}
+						if err == nil {
+							ok.Add(1)
+							continue
+						}
+						failed.Add(1)
+						mu.Lock()
+						if len(errs) < 5 {
+							errs = append(errs, err.Error())
+						}
+						mu.Unlock()
+					}
+				})
+			}
+			const reloads = 10
+			for i := 1; i <= reloads; i++ {
+				n := ok.Load()
+				wait.For(t, "50 more answers", func() bool { return ok.Load() >= n+50 })
+				writeConfig(t, file, conf(i))
+				sig <- syscall.SIGHUP
+				wait.For(t, fmt.Sprintf("config version %d", i+1), func() bool { return sc.version.Load() == int64(i+1) })
+			}
+			n := ok.Load()
+			wait.For(t, "50 more answers", func() bool { return ok.Load() >= n+50 })
+			close(stop)
+			wg.Wait()
+			if f := failed.Load(); f > 0 {
+				t.Fatalf("%d of %d POSTs failed across %d reloads; first: %v", f, f+ok.Load(), reloads, errs)
+			}
+			waitRetired(t, sc)
+		})
+	}
 }
