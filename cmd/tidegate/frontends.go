@@ -181,6 +181,11 @@ func (f *frontends) retire(p *publicListener, takenOver bool, delay, timeout tim
 	log := f.log.With(zap.String("listener", p.spec.Name), zap.String("address", p.spec.Address))
 	log.Info("retiring the listener's old server", zap.String("phase", "retiring"), zap.Duration("delay", delay), zap.Duration("timeout", timeout),
 		zap.Bool("taken_over", takenOver))
+	if takenOver {
+		// Before the reload returns: a connection accepted from now on is
+		// the new server's, under the new config.
+		p.srv.StopAccepting()
+	}
 	f.wg.Go(func() {
 		defer func() {
 			f.mu.Lock()
@@ -189,9 +194,6 @@ func (f *frontends) retire(p *publicListener, takenOver bool, delay, timeout tim
 		}()
 		start := time.Now()
 		p.srv.BeginDrain()
-		if takenOver {
-			p.srv.StopAccepting() // the socket's connections are the new server's now
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		if delay > 0 {
