@@ -432,3 +432,105 @@ func TestHostileReloadUnderPostLoad(t *testing.T) {
 		})
 	}
 }
+
+// TestHostileReloadTakesOverARemovedListenersAddress: listener a moves to
+// the address of listener b, which the same reload removes. a's new server
+// takes b's socket over (no connection refused on that port in between),
+// a's old port closes after drain.delay, and nothing of b answers anymore.
+func TestHostileReloadTakesOverARemovedListenersAddress(t *testing.T) {
+	appA, appB := namedApp(t, "a", nil), namedApp(t, "b", nil)
+	file := filepath.Join(t.TempDir(), "tidegate.yaml")
+	p1, p2 := freePort(t), freePort(t)
+	base := "health_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: " + appA.Listener.Addr().String() +
+		"\ndrain: {delay: 200ms, timeout: 1s}\nlisteners:\n"
+	writeConfig(t, file, base+"  - {name: a, address: \""+p1+"\"}\n  - {name: b, address: \""+p2+"\", upstream: \""+appB.Listener.Addr().String()+"\"}\n")
+	sc, sig, _ := startWith(t, "--config", file)
+	sockB := sc.front.list()[1].sock
+
+	ld := startLoad("http://"+p2+"/", 2)
+	wait.For(t, "load on b", func() bool { return ld.saw("b") })
+	writeConfig(t, file, base+"  - {name: a, address: \""+p2+"\"}\n")
+	sig <- syscall.SIGHUP
+	wait.For(t, "config version 2", func() bool { return sc.version.Load() == 2 })
+	wait.For(t, "load on a at b's old address", func() bool { return ld.saw("a") })
+	ld.end(t)
+	if live := sc.front.list(); len(live) != 1 || live[0].sock != sockB {
+		t.Fatal("listener a did not take over the socket of b's address")
+	}
+	waitRetired(t, sc)
+	for range 10 {
+		if code, body := oneShotBody("http://" + p2 + "/"); code != "200" || body != "a" {
+			t.Fatalf("%s after the reload: %s %q, want 200 a", p2, code, body)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", p1, time.Second); err == nil {
+		_ = c.Close()
+		t.Fatalf("a's old address %s still accepts after its retirement", p1)
+	}
+}
+
+// TestHostileReloadTurnsATCPListenerIntoHTTP: a tcp listener becomes an
+// http one on the same address. New connections speak HTTP at once; the
+// TCP session open across the reload goes on until drain.timeout, then is
+// cut.
+func TestHostileReloadTurnsATCPListenerIntoHTTP(t *testing.T) {
+	app := namedApp(t, "a", nil)
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	file := filepath.Join(t.TempDir(), "tidegate.yaml")
+	port := freePort(t)
+	base := "health_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndrain: {delay: 100ms, timeout: 700ms}\n"
+	writeConfig(t, file, base+"upstream: "+echo.Addr().String()+"\nlisteners:\n  - {name: web, address: \""+port+"\", protocol: tcp}\n")
+	sc, sig, _ := startWith(t, "--config", file)
+
+	session, err := net.Dial("tcp", port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	_ = session.SetDeadline(time.Now().Add(10 * time.Second))
+	say := func(s string) error {
+		if _, err := io.WriteString(session, s); err != nil {
+			return err
+		}
+		b := make([]byte, len(s))
+		if _, err := io.ReadFull(session, b); err != nil {
+			return err
+		}
+		if string(b) != s {
+			return fmt.Errorf("echo %q, want %q", b, s)
+		}
+		return nil
+	}
+	if err := say("before"); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, file, base+"upstream: "+app.Listener.Addr().String()+"\nlisteners:\n  - {name: web, address: \""+port+"\", protocol: http}\n")
+	sig <- syscall.SIGHUP
+	wait.For(t, "config version 2", func() bool { return sc.version.Load() == 2 })
+	if code, body := oneShotBody("http://" + port + "/"); code != "200" || body != "a" {
+		t.Fatalf("HTTP on the address after the reload: %s %q", code, body)
+	}
+	if err := say("across"); err != nil {
+		t.Fatalf("the TCP session open across the reload ended before drain.timeout: %v", err)
+	}
+	waitRetired(t, sc)
+	wait.Until(t, 5*time.Second, "the TCP session cut at drain.timeout", func() (bool, string) {
+		if err := say("after"); err != nil {
+			return true, ""
+		}
+		return false, "still open"
+	})
+}
