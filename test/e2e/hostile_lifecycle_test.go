@@ -205,3 +205,94 @@ func TestHostileDrainRacingReloads(t *testing.T) {
 		})
 	}
 }
+
+// TestHostileRestartGateUnderConcurrentLoad: a crashing child restarted
+// again and again, under 8 clients at once. Between the moment the new run
+// counts as alive and the moment its probes are reset, the probes still
+// hold the last run's "ready": a request that lands then must not open the
+// gate for the whole restart (every request after it would reach an app
+// that does not listen yet, and fail).
+func TestHostileRestartGateUnderConcurrentLoad(t *testing.T) {
+	t.Parallel()
+	app := hostPort(freePort(t))
+	// A readiness probe as Kubernetes' defaults have it (3 failures to
+	// fail), every 500ms: when the app dies, its verdict is still "ready"
+	// for a while, past the 100ms backoff.
+	tg := start(t, "--upstream", app, "--hold-until-ready", "10s",
+		"--readiness", "tcp://"+app, "--probe-period", "500ms",
+		"--app-restart", "always", "--app-restart-backoff", "100ms", "--app-restart-limit", "50",
+		"--", fakeappBinary, "--listen", app, "--listen-delay", "300ms", "--crash-after", "700ms")
+
+	type answer struct {
+		at   time.Time
+		code int
+		body string
+	}
+	var mu sync.Mutex
+	var answers []answer
+	deadline := time.Now().Add(6 * time.Second) // about 5 crashes and restarts
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			c := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 15 * time.Second}
+			defer c.CloseIdleConnections()
+			for i := 0; i < 100000 && time.Now().Before(deadline); i++ {
+				code, body, err := statusCode(c, tg.URL("/"))
+				if err != nil {
+					code, body = 0, err.Error()
+				}
+				mu.Lock()
+				answers = append(answers, answer{time.Now(), code, body})
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	var exits []time.Time
+	restarts := 0
+	for _, m := range tg.stdout.jsonLines() {
+		switch m["msg"] {
+		case "app restarted; gating requests until it is ready again":
+			restarts++
+		case "app exited on its own":
+			if ts, err := time.Parse(time.RFC3339Nano, m["ts"].(string)); err == nil {
+				exits = append(exits, ts)
+			}
+		}
+	}
+	if restarts < 2 {
+		t.Fatalf("%d restarts in 6s, want several:\n%s", restarts, tail(tg.stdout.String(), 30))
+	}
+	// A request in flight as the app dies may fail (see
+	// TestRestartedChildGetsNoTrafficBeforeItListens); any other failure
+	// reached an app that was not listening.
+	nearExit := func(at time.Time) bool {
+		for _, ex := range exits {
+			if at.After(ex.Add(-300*time.Millisecond)) && at.Before(ex.Add(100*time.Millisecond)) {
+				return true
+			}
+		}
+		return false
+	}
+	failed := 0
+	var first []string
+	for _, a := range answers {
+		if a.code == 200 || nearExit(a.at) {
+			continue
+		}
+		failed++
+		if len(first) < 3 {
+			since := time.Duration(-1)
+			for _, ex := range exits {
+				if a.at.After(ex) {
+					since = a.at.Sub(ex)
+				}
+			}
+			first = append(first, fmt.Sprintf("%s (%s after an exit): %d %s", a.at.Format("15:04:05.000"), since.Round(time.Millisecond),
+				a.code, strings.TrimSpace(a.body)))
+		}
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d requests failed across %d restarts, away from the crashes: %v", failed, len(answers), restarts, first)
+	}
+}
