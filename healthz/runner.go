@@ -42,7 +42,7 @@ type runner struct {
 	// passed; readiness and liveness probes do not run before.
 	gate    <-chan struct{}
 	changed func() // called after every transition
-	cancel  func() // ends run; set by the Set when it starts the runner
+	cancel  func() // ends run; set by the Set, under its lock, when it starts the runner
 
 	mu     sync.Mutex
 	st     Status
@@ -227,13 +227,6 @@ func (r *runner) inherit(old *runner) {
 	r.m.up.WithLabelValues(r.spec.Name, string(r.spec.Kind)).Set(b2f(st.Healthy))
 }
 
-// stop ends the probe's loop (Set.Update, Set.Reset); a no-op before Run.
-func (r *runner) stop() {
-	if r.cancel != nil {
-		r.cancel()
-	}
-}
-
 func isClosed(c chan struct{}) bool {
 	select {
 	case <-c:
@@ -281,6 +274,13 @@ func newProbeMetrics(reg prometheus.Registerer) (*probeMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// forgetKind drops the series of a probe's old kind, when a reload keeps
+// its name for a probe of another kind.
+func (m *probeMetrics) forgetKind(s Spec) {
+	m.up.DeleteLabelValues(s.Name, string(s.Kind))
+	m.transitions.DeleteLabelValues(s.Name, string(s.Kind))
 }
 
 // forget drops a removed probe's series.

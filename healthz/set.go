@@ -32,6 +32,12 @@ type Set struct {
 	o SetOptions
 	m *probeMetrics
 
+	// replacing serializes Update and Reset, each from reading the
+	// runners to installing the new ones: an app restart (Reset) racing a
+	// reload (Update) must not have its fresh runners swapped back for the
+	// old ones.
+	replacing sync.Mutex
+
 	mu         sync.Mutex
 	runners    []*runner
 	startup    map[string]*runner // container → its startup probe
@@ -150,6 +156,8 @@ func (s *Set) build(specs []Spec, keep []*runner, carry bool) ([]*runner, map[st
 // never fails readiness by itself, and never re-runs a startup probe. A new
 // probe starts from Kubernetes' initial state.
 func (s *Set) Update(specs []Spec) error {
+	s.replacing.Lock()
+	defer s.replacing.Unlock()
 	s.mu.Lock()
 	old := s.runners
 	s.mu.Unlock()
@@ -164,6 +172,8 @@ func (s *Set) Update(specs []Spec) error {
 // Reset starts every probe afresh, as the kubelet does when a container
 // restarts: the startup probe runs again, readiness fails until it passes.
 func (s *Set) Reset() {
+	s.replacing.Lock()
+	defer s.replacing.Unlock()
 	s.mu.Lock()
 	specs := make([]Spec, 0, len(s.runners))
 	for _, r := range s.runners {
@@ -188,13 +198,25 @@ func (s *Set) swap(runners []*runner, startup map[string]*runner, containers []s
 			s.startLocked(r)
 		}
 	}
-	s.mu.Unlock()
+	var stops []func()
 	for _, r := range old {
-		if !slices.Contains(runners, r) {
-			r.stop()
-			if !slices.ContainsFunc(runners, func(n *runner) bool { return n.spec.Name == r.spec.Name }) {
-				s.m.forget(r.spec)
-			}
+		if !slices.Contains(runners, r) && r.cancel != nil { // set under s.mu by startLocked
+			stops = append(stops, r.cancel)
+		}
+	}
+	s.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
+	for _, r := range old {
+		if slices.Contains(runners, r) {
+			continue
+		}
+		switch {
+		case !slices.ContainsFunc(runners, func(n *runner) bool { return n.spec.Name == r.spec.Name }):
+			s.m.forget(r.spec)
+		case !slices.ContainsFunc(runners, func(n *runner) bool { return n.spec.Name == r.spec.Name && n.spec.Kind == r.spec.Kind }):
+			s.m.forgetKind(r.spec) // the name lives on as another kind
 		}
 	}
 	s.notify()

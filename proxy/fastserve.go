@@ -44,6 +44,11 @@ func (s *Server) serveWithFastPath() error {
 		delay = 0
 		go s.serveFastConn(nc.(*trackedConn))
 	}
+	if s.acceptStopped.Load() {
+		// The connections are still served: net/http keeps taking the
+		// ones the fast path hands over until Shutdown or Close.
+		<-s.stopped
+	}
 	s.handoff.Close()
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)

@@ -106,6 +106,7 @@ type Server struct {
 	readHeaderTimeout time.Duration
 	idleTimeout       time.Duration
 	closing           atomic.Bool   // Shutdown or Close began
+	acceptStopped     atomic.Bool   // StopAccepting: the listener is closed, the connections are served on
 	stopped           chan struct{} // closed by Close and Shutdown
 	stopOnce          sync.Once
 	fastConns         map[*trackedConn]*fastConn // touched once per connection
@@ -468,10 +469,24 @@ func (s *Server) Serve() error {
 	if s.tls != nil {
 		ln = tls.NewListener(s.ln, s.tls)
 	}
-	if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+	if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !s.acceptStopped.Load() {
 		return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)
 	}
 	return nil
+}
+
+// StopAccepting closes the listener and nothing else: the server accepts
+// no new connection but keeps serving the ones it has, keep-alive ones
+// included, until Shutdown or Close. Serve returns nil: at once, or with
+// the fast path once Shutdown or Close begins (net/http serves the
+// connections the fast path hands over until then). A config reload
+// calls it on the server it replaces on the same socket: after BeginDrain,
+// each keep-alive client's next request is answered (with Connection:
+// close) instead of racing the close of its idle connection, which a
+// request already on the wire would not survive.
+func (s *Server) StopAccepting() {
+	s.acceptStopped.Store(true)
+	_ = s.ln.Close()
 }
 
 // BeginDrain tells clients to move. HTTP/2 connections get the first
@@ -628,15 +643,18 @@ func (s *Server) closeStaleFresh() {
 	}
 }
 
-// Close closes the listener and every connection at once.
+// Close closes the listener and every connection at once. It closes the
+// listener even if Serve never ran (net/http closes only the listeners it
+// serves): a server built on a Socket's view and dropped unserved, by a
+// refused reload, must give the view back or the socket never closes.
 func (s *Server) Close() error {
 	s.stop()
 	for _, c := range s.ownH2Conns() {
 		c.closeNow()
 	}
 	err := s.srv.Close()
+	_ = s.ln.Close()
 	if s.fast != nil {
-		_ = s.ln.Close()
 		s.closeAllFast()
 	}
 	return err

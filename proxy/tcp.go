@@ -44,10 +44,11 @@ type TCPServer struct {
 	metrics *Metrics
 	dialer  net.Dialer
 
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{} // client and app sides of live sessions
-	closed bool
-	wg     sync.WaitGroup // sessions
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{} // client and app sides of live sessions
+	closed   bool
+	shutting bool           // Shutdown began: no new session (wg.Add must happen before its Wait)
+	wg       sync.WaitGroup // sessions; added under mu
 }
 
 // NewTCPServer returns a TCPServer that will proxy connections accepted on
@@ -93,13 +94,30 @@ func (s *TCPServer) Serve() error {
 			return fmt.Errorf("serve %s: %w", s.ln.Addr(), err)
 		}
 		backoff = 0
-		if !s.track(c) {
+		if !s.trackSession(c) {
 			_ = c.Close()
 			s.ln.limit.closed()
 			continue
 		}
-		s.wg.Go(func() { s.session(c) })
+		go func() {
+			defer s.wg.Done()
+			s.session(c)
+		}()
 	}
+}
+
+// trackSession registers a new session's client conn and counts the
+// session in wg, under the lock that Shutdown and Close take before they
+// wait for wg; false once either has begun.
+func (s *TCPServer) trackSession(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.shutting {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
 }
 
 // track registers a live conn; false once the server is closed.
@@ -187,6 +205,9 @@ func (s *TCPServer) EndDrain() {}
 // ends; then it returns ctx's error and the sessions stay open until Close.
 func (s *TCPServer) Shutdown(ctx context.Context) error {
 	_ = s.ln.Close()
+	s.mu.Lock()
+	s.shutting = true
+	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
@@ -196,6 +217,10 @@ func (s *TCPServer) Shutdown(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// StopAccepting closes the listener; the sessions go on until Shutdown or
+// Close, and Serve returns nil.
+func (s *TCPServer) StopAccepting() { _ = s.ln.Close() }
 
 // Close stops accepting, cuts every session and waits for them to unwind.
 func (s *TCPServer) Close() error {

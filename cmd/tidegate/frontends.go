@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -25,6 +24,9 @@ type publicServer interface {
 	EndDrain()
 	Shutdown(ctx context.Context) error
 	Close() error
+	// StopAccepting closes the listener only: the connections are served
+	// on until Shutdown or Close.
+	StopAccepting()
 }
 
 // listenerPlan is everything a public listener's server and handler are
@@ -94,10 +96,15 @@ func (f *frontends) list() []*publicListener {
 // errs (the sidecar then drains).
 func (f *frontends) serve(p *publicListener) {
 	f.mu.Lock()
-	if f.draining {
+	if f.draining { // under the lock: an EndDrain cannot slip in between
 		p.srv.BeginDrain()
 	}
 	f.mu.Unlock()
+	f.start(p)
+}
+
+// start runs p's Serve.
+func (f *frontends) start(p *publicListener) {
 	f.wg.Go(func() {
 		if err := p.srv.Serve(); err != nil {
 			f.log.Error("listener failed", zap.String("listener", p.spec.Name), zap.String("reason", "listener_error"), zap.Error(err))
@@ -110,43 +117,75 @@ func (f *frontends) serve(p *publicListener) {
 }
 
 // replace makes next the live set: servers of next not live yet start,
-// live servers not in next retire. Each retiring server drains: after
-// delay when its socket goes away with it (a moved or removed listener, so
-// that clients racing the change are still answered), at once when a new
-// server has taken its socket over; it is cut after timeout.
-func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration) {
+// live servers not in next retire. Each retiring server drains for delay
+// before it shuts down, and is cut after timeout. When its socket goes
+// away with it (a moved or removed listener) it keeps accepting meanwhile,
+// so that clients racing the change are still answered; when a new server
+// has taken its socket over, it stops accepting at once but keeps serving
+// its connections, so that each keep-alive client's next request gets an
+// answer with Connection: close rather than a closed connection.
+//
+// Once Shutdown or Close has begun (a drain that started while the reload
+// was being prepared), replace refuses: it closes the servers of next that
+// are not live and changes nothing, since the drain would never stop a
+// server started after its Shutdown.
+func (f *frontends) replace(next []*publicListener, delay, timeout time.Duration) error {
 	f.mu.Lock()
 	old := f.live
+	select {
+	case <-f.shut:
+		f.mu.Unlock()
+		for _, p := range next {
+			if !slices.Contains(old, p) {
+				_ = p.srv.Close()
+			}
+		}
+		return errors.New("the listeners are shutting down: a drain began during the reload")
+	default:
+	}
 	f.live = next
-	f.mu.Unlock()
+	var added []*publicListener
 	for _, p := range next {
 		if !slices.Contains(old, p) {
-			f.serve(p)
+			if f.draining {
+				p.srv.BeginDrain()
+			}
+			added = append(added, p)
 		}
+	}
+	f.mu.Unlock()
+	// A Shutdown from here on sees the added servers in live: a Serve that
+	// starts after their Shutdown returns at once.
+	for _, p := range added {
+		f.start(p)
 	}
 	for _, p := range old {
 		if slices.Contains(next, p) {
 			continue
 		}
 		kept := slices.ContainsFunc(next, func(n *publicListener) bool { return n.sock == p.sock })
-		d := delay
-		if kept {
-			d = 0
-		}
-		f.retire(p, d, timeout)
+		f.retire(p, kept, delay, timeout)
 	}
+	return nil
 }
 
-// retire drains p on its own: Connection: close and GOAWAY at once, keep
-// accepting for delay, then stop accepting and wait for what it serves
-// until timeout (counted from now), then cut it.
-func (f *frontends) retire(p *publicListener, delay, timeout time.Duration) {
+// retire drains p on its own: Connection: close and GOAWAY at once; for
+// delay keep accepting (or, when taken over is set, only serving the
+// connections it has); then shut down, waiting for what it serves until
+// timeout (counted from now), then cut it.
+func (f *frontends) retire(p *publicListener, takenOver bool, delay, timeout time.Duration) {
 	f.mu.Lock()
 	f.retiring[p] = time.Now()
 	shut := f.shut
 	f.mu.Unlock()
 	log := f.log.With(zap.String("listener", p.spec.Name), zap.String("address", p.spec.Address))
-	log.Info("retiring the listener's old server", zap.String("phase", "retiring"), zap.Duration("delay", delay), zap.Duration("timeout", timeout))
+	log.Info("retiring the listener's old server", zap.String("phase", "retiring"), zap.Duration("delay", delay), zap.Duration("timeout", timeout),
+		zap.Bool("taken_over", takenOver))
+	if takenOver {
+		// Before the reload returns: a connection accepted from now on is
+		// the new server's, under the new config.
+		p.srv.StopAccepting()
+	}
 	f.wg.Go(func() {
 		defer func() {
 			f.mu.Lock()
@@ -303,11 +342,17 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			}
 		}
 	}()
-	type shared struct {
-		proxy *proxy.Handler
-		gated http.Handler
+	// A socket serves one listener: the kept listeners' sockets are taken,
+	// and a changed listener takes over the socket of a listener with its
+	// address. An address with port 0 names no socket (each bind gets its
+	// own port): there only the listener's own socket, by name, is reused.
+	taken := map[*proxy.Socket]bool{}
+	for _, pl := range l.listeners {
+		plan := planFor(pl, &l.cfg)
+		if i := slices.IndexFunc(keep, func(p *publicListener) bool { return p.plan == plan }); i >= 0 {
+			taken[keep[i].sock] = true
+		}
 	}
-	byUpstream := map[string]shared{} // one handler per upstream among the servers made now
 	for _, pl := range l.listeners {
 		plan := planFor(pl, &l.cfg)
 		i := slices.IndexFunc(keep, func(p *publicListener) bool { return p.plan == plan })
@@ -322,8 +367,11 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 		}
 		var sock *proxy.Socket
 		var limit *proxy.ConnLimit
-		if j := slices.IndexFunc(keep, func(p *publicListener) bool { return p.spec.Address == pl.Address }); j >= 0 {
+		if j := slices.IndexFunc(keep, func(p *publicListener) bool {
+			return !taken[p.sock] && p.spec.Address == pl.Address && (p.spec.Name == pl.Name || !anyPort(pl.Address))
+		}); j >= 0 {
 			sock, limit = keep[j].sock, keep[j].limit
+			taken[sock] = true
 		} else {
 			ln, err := proxy.Listen(pl.Address)
 			if err != nil {
@@ -348,17 +396,16 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			p.srv = proxy.NewTCPServer(view, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
 				Logger: s.log.Named("tcp"), Metrics: s.metrics, ConnLimit: limit})
 		} else {
-			sh, ok := byUpstream[pl.Upstream]
-			if !ok {
-				ph, err := s.newProxyHandler(cfg, up)
-				if err != nil {
-					_ = view.Close()
-					return nil, usageError{err}
-				}
-				sh = shared{proxy: ph, gated: s.gate.wrap(ph)}
-				byUpstream[pl.Upstream] = sh
+			// A handler of its own, not one shared by the listeners of an
+			// upstream: the retirement of this server waits for and cuts
+			// the handler's upgraded sessions, which must be this
+			// server's only, not those of another listener's live server.
+			ph, err := s.newProxyHandler(cfg, up)
+			if err != nil {
+				_ = view.Close()
+				return nil, usageError{err}
 			}
-			p.handler = sh.proxy
+			p.handler = ph
 			var tlsCfg *tls.Config
 			if pl.TLS != nil {
 				p.keys, err = proxy.NewKeyPair(proxy.TLSOptions{CertFile: pl.TLS.Cert, KeyFile: pl.TLS.Key, Logger: s.log.Named("tls")})
@@ -370,9 +417,9 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 			}
 			var fastPath *proxy.Handler
 			if !cfg.Server.NetHTTPOnly {
-				fastPath = sh.proxy
+				fastPath = ph
 			}
-			p.srv = proxy.NewServer(view, sh.gated, s.tracker, proxy.ServerOptions{
+			p.srv = proxy.NewServer(view, s.gate.wrap(ph), s.tracker, proxy.ServerOptions{
 				TLS:               tlsCfg,
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
@@ -390,4 +437,10 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 		s.metrics.WatchConnLimit(p.spec.Name, p.limit)
 	}
 	return next, nil
+}
+
+// anyPort reports whether a listen address asks for any free port (port 0).
+func anyPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && (port == "0" || port == "")
 }

@@ -33,7 +33,8 @@ import (
 //     files, access log on or off, ...) are unchanged keeps its server and
 //     connections; a changed one gets a new server on the same socket, so no
 //     connection waiting to be accepted is lost, and the old server drains
-//     (Connection: close, GOAWAY) until drain.timeout; a new address is bound
+//     (it stops accepting, answers with Connection: close or GOAWAY for
+//     drain.delay, then shuts down) until drain.timeout; a new address is bound
 //     before anything changes, and the old address drains like a drain
 //     (accepting for drain.delay, then closing);
 //   - the settings in frozenKeys cannot change while tidegate runs: a file
@@ -195,9 +196,15 @@ func (s *sidecar) applyReload() ([]string, error) {
 		}
 		return nil, err
 	}
+	c := &l.cfg
+	// The phase check above may be stale by now: a drain that began since
+	// has shut the listeners down, and replace refuses (the probes were
+	// updated, which the drain does not mind).
+	if err := s.front.replace(next, c.Drain.Delay, c.Drain.Timeout); err != nil {
+		return nil, err
+	}
 
 	// Nothing below fails.
-	c := &l.cfg
 	_ = s.drainer.SetTiming(drain.Timing{Delay: c.Drain.Delay, Quiet: c.Drain.Quiet, Timeout: c.Drain.Timeout, AppStopTimeout: c.App.StopTimeout}) // validated by loadConfig
 	s.logs.level.SetLevel(level)
 	if err := access.open(reopen); err != nil {
@@ -213,7 +220,6 @@ func (s *sidecar) applyReload() ([]string, error) {
 	}
 	s.conf.Store(l)
 	s.health.set(s.healthHandler())
-	s.front.replace(next, c.Drain.Delay, c.Drain.Timeout)
 	s.version.Add(1)
 	return changed, nil
 }

@@ -406,6 +406,13 @@ func (s *sidecar) startApp(ctx context.Context) error {
 		OnStart:    s.appStarted,
 		OnRestarting: func(drain.AppExit) {
 			s.restarting.Store(true) // the gate holds or refuses until the next run is ready
+			// The last run's verdicts go now, not at the next start: the
+			// next run counts as alive a moment before OnStart, and a
+			// request then would find it "ready" and open the gate.
+			s.probes.Reset()
+			// Pooled connections to the dead run are dead too: the first
+			// requests through the reopened gate would take them and fail.
+			s.front.closeIdle()
 		},
 		OnExit: func(ex drain.AppExit) { s.appGone <- ex },
 	})
