@@ -23,9 +23,12 @@ import (
 //
 // Bound: slots taken ≤ Max, where a slot is held by each connection from
 // accept to its first Close, and by each accept loop from just before it
-// calls accept(2) until that call returns. So the connections open on the
-// socket never exceed Max. The wait for a slot ends when a connection of
-// the socket closes or when the waiting server's listener is closed.
+// calls accept(2) until that call returns. So the connections a server
+// holds never exceed Max. Behind a Socket (servers that take turns on one
+// listening socket), the Socket's accept goroutine may hold one more
+// accepted connection that no server has taken yet: Max+1 per socket. The
+// wait for a slot ends when a connection of the socket closes or when the
+// waiting server's listener is closed.
 //
 // A nil *ConnLimit means no limit and counts nothing.
 type ConnLimit struct {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -141,6 +142,12 @@ func (a *accessSink) close() error {
 }
 
 // openAppend opens an access log file for appending, creating it if needed.
+// A named pipe is opened without waiting for a reader (an error if there is
+// none), so that a reload or SIGUSR1 never blocks the event loop on it.
 func openAppend(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	flags := os.O_WRONLY | os.O_APPEND | os.O_CREATE
+	if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeNamedPipe != 0 {
+		flags |= syscall.O_NONBLOCK
+	}
+	return os.OpenFile(path, flags, 0o644)
 }

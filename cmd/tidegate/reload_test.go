@@ -485,3 +485,32 @@ func TestReloadRenewsTheCertificateAndMovesTheAccessLog(t *testing.T) {
 		t.Fatalf("serial %d after a refused reload, want 2", got)
 	}
 }
+
+// TestAccessLogToAPipeWithoutAReaderDoesNotBlock: SIGUSR1 with the access
+// log on a named pipe nobody reads is refused at once (logged), and the
+// event loop keeps turning: SIGTERM still drains.
+func TestAccessLogToAPipeWithoutAReaderDoesNotBlock(t *testing.T) {
+	app := namedApp(t, "a", nil)
+	fifo := filepath.Join(t.TempDir(), "access.fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a reader for the start
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, sig, reports := startWith(t, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--upstream", app.Listener.Addr().String(), "--access-log="+fifo, "--drain-delay", "0s", "--drain-quiet", "0s")
+	_ = f.Close() // the reader goes away
+	sig <- syscall.SIGUSR1
+	sig <- syscall.SIGTERM
+	select {
+	case rep := <-reports:
+		if rep.Trigger != "SIGTERM" {
+			t.Fatalf("drain trigger %q", rep.Trigger)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGTERM after SIGUSR1 did not drain: the event loop is stuck opening the pipe")
+	}
+	_ = sc
+}
