@@ -235,25 +235,24 @@ func (f *frontends) retire(p *publicListener, takenOver bool, delay, timeout tim
 	})
 }
 
-// BeginDrain tells the clients of every server, live or retiring, to move.
-func (f *frontends) BeginDrain() {
-	f.mu.Lock()
-	f.draining = true
-	live := slices.Clone(f.live)
-	f.mu.Unlock()
-	for _, p := range live {
-		p.srv.BeginDrain()
-	}
-}
+// BeginDrain tells the clients of every live server to move (retiring
+// ones are draining already).
+func (f *frontends) BeginDrain() { f.setDraining(true) }
 
 // EndDrain lets the live servers keep connections alive again.
-func (f *frontends) EndDrain() {
+func (f *frontends) EndDrain() { f.setDraining(false) }
+
+func (f *frontends) setDraining(on bool) {
 	f.mu.Lock()
-	f.draining = false
+	f.draining = on
 	live := slices.Clone(f.live)
 	f.mu.Unlock()
 	for _, p := range live {
-		p.srv.EndDrain()
+		if on {
+			p.srv.BeginDrain()
+		} else {
+			p.srv.EndDrain()
+		}
 	}
 }
 

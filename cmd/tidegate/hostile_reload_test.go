@@ -475,20 +475,7 @@ func TestHostileReloadTakesOverARemovedListenersAddress(t *testing.T) {
 // cut.
 func TestHostileReloadTurnsATCPListenerIntoHTTP(t *testing.T) {
 	app := namedApp(t, "a", nil)
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	echo := echoServer(t)
 	file := filepath.Join(t.TempDir(), "tidegate.yaml")
 	port := freePort(t)
 	base := "health_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\ndrain: {delay: 100ms, timeout: 700ms}\n"

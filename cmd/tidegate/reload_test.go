@@ -40,22 +40,7 @@ func startWith(t *testing.T, args ...string) (*sidecar, chan os.Signal, <-chan d
 // startWithEnv is startWith with an environment.
 func startWithEnv(t *testing.T, getenv func(string) string, args ...string) (*sidecar, chan os.Signal, <-chan drain.Report) {
 	t.Helper()
-	l, err := loadConfig(args, getenv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs, err := newLoggers(&l.cfg, io.Discard, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, err := newSidecar(l, logs, readBuildInfo())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := make(chan os.Signal, 8)
-	reports := make(chan drain.Report, 1)
-	done := make(chan struct{})
-	go func() { _, rep := sc.run(sig); reports <- rep; close(done) }()
+	sc, sig, reports, done := runSidecar(t, getenv, args...)
 	t.Cleanup(func() {
 		select {
 		case sig <- syscall.SIGINT:

@@ -29,7 +29,15 @@ func startSidecar(t *testing.T, app *httptest.Server, flags ...string) (*sidecar
 	t.Helper()
 	args := append([]string{"--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 		"--upstream", app.Listener.Addr().String()}, flags...)
-	l, err := loadConfig(args, func(string) string { return "" })
+	sc, sig, reports, _ := runSidecar(t, func(string) string { return "" }, args...)
+	return sc, sig, reports
+}
+
+// runSidecar loads args with getenv and runs the sidecar in-process; done
+// closes when run has returned (after its report was sent).
+func runSidecar(t *testing.T, getenv func(string) string, args ...string) (sc *sidecar, sig chan os.Signal, reports <-chan drain.Report, done <-chan struct{}) {
+	t.Helper()
+	l, err := loadConfig(args, getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,17 +45,36 @@ func startSidecar(t *testing.T, app *httptest.Server, flags ...string) (*sidecar
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc, err := newSidecar(l, logs, readBuildInfo())
+	sc, err = newSidecar(l, logs, readBuildInfo())
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig := make(chan os.Signal, 2)
-	reports := make(chan drain.Report, 1)
+	sig = make(chan os.Signal, 8)
+	reps := make(chan drain.Report, 1)
+	stopped := make(chan struct{})
+	go func() { _, rep := sc.run(sig); reps <- rep; close(stopped) }()
+	return sc, sig, reps, stopped
+}
+
+// echoServer is a TCP app that echoes every connection until the test
+// ends.
+func echoServer(t *testing.T) net.Listener {
+	t.Helper()
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = echo.Close() })
 	go func() {
-		_, rep := sc.run(sig)
-		reports <- rep
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
 	}()
-	return sc, sig, reports
+	return echo
 }
 
 // waitServing waits until the sidecar serves: its implicit upstream check
@@ -144,20 +171,7 @@ func TestSecondSignalForces(t *testing.T) {
 func TestTCPListenerThroughTheDrain(t *testing.T) {
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "http ok") }))
 	defer app.Close()
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			c, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	echo := echoServer(t)
 	file := filepath.Join(t.TempDir(), "tidegate.yaml")
 	if err := os.WriteFile(file, []byte("listeners:\n  - {name: web, address: \"127.0.0.1:0\", upstream: \""+app.Listener.Addr().String()+
 		"\"}\n  - {name: echo, address: \"127.0.0.1:0\", protocol: tcp, upstream: \""+echo.Addr().String()+"\"}\n"), 0o600); err != nil {
