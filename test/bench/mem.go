@@ -76,7 +76,9 @@ func (b *bench) memPart(ctx context.Context, p proto, n int) (res memPart, err e
 	b.seq++
 	r := &running{addr: listen, kind: pathTidegate, log: filepath.Join(b.tmp, "tidegate-mem-"+strconv.Itoa(b.seq)+".log")}
 	if r.pr, err = b.procs.start(procSpec{Name: "tidegate", CPU: -1, Bin: b.tidegate,
-		Args: tidegateArgs(listen, b.appHTTP), Log: r.log}); err != nil {
+		// The measurement holds n idle connections on purpose: a limit above
+		// them, not the default one derived from the open-file limit.
+		Args: append(tidegateArgs(listen, b.appHTTP), "--max-connections", strconv.Itoa(n+64)), Log: r.log}); err != nil {
 		return res, err
 	}
 	defer func() {
