@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -190,7 +191,7 @@ func (s *sidecar) applyReload() ([]string, error) {
 	}
 	if err := s.probes.Update(l.probes); err != nil {
 		for _, p := range next {
-			if !containsListener(keep, p) {
+			if !slices.Contains(keep, p) {
 				_ = p.srv.Close()
 			}
 		}
@@ -211,7 +212,7 @@ func (s *sidecar) applyReload() ([]string, error) {
 		s.log.Warn("access log not reopened; it keeps its old destination", zap.String("reason", "access_log"), zap.Error(err))
 	}
 	for _, p := range next {
-		if p.keys != nil && containsListener(keep, p) {
+		if p.keys != nil && slices.Contains(keep, p) {
 			if err := p.keys.Reload(); err != nil { // checked above; changed again since
 				s.log.Warn("certificate not reloaded; the listener keeps the previous one", zap.String("listener", p.spec.Name),
 					zap.String("reason", "tls_reload"), zap.Error(err))
@@ -222,15 +223,6 @@ func (s *sidecar) applyReload() ([]string, error) {
 	s.health.set(s.healthHandler())
 	s.version.Add(1)
 	return changed, nil
-}
-
-func containsListener(ps []*publicListener, p *publicListener) bool {
-	for _, q := range ps {
-		if q == p {
-			return true
-		}
-	}
-	return false
 }
 
 // checkWritable reports whether path can be opened for appending.

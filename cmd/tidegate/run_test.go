@@ -238,23 +238,7 @@ func TestTCPListenerThroughTheDrain(t *testing.T) {
 // A WebSocket session open at the drain deadline ends with close 1001 at
 // the client, and is counted as cut.
 func TestWebSocketGoesAwayAtTheDeadline(t *testing.T) {
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
-		for {
-			typ, msg, err := c.Read(r.Context())
-			if err != nil {
-				return
-			}
-			if c.Write(r.Context(), typ, msg) != nil {
-				return
-			}
-		}
-	}))
-	defer app.Close()
+	app := wsEcho(t)
 	sc, sig, reports := startSidecar(t, app, "--drain-delay", "100ms", "--drain-quiet", "0s", "--drain-timeout", "700ms")
 	waitServing(t, sc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
