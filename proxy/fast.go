@@ -990,7 +990,10 @@ func (h *Handler) failFast(fc *fastConn, bw *bufio.Writer, x *fastExchange, f fa
 	h.upstreamFailed(fc, x, f, err)
 	keep = keep && !closing()
 	x.bytes = writeFailureRaw(bw, f, x.id, keep)
-	return keep && bw.Flush() == nil
+	// Flushed whatever keep is: the connection closes when this returns
+	// false, and the answer must be on the wire before.
+	flushed := bw.Flush() == nil
+	return flushed && keep
 }
 
 // upstreamFailed counts and logs a failed exchange with the app.
