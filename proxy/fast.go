@@ -112,7 +112,9 @@ func takeFast(fc *fastConn) bool {
 				switch {
 				case fieldIs(tok, "close"):
 					r.close = true
-				case fieldIs(tok, "keep-alive"):
+				case fieldIs(tok, "keep-alive"), fieldIs(tok, "host"):
+					// Host is the request's target, not a field to drop:
+					// net/http keeps it out of the header a proxy cleans.
 				case fieldIs(tok, "upgrade"):
 					ok = false
 				case r.nhop < len(r.hop):

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -67,3 +69,41 @@ func TestFailureAnsweredWhenConnectionCloses(t *testing.T) {
 	}
 	release()
 }
+
+// TestConnectionHostKeepsHost: "Connection: host" names Host as
+// hop-by-hop, but Host is the request's target: the app still gets the
+// client's, on the fast path (a GET) and on net/http (a POST with a body).
+// Other fields the client lists there are dropped.
+func TestConnectionHostKeepsHost(t *testing.T) {
+	type seenReq struct {
+		host string
+		hdr  http.Header
+	}
+	seen := make(chan seenReq, 1)
+	app := newRawApp(t, func(c net.Conn, req *http.Request) bool {
+		drainBody(req.Body)
+		seen <- seenReq{req.Host, req.Header}
+		return appWrite(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	r := newFastRig(t, app.addr, nil, nil)
+	for i, req := range []string{
+		"GET / HTTP/1.1\r\nHost: example.test\r\nConnection: host, X-Hop\r\nX-Hop: 1\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: example.test\r\nConnection: Host, X-Hop\r\nX-Hop: 1\r\nContent-Length: 2\r\n\r\nhi",
+	} {
+		resp, body := dialRaw(t, r.addr).do(t, req)
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i+1, resp.StatusCode, body)
+		}
+		got := recv(t, seen, "request at the app")
+		if got.host != "example.test" {
+			t.Errorf("request %d: the app saw Host %q, want example.test", i+1, got.host)
+		}
+		if v := got.hdr.Values("X-Hop"); len(v) > 0 {
+			t.Errorf("request %d: the app saw X-Hop %q, which the client named in Connection", i+1, v)
+		}
+		r.expectNetHTTP(t, int64(i))
+	}
+}
+
+// drainBody reads what is left of a body.
+func drainBody(r io.Reader) { _, _ = io.Copy(io.Discard, r) }
