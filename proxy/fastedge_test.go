@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The tests in this file hold the HTTP/1.1 paths (the fast path and the
@@ -107,3 +109,68 @@ func TestConnectionHostKeepsHost(t *testing.T) {
 
 // drainBody reads what is left of a body.
 func drainBody(r io.Reader) { _, _ = io.Copy(io.Discard, r) }
+
+// startNetHTTPOnly serves a Handler for upstream with net/http alone (no
+// fast path) and returns the server's address.
+func startNetHTTPOnly(t *testing.T, upstream string, so ServerOptions) string {
+	t.Helper()
+	up, err := ParseUpstream(upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := NewTracker(TrackerOptions{})
+	o, _ := rigOptions(t, up, tr, prometheus.NewRegistry())
+	h, err := NewHandler(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.CloseIdleConnections)
+	s, _ := startServer(t, h, so)
+	return s.Addr().String()
+}
+
+// TestH2CUpgradeIsNotForwarded: an HTTP/1.1 request offering an upgrade to
+// h2c is served as plain HTTP/1.1: the app, which would take the offer,
+// sees neither Upgrade: h2c nor HTTP2-Settings, and the connection goes
+// on with HTTP/1.1. On the fast path's server (which hands such a request
+// to net/http) and on net/http alone.
+func TestH2CUpgradeIsNotForwarded(t *testing.T) {
+	seen := make(chan http.Header, 4)
+	app := newRawApp(t, func(c net.Conn, req *http.Request) bool {
+		drainBody(req.Body)
+		seen <- req.Header
+		if req.Header.Get("Upgrade") != "" {
+			appWrite(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+req.Header.Get("Upgrade")+"\r\n\r\n")
+			return false
+		}
+		return appWrite(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	servers := map[string]string{
+		"fast path": newFastRig(t, app.addr, nil, nil).addr,
+		"net/http":  startNetHTTPOnly(t, app.addr, ServerOptions{}),
+	}
+	reqs := []string{
+		"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: H2C\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 2\r\n\r\nhi",
+	}
+	for name, addr := range servers {
+		for i, req := range reqs {
+			rc := dialRaw(t, addr)
+			resp, body := rc.do(t, req)
+			if resp.StatusCode != 200 || body != "ok" {
+				t.Fatalf("%s, request %d: %d %q, want the app's 200 ok", name, i+1, resp.StatusCode, body)
+			}
+			h := recv(t, seen, "request at the app")
+			for _, k := range []string{"Upgrade", "Http2-Settings", "Connection"} {
+				if v := h.Values(k); len(v) > 0 {
+					t.Errorf("%s, request %d: the app saw %s: %q", name, i+1, k, v)
+				}
+			}
+			// Still HTTP/1.1 on the client's connection.
+			if resp, body := rc.do(t, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 || body != "ok" {
+				t.Errorf("%s, request %d: the next request: %d %q", name, i+1, resp.StatusCode, body)
+			}
+			recv(t, seen, "request at the app")
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,6 +175,9 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 				if c := trackedOf(nc); c != nil && c.proto.CompareAndSwap(int32(ProtocolHTTP1), int32(to)) {
 					t.ConnMoved(ProtocolHTTP1, to)
 				}
+			}
+			if r.ProtoMajor == 1 {
+				dropH2CUpgrade(r.Header)
 			}
 			dw := &drainWriter{ResponseWriter: w, draining: &s.draining, h2: h2ConnOf(r)}
 			h.ServeHTTP(dw, r)
@@ -453,6 +457,59 @@ func (w *drainWriter) Write(p []byte) (int, error) {
 }
 
 func (w *drainWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// dropH2CUpgrade takes an HTTP/1.1 request's offer to upgrade to h2c out
+// of h: the h2c token of Upgrade (and Upgrade, if that was all),
+// HTTP2-Settings, and their names in Connection. tidegate does not take
+// the offer (it serves h2c with prior knowledge), and the app must not
+// either: it would answer 101 and speak HTTP/2 to a client that talks to
+// tidegate. The request is served as plain HTTP/1.1, as a server that does
+// not support the upgrade does (RFC 9113 §3.1 drops the upgrade; a
+// server ignores an Upgrade it does not take, RFC 9110 §7.8).
+func dropH2CUpgrade(h http.Header) {
+	ups, settings := h["Upgrade"], h["Http2-Settings"]
+	if ups == nil && settings == nil {
+		return
+	}
+	delete(h, "Http2-Settings")
+	h2c := false
+	var rest []string
+	for _, v := range ups {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = strings.TrimSpace(tok); strings.EqualFold(tok, "h2c") {
+				h2c = true
+			} else if tok != "" {
+				rest = append(rest, tok)
+			}
+		}
+	}
+	if h2c {
+		if len(rest) == 0 {
+			delete(h, "Upgrade")
+		} else {
+			h["Upgrade"] = []string{strings.Join(rest, ", ")}
+		}
+	}
+	conn := h["Connection"]
+	if conn == nil {
+		return
+	}
+	var keep []string
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = strings.TrimSpace(tok)
+			if tok == "" || strings.EqualFold(tok, "http2-settings") || strings.EqualFold(tok, "upgrade") && h["Upgrade"] == nil {
+				continue
+			}
+			keep = append(keep, tok)
+		}
+	}
+	if len(keep) == 0 {
+		delete(h, "Connection")
+	} else {
+		h["Connection"] = []string{strings.Join(keep, ", ")}
+	}
+}
 
 // headerSlop is what net/http reads beyond Server.MaxHeaderBytes.
 const headerSlop = 4096
