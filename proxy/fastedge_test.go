@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -172,5 +174,58 @@ func TestH2CUpgradeIsNotForwarded(t *testing.T) {
 			}
 			recv(t, seen, "request at the app")
 		}
+	}
+}
+
+// TestSlowHeadHandedOffKeepsItsDeadline: a head the fast path hands to
+// net/http half way (it outgrows the fast path's buffer, or has a bare LF
+// line end) is still bounded by one ReadHeaderTimeout from accept: the
+// fast path's wait counts, and net/http does not start the timeout anew.
+// The client sends part of a head, pauses for 60% of the timeout, sends
+// the part that moves it to net/http, and never finishes.
+func TestSlowHeadHandedOffKeepsItsDeadline(t *testing.T) {
+	const timeout = 2 * time.Second
+	app := fastEchoApp(t)
+	r := newFastRig(t, app.Listener.Addr().String(), nil,
+		func(o *ServerOptions) { o.ReadHeaderTimeout = timeout })
+	large := "X-A: " + strings.Repeat("a", 3<<10) + "\r\n"
+	for _, tc := range []struct {
+		name, first, second string
+		kept                bool // on a connection that served a request before
+	}{
+		{"head over the fast path's buffer", "GET / HTTP/1.1\r\nHost: x\r\n" + large, "X-B: " + large, false},
+		{"bare LF", "GET / HTTP/1.1\r\nHost: x\r\n", "X-A: b\n", false},
+		{"head over the buffer, kept-alive", "GET / HTTP/1.1\r\nHost: x\r\n" + large, "X-B: " + large, true},
+		{"bare LF, kept-alive", "GET / HTTP/1.1\r\nHost: x\r\n", "X-A: b\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rc := dialRaw(t, r.addr)
+			if tc.kept {
+				if resp, _ := rc.do(t, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+					t.Fatalf("first request: %d", resp.StatusCode)
+				}
+			}
+			start := time.Now()
+			rc.send(t, tc.first)
+			// The client's pacing: the fast path waits this long for
+			// the rest of the head.
+			<-time.After(timeout * 6 / 10)
+			rc.send(t, tc.second)
+			_ = rc.c.SetReadDeadline(time.Now().Add(3 * timeout))
+			b, err := io.ReadAll(rc.br)
+			elapsed := time.Since(start)
+			if len(b) > 0 && !strings.HasPrefix(string(b), "HTTP/1.1 408") {
+				t.Errorf("got %q, want nothing or a 408", b)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("the connection was still open after %v", elapsed)
+			}
+			// 2x the timeout without the fix: the slack (30%) is for a
+			// busy machine.
+			if elapsed < timeout*9/10 || elapsed > timeout*13/10 {
+				t.Errorf("the connection closed %v after the head began, want about %v (the header timeout)", elapsed, timeout)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -176,12 +177,24 @@ func (s *Server) closingNow() bool { return s.draining.Load() || s.closing.Load(
 // handOff gives c, and the bytes of it already read, to net/http. c is new
 // or active, and counted as busy; net/http's StateNew for it is not
 // counted again.
+// The head's deadline travels with c: the time the fast path waited for
+// the head counts against net/http's ReadHeaderTimeout (handedConn).
 func (s *Server) handOff(c *trackedConn, fc *fastConn) bool {
-	_ = c.SetReadDeadline(time.Time{})
+	// The fast path's deadline for this head: from accept on a new
+	// connection, from the head's first read it waited for on an idle
+	// one; an idle connection's own deadline is later, and then the head
+	// arrived in one read, just now.
+	head := time.Now().Add(s.readHeaderTimeout)
+	if at := fc.deadline.at; !at.IsZero() && at.Before(head) {
+		head = at
+	}
+	_ = c.SetReadDeadline(head)
 	c.handedOff.Store(true)
 	// Only the bytes read ahead travel with c, not fc's buffer.
 	pending := append(append([]byte(nil), peekN(fc.br, fc.br.Buffered())...), fc.src.pending...)
-	if !s.handoff.hand(&handedConn{trackedConn: c, pending: pending}) {
+	hc := &handedConn{trackedConn: c, pending: pending, headDeadline: head}
+	hc.clamping.Store(true)
+	if !s.handoff.hand(hc) {
 		c.handedOff.Store(false)
 		return false // shutting down: closed as if never read
 	}
@@ -214,10 +227,29 @@ func (s *Server) closeAllFast() {
 }
 
 // handedConn is a connection handed to net/http: its reads start with the
-// bytes the fast path read but did not use.
+// bytes the fast path read but did not use. Until net/http has read the
+// request head, its read deadline is never later than headDeadline, the
+// one the fast path read the head under: net/http sets its own
+// ReadHeaderTimeout from the handoff, and a slow head would otherwise get
+// the timeout twice. net/http clears the deadline once it has the head;
+// that ends the clamp.
 type handedConn struct {
 	*trackedConn
-	pending []byte
+	pending      []byte
+	headDeadline time.Time
+	clamping     atomic.Bool // net/http has not cleared the deadline since the handoff
+}
+
+func (c *handedConn) SetReadDeadline(t time.Time) error {
+	if c.clamping.Load() {
+		switch {
+		case t.IsZero():
+			c.clamping.Store(false)
+		case t.After(c.headDeadline):
+			t = c.headDeadline
+		}
+	}
+	return c.trackedConn.SetReadDeadline(t)
 }
 
 func (c *handedConn) Read(p []byte) (int, error) {
