@@ -229,3 +229,49 @@ func TestSlowHeadHandedOffKeepsItsDeadline(t *testing.T) {
 		})
 	}
 }
+
+// TestContentLengthWithChunkedClosesTheConnection: a request with both
+// Content-Length and Transfer-Encoding: chunked is read as chunked, the
+// app sees no Content-Length, and the connection closes after the answer
+// (RFC 9112 §6.1), on the fast path's server (which hands it to net/http)
+// and on net/http alone. A request framed by Content-Length alone keeps
+// its connection.
+func TestContentLengthWithChunkedClosesTheConnection(t *testing.T) {
+	type seenReq struct {
+		body string
+		cl   []string
+		te   []string
+	}
+	seen := make(chan seenReq, 4)
+	app := newRawApp(t, func(c net.Conn, req *http.Request) bool {
+		b, _ := io.ReadAll(req.Body)
+		seen <- seenReq{string(b), req.Header.Values("Content-Length"), req.TransferEncoding}
+		return appWrite(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	servers := map[string]string{
+		"fast path": newFastRig(t, app.addr, nil, nil).addr,
+		"net/http":  startNetHTTPOnly(t, app.addr, ServerOptions{}),
+	}
+	for name, addr := range servers {
+		rc := dialRaw(t, addr)
+		resp, body := rc.do(t, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+		if resp.StatusCode != 200 || body != "ok" || resp.Close {
+			t.Fatalf("%s, Content-Length alone: %d %q, close %v; want 200 ok, kept", name, resp.StatusCode, body, resp.Close)
+		}
+		recv(t, seen, "request at the app")
+		resp, body = rc.do(t, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"+
+			"3\r\nabc\r\n0\r\n\r\n")
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("%s: %d %q, want the app's 200 ok", name, resp.StatusCode, body)
+		}
+		got := recv(t, seen, "request at the app")
+		if got.body != "abc" || len(got.cl) > 0 || len(got.te) != 1 || got.te[0] != "chunked" {
+			t.Errorf("%s: the app got body %q, Content-Length %q, Transfer-Encoding %q; want abc, none, chunked",
+				name, got.body, got.cl, got.te)
+		}
+		if !resp.Close {
+			t.Errorf("%s: the answer does not say Connection: close", name)
+		}
+		rc.expectClosed(t)
+	}
+}

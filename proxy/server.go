@@ -176,12 +176,13 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 					t.ConnMoved(ProtocolHTTP1, to)
 				}
 			}
+			dw := &drainWriter{ResponseWriter: w, draining: &s.draining, h2: h2ConnOf(r)}
 			if r.ProtoMajor == 1 {
 				dropH2CUpgrade(r.Header)
+				dw.close = len(r.TransferEncoding) > 0
 			}
-			dw := &drainWriter{ResponseWriter: w, draining: &s.draining, h2: h2ConnOf(r)}
 			h.ServeHTTP(dw, r)
-			if !dw.wrote && s.draining.Load() {
+			if !dw.wrote && (dw.close || s.draining.Load()) {
 				// Nothing written: net/http sends the header after we return.
 				dw.moveClient()
 			}
@@ -423,17 +424,29 @@ func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
 // the response. HTTP/2: the first step of the two-step GOAWAY (see
 // goaway.go) if it has not been taken, else "Connection: close", which the
 // HTTP/2 server answers with its own GOAWAY, the real one.
+//
+// It also closes an HTTP/1.1 connection after a request with a chunked
+// body (close). RFC 9112 §6.1: a request with both Transfer-Encoding and
+// Content-Length is read as chunked (net/http drops Content-Length, and
+// the app never sees it), and the connection MUST close after the answer,
+// for whoever in front read it by Content-Length disagrees on where the
+// next request starts. net/http removes both fields before a handler sees
+// the request, so the server cannot tell such a request from a chunked
+// one: every chunked request closes its connection, which costs an honest
+// chunked upload one new connection (and brings the client back to the
+// fast path, which took no body).
 type drainWriter struct {
 	http.ResponseWriter
 	draining *atomic.Bool
 	h2       h2Drainer // nil for HTTP/1.1
+	close    bool      // HTTP/1.1: close the connection after this answer
 	wrote    bool
 }
 
 func (w *drainWriter) WriteHeader(code int) {
 	if !w.wrote && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		w.wrote = true
-		if code != http.StatusSwitchingProtocols && w.draining.Load() {
+		if code != http.StatusSwitchingProtocols && (w.close || w.draining.Load()) {
 			w.moveClient()
 		}
 	}
