@@ -67,11 +67,14 @@ type loopGuard struct {
 	on      bool
 	name    string // "tidegate-<id>"
 	maxHops int
-	v10     string // "1.0 tidegate-<id>"
-	v11     string // "1.1 tidegate-<id>"
-	v2      string // "2 tidegate-<id>"
-	line11  []byte // "Via: 1.1 tidegate-<id>\r\n"; nil when off
-	line2   []byte // "Via: 2 tidegate-<id>\r\n"; nil when off
+	// vals are the entries for requests received over HTTP/1.0, 1.1 and
+	// 2 ("1.1 tidegate-<id>", ...; see viaIndex); only holds each alone
+	// in a slice of capacity 1, the Via of a request whose client sent
+	// none (an append copies it, so it is never written to).
+	vals   [3]string
+	only   [3][]string
+	line11 []byte // "Via: 1.1 tidegate-<id>\r\n"; nil when off
+	line2  []byte // "Via: 2 tidegate-<id>\r\n"; nil when off
 }
 
 // newLoopGuard checks o and makes the Via values.
@@ -94,10 +97,24 @@ func newLoopGuard(o LoopOptions) (loopGuard, error) {
 	if g.maxHops == 0 {
 		g.maxHops = DefaultMaxHops
 	}
-	g.v10, g.v11, g.v2 = "1.0 "+g.name, "1.1 "+g.name, "2 "+g.name
-	g.line11 = []byte("Via: " + g.v11 + "\r\n")
-	g.line2 = []byte("Via: " + g.v2 + "\r\n")
+	for i, proto := range [...]string{"1.0", "1.1", "2"} {
+		g.vals[i] = proto + " " + g.name
+		g.only[i] = []string{g.vals[i]}[:1:1]
+	}
+	g.line11 = []byte("Via: " + g.vals[1] + "\r\n")
+	g.line2 = []byte("Via: " + g.vals[2] + "\r\n")
 	return g, nil
+}
+
+// viaIndex is the index in loopGuard.vals of HTTP/major.minor.
+func viaIndex(major, minor int) int {
+	switch {
+	case major == 2:
+		return 2
+	case major == 1 && minor == 0:
+		return 0
+	}
+	return 1
 }
 
 func validViaID(id string) bool {
@@ -120,26 +137,18 @@ func (h *Handler) ViaName() string { return h.loop.name }
 // errLoop is the answer to a request that looped.
 var errLoop = failure{http.StatusLoopDetected, ReasonLoop, false, "request loop detected (this request already passed through this tidegate, or through too many)"}
 
-// value is the Via entry for a request received over HTTP/major.minor;
-// "" when off.
-func (g *loopGuard) value(major, minor int) string {
-	switch {
-	case !g.on:
-		return ""
-	case major == 2:
-		return g.v2
-	case major == 1 && minor == 0:
-		return g.v10
-	}
-	return g.v11
-}
-
 // addVia appends h's Via entry to out, a request to the app made from in:
 // after the client's, as a field line of its own.
 func (h *Handler) addVia(out http.Header, in *http.Request) {
-	if v := h.loop.value(in.ProtoMajor, in.ProtoMinor); v != "" {
-		out["Via"] = append(out["Via"], v)
+	if !h.loop.on {
+		return
 	}
+	i := viaIndex(in.ProtoMajor, in.ProtoMinor)
+	if len(out["Via"]) == 0 {
+		out["Via"] = h.loop.only[i]
+		return
+	}
+	out["Via"] = append(out["Via"], h.loop.vals[i])
 }
 
 // appendViaH2 appends h's Via field to an HTTP/2 header block for the app.
@@ -147,7 +156,7 @@ func (h *Handler) appendViaH2(out []hpack.HeaderField) []hpack.HeaderField {
 	if !h.loop.on {
 		return out
 	}
-	return append(out, hpack.HeaderField{Name: "via", Value: h.loop.v2})
+	return append(out, hpack.HeaderField{Name: "via", Value: h.loop.vals[2]})
 }
 
 // viaState adds up the Via values of one request.
