@@ -11,7 +11,9 @@ import (
 // is tidegate's own listener, however it is spelled, and nothing else: the
 // same port on another host is a valid setup.
 func TestUpstreamIsSelf(t *testing.T) {
-	local := func() []net.IP { return []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.9.8.7"), net.ParseIP("fd00::7")} }
+	local := func() []net.IP {
+		return []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.9.8.7"), net.ParseIP("fd00::7")}
+	}
 	for _, tc := range []struct {
 		up, listen string
 		self       bool
