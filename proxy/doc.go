@@ -12,6 +12,9 @@
 //   - A failed request gets a short plain-text answer that names a Reason and
 //     never carries Go error text; the Reason is the metric label and the
 //     log field.
+//   - Every request forwarded to the app carries a Via entry naming the
+//     Handler; one that arrives with it, or with more than MaxHops
+//     tidegate entries, is answered 508 and never forwarded (loop.go).
 //   - Requests whose User-Agent marks a health checker are counted in flight
 //     but never move LastActivity.
 //

@@ -27,6 +27,7 @@ const (
 	// Not upstream errors (not counted in tidegate_upstream_errors_total):
 	ReasonBodyTooLarge   Reason = "body_too_large"  // 413: the request body exceeds the configured maximum
 	ReasonClientCanceled Reason = "client_canceled" // 499: the client went away first; nothing is written
+	ReasonLoop           Reason = "loop"            // 508: the request already passed through this tidegate, or through too many (loop.go)
 )
 
 // UpstreamReasons lists the reasons counted as upstream errors, so that their

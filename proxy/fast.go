@@ -79,6 +79,7 @@ type fastRequest struct {
 	close                  bool
 	teTrailers             bool
 	idempotencyKey         bool
+	via                    bool      // a Via field: loop.go reads them
 	hop                    [8][]byte // fields named in Connection
 	nhop                   int
 }
@@ -153,6 +154,8 @@ func takeFast(fc *fastConn) bool {
 			})
 		case fieldIs(n, "idempotency-key"), fieldIs(n, "x-idempotency-key"):
 			r.idempotencyKey = true
+		case fieldIs(n, "via"):
+			r.via = true
 		}
 	}
 	return hosts == 1 && validHostField(r.host)
@@ -239,6 +242,9 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 		fc.upstream.Store(nil)
 		h.finishFast(fc, &x)
 	}()
+	if r.via && h.loopH1(fc.head.fields, fc.head.method, fc.head.target, x.id) {
+		return h.failFast(fc, bw, &x, errLoop, nil, keep, closing)
+	}
 
 	t := h.h1
 	var uc *h1Conn
@@ -350,6 +356,7 @@ func (h *Handler) sendFast(uc *h1Conn, fc *fastConn, x *fastExchange) error {
 	if r.teTrailers {
 		bw.WriteString("Te: trailers\r\n")
 	}
+	bw.Write(h.loop.line11)
 	bw.WriteString("\r\n")
 	if err := uc.send(); err != nil {
 		return errNothingRead{err}

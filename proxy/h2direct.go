@@ -47,12 +47,14 @@ func (c *h2sConn) directable(st *h2stream, rq *h2Request) bool {
 	if !plainTarget(rq.path) {
 		return false
 	}
+	via := false
 	for _, f := range rq.fields {
 		if f.Name == "host" || f.Name == "expect" {
 			return false // net/http decides which Host wins, and about 100-continue
 		}
+		via = via || f.Name == "via"
 	}
-	return true
+	return !via || !c.h.loopH2(rq.fields) // a loop: the handler answers 508
 }
 
 // startDirect serves st on the direct path; mu is held.
@@ -206,6 +208,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	if te {
 		bw.WriteString("Te: trailers\r\n")
 	}
+	bw.Write(c.h.loop.line2)
 	bw.WriteString("\r\n")
 	c.mu.Lock()
 	if st.clientRst || c.closed {

@@ -59,7 +59,7 @@ func (c *h2sConn) spliceable(rq *h2Request) bool {
 	if c.s.fastOpen != nil && !c.s.fastOpen() {
 		return false
 	}
-	return h.splice == UpstreamH2C || isGRPC(rq.contentType)
+	return (h.splice == UpstreamH2C || isGRPC(rq.contentType)) && !h.loopH2(rq.fields) // a loop: the handler answers 508
 }
 
 // startSplice begins a spliced stream; mu is held.
@@ -128,7 +128,7 @@ func (c *h2sConn) upstreamFields(rq *h2Request, id string) []hpack.HeaderField {
 	if c.h.genID {
 		out = append(out, requestIDField(id))
 	}
-	return out
+	return c.h.appendViaH2(out)
 }
 
 // forwarded returns the X-Forwarded-For, -Proto and -Host values for the

@@ -82,6 +82,11 @@ type Options struct {
 	// RequestIDGenerate.
 	RequestID RequestIDMode
 
+	// Loop configures loop detection: a Via entry on every request to the
+	// app, and 508 for a request that already carries this tidegate's
+	// (loop.go). The zero value: on, a random id, DefaultMaxHops.
+	Loop LoopOptions
+
 	// Tracker counts requests in flight. Required.
 	Tracker *Tracker
 
@@ -120,6 +125,7 @@ type Handler struct {
 	maxBody   int64
 	forwarded ForwardedMode
 	genID     bool // RequestIDGenerate
+	loop      loopGuard
 	target    string
 	now       func() time.Time
 	realClock bool // now is time.Now (later)
@@ -156,7 +162,12 @@ func NewHandler(o Options) (*Handler, error) {
 	if o.MaxBodyBytes < 0 {
 		return nil, fmt.Errorf("proxy: max body bytes %d is negative", o.MaxBodyBytes)
 	}
+	loop, err := newLoopGuard(o.Loop)
+	if err != nil {
+		return nil, err
+	}
 	h := &Handler{
+		loop:      loop,
 		transport: o.Transport,
 		tracker:   o.Tracker,
 		metrics:   o.Metrics,
@@ -294,6 +305,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	if h.loopHeader(r.Header, r.Method, r.URL.Path, st.id) {
+		f := errLoop
+		st.failure = &f
+		writeFailure(rec, f, st.id)
+		return
+	}
 	if r.Method == http.MethodConnect {
 		// A tunnel, not a body: no size limit.
 		h.serveConnect(rec, r, st)
@@ -325,6 +342,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out.Host = in.Host
 	out.URL.RawQuery = in.URL.RawQuery
 	h.setForwardedHeaders(in, out)
+	h.addVia(out.Header, in)
 	if st := stateOf(in.Context()); st != nil {
 		st.sent = h.later(st.start)
 	}

@@ -175,6 +175,7 @@ func (h *Handler) handshake(w http.ResponseWriter, r *http.Request, st *reqState
 		return nil, nil, nil, false
 	}
 	st.sent = h.later(st.start)
+	h.addVia(out.Header, r)
 	if err := out.Write(app); err != nil {
 		app.Close()
 		fail(err)

@@ -86,6 +86,7 @@ type ServerConfig struct {
 	MaxBodyBytes      int64
 	Forwarded         string
 	RequestID         string
+	MaxHops           int // tidegate Via entries a request may carry; 0: loop detection off
 	NetHTTPOnly       bool
 	PlainSyscalls     bool
 }

@@ -452,7 +452,7 @@ func (l *loaded) resolveListeners(table []setting) ([]string, error) {
 			return nil, fmt.Errorf("%s: %w", upFrom, err)
 		}
 		for _, other := range l.listeners {
-			if up.Network == "tcp" && sameListenAddr(up.Address, other.Address) {
+			if up.Network == "tcp" && upstreamIsSelf(up.Address, other.Address, interfaceIPs) {
 				return nil, fmt.Errorf("%s %q is tidegate's own listener %q: requests would loop; point it at the app",
 					upFrom, pl.Upstream, other.Address)
 			}
@@ -557,6 +557,60 @@ func sameListenAddr(a, b string) bool {
 		return h == "" || h == "localhost" || (ip != nil && (ip.IsUnspecified() || ip.IsLoopback()))
 	}
 	return ha == hb || wild(ha) || wild(hb)
+}
+
+// upstreamIsSelf reports whether the app address up (host:port, as
+// proxy.ParseUpstream leaves it) is the listener listen's own: the same
+// port, and the same host, or a loopback (or localhost, or wildcard) host
+// while the listener is on a wildcard or loopback address, or one of this
+// machine's addresses (from local) while it is on a wildcard. Another
+// host on the same port is a valid setup. A name other than localhost is
+// not resolved: the Via check of the proxy stops what this misses.
+func upstreamIsSelf(up, listen string, local func() []net.IP) bool {
+	hu, pu, err1 := proxy.SplitHostPort(up)
+	hl, pl, err2 := proxy.SplitHostPort(listen)
+	if err1 != nil || err2 != nil || pl == 0 || pu != pl {
+		return false
+	}
+	ipu, ipl := net.ParseIP(hu), net.ParseIP(hl)
+	if strings.EqualFold(hu, hl) || ipu != nil && ipl != nil && ipu.Equal(ipl) {
+		return true
+	}
+	wildcard := hl == "" || ipl != nil && ipl.IsUnspecified()
+	switch {
+	case localHost(hu) && (wildcard || localHost(hl)):
+		return true
+	case wildcard && ipu != nil:
+		return slices.ContainsFunc(local(), ipu.Equal)
+	}
+	return false
+}
+
+// localHost reports whether a host is this machine by its name or
+// address alone: localhost, a loopback address, or a wildcard one (which
+// a connection takes as this machine).
+func localHost(h string) bool {
+	if h == "" || strings.EqualFold(h, "localhost") || strings.HasSuffix(strings.ToLower(h), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+}
+
+// interfaceIPs returns the addresses of this machine's interfaces; none
+// if they cannot be listed.
+func interfaceIPs() []net.IP {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	ips := make([]net.IP, 0, len(addrs))
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			ips = append(ips, n.IP)
+		}
+	}
+	return ips
 }
 
 func (l *loaded) describe(s setting) string {

@@ -279,6 +279,7 @@ func (s *sidecar) newProxyHandler(cfg *Config, up proxy.Upstream) (*proxy.Handle
 		MaxBodyBytes: cfg.Server.MaxBodyBytes,
 		Forwarded:    proxy.ForwardedMode(cfg.Server.Forwarded),
 		RequestID:    proxy.RequestIDMode(cfg.Server.RequestID),
+		Loop:         proxy.LoopOptions{Off: cfg.Server.MaxHops == 0, MaxHops: cfg.Server.MaxHops},
 		Tracker:      s.tracker,
 		Metrics:      s.metrics,
 		Logger:       s.log.Named("proxy"),

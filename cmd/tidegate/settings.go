@@ -255,6 +255,9 @@ func settings() []setting {
 		strSetting("request-id", "server.request_id", "generate", "MODE",
 			"generate: keep a valid client X-Request-Id or make one, send it to the app and back; off: make none and add none (a client's passes through)",
 			func(c *Config) *string { return &c.Server.RequestID }, oneOf("generate", "off")),
+		intSetting("max-hops", "server.max_hops", "8",
+			"loop detection: each request to the app gets a Via entry naming this tidegate; one that arrives with it, or with more than N tidegate entries, is answered 508 (reason loop). 0 = add and check no Via",
+			func(c *Config) *int { return &c.Server.MaxHops }),
 		{
 			flag: "probe-user-agent", key: "probe_user_agents", def: "kube-probe/", arg: "PREFIX", list: true,
 			usage: "User-Agent prefix of health checkers, whose requests never count as activity (repeatable)",
