@@ -741,6 +741,11 @@ func (cy *chaosCycle) account(t *testing.T, rep map[string]any, crashed bool, to
 		default:
 			q.outcome = outBug
 		}
+		if q.outcome == outRefused && !q.dialRefused {
+			cuts = append(cuts, fmt.Sprintf("(refused) %s %s id %s (sent %s, failed %s after SIGTERM, reused conn %v, retried %v, status %d): %s",
+				q.kind, q.op, q.id, q.start.Sub(triggered).Round(time.Millisecond), q.end.Sub(triggered).Round(time.Millisecond),
+				q.reused, q.retried, q.status, q.failure))
+		}
 		if q.outcome == outBug {
 			why := "accepted, then failed before the drain deadline without being counted"
 			if spansCrash && !q.answered {
