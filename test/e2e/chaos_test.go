@@ -800,6 +800,13 @@ func (cy *chaosCycle) account(t *testing.T, rep map[string]any, crashed bool, to
 	// one that ends at the deadline may be counted cut though its client
 	// has it all.
 	if reportedCut > int64(afterDeadline+okNear) {
+		for _, q := range cy.reqs {
+			if q.start.Before(deadline) && q.end.After(deadline.Add(-time.Second)) {
+				t.Logf("around the deadline: %s %s id %s: sent %s, ended %s after SIGTERM, %s, status %d: %s",
+					q.kind, q.op, q.id, q.start.Sub(triggered).Round(time.Millisecond), q.end.Sub(triggered).Round(time.Millisecond),
+					q.outcome, q.status, q.failure)
+			}
+		}
 		t.Errorf("the drain report counts %d cut requests, clients saw only %d requests fail at the deadline (%s after SIGTERM) and %d end in the %s before it:\n%s",
 			reportedCut, afterDeadline, cy.p.timeout, okNear, chaosNearDeadline, strings.Join(cuts, "\n"))
 	}
