@@ -440,8 +440,12 @@ func (cy *chaosCycle) httpWorker(kind string, w int, r *rand.Rand, tr *http.Tran
 			}
 		}
 		req.Header.Set("X-Request-Id", q.id)
-		conns := 0
+		// net/http sends an idempotent request again, on a new connection,
+		// when a reused one breaks before the answer: GetConn runs once per
+		// try, even when the new connection is refused.
+		tries, conns := 0, 0
 		req = req.WithContext(httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+			GetConn: func(string) { tries++ },
 			GotConn: func(info httptrace.GotConnInfo) {
 				conns++
 				if conns == 1 {
@@ -460,7 +464,7 @@ func (cy *chaosCycle) httpWorker(kind string, w int, r *rand.Rand, tr *http.Tran
 			resp.Body.Close()
 		}
 		q.end = time.Now()
-		q.retried = conns > 1
+		q.retried = tries > 1
 		switch {
 		case err != nil:
 			q.failure = err.Error()
