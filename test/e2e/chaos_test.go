@@ -190,6 +190,7 @@ func TestChaosDrainCycles(t *testing.T) {
 		tot.byKind[k] = map[string]int{}
 	}
 	began := time.Now()
+	var failed []int
 	for i := range cycles {
 		if only >= 0 && i != only {
 			continue
@@ -200,11 +201,15 @@ func TestChaosDrainCycles(t *testing.T) {
 			runChaosCycle(t, p, &tot)
 		})
 		if !ok {
+			// Go on: a long run collects every failure of its seed.
+			failed = append(failed, i)
 			t.Logf("replay with %s=%d %s=%d (cycle %d failed: %s)", chaosSeedEnv, seed, chaosOnlyEnv, i, i, p)
-			break
 		}
 	}
 	chaosSummary(t, seed, &tot, time.Since(began))
+	if len(failed) > 0 {
+		t.Logf("cycles that failed: %v (replay one with %s=%d %s=N)", failed, chaosSeedEnv, seed, chaosOnlyEnv)
+	}
 }
 
 // chaosSummary logs (and prints, for the record of a long run) the totals.
@@ -228,6 +233,9 @@ func chaosSummary(t *testing.T, seed uint64, tot *chaosTotals, took time.Duratio
 		all[outOK]+all[outRefused]+all[outCut]+all[outAppFailed]+all[outBug],
 		all[outOK], all[outRefused], all[outCut], all[outAppFailed], all[outBug])
 	fmt.Fprintf(&b, "  cut: %d in the drain reports, %d seen by the clients\n", tot.reportedCut, tot.observedCut)
+	for _, bug := range tot.bugs {
+		fmt.Fprintf(&b, "  BUG: %s\n", bug)
+	}
 	if len(tot.durations) > 0 {
 		d := slices.Clone(tot.durations)
 		slices.Sort(d)
