@@ -149,6 +149,7 @@ type chaosTotals struct {
 	byKind      map[string]map[string]int // kind → outcome → requests
 	reportedCut int64
 	observedCut int
+	acceptedCut int // of observedCut, requests tidegate is known to have accepted
 	crashes     int
 	timeouts    int // drains that ended at the deadline
 	durations   []time.Duration
@@ -232,7 +233,8 @@ func chaosSummary(t *testing.T, seed uint64, tot *chaosTotals, took time.Duratio
 	fmt.Fprintf(&b, "  %-10s %6d requests: %6d ok, %5d refused, %4d cut, %4d app_failed, %d BUG\n", "all",
 		all[outOK]+all[outRefused]+all[outCut]+all[outAppFailed]+all[outBug],
 		all[outOK], all[outRefused], all[outCut], all[outAppFailed], all[outBug])
-	fmt.Fprintf(&b, "  cut: %d in the drain reports, %d seen by the clients\n", tot.reportedCut, tot.observedCut)
+	fmt.Fprintf(&b, "  cut: %d in the drain reports; clients saw %d requests fail at the deadline, %d of them known accepted (answered, or seen by the app or the access log)\n",
+		tot.reportedCut, tot.observedCut, tot.acceptedCut)
 	for _, bug := range tot.bugs {
 		fmt.Fprintf(&b, "  BUG: %s\n", bug)
 	}
@@ -783,6 +785,7 @@ func (cy *chaosCycle) account(t *testing.T, rep map[string]any, crashed bool, to
 	tot.cycles++
 	tot.reportedCut += reportedCut
 	tot.observedCut += observedCut
+	tot.acceptedCut += accepted
 	if !crashAt.IsZero() {
 		tot.crashes++
 	}
