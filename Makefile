@@ -5,7 +5,7 @@ COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 PKGS    := ./...
 
-.PHONY: all build test test-stress vet fmt-check unit bench bench-mem bench-micro demo clean
+.PHONY: all build test test-stress test-attack vet fmt-check unit bench bench-mem bench-micro demo clean
 
 all: build
 
@@ -45,6 +45,16 @@ test-stress: vet fmt-check
 		echo "stress run $$i/$(STRESS_RUNS): ok ($$(( $$(date +%s) - start ))s)"; \
 		i=$$((i + 1)); \
 	done
+
+## test-attack: the long forms of the hostile tests, with the race detector:
+## 50 chaos drain cycles (TestChaosDrainCycles in test/e2e: mixed HTTP/1.1,
+## h2c, gRPC and WebSocket load, a random SIGTERM, an app that crashes or
+## answers slowly) and every Attack test under test/ (test/attack), with
+## TIDEGATE_ATTACK_LONG=1. It prints the seed of the chaos run; replay it
+## with TIDEGATE_CHAOS_SEED=N (and one cycle with TIDEGATE_CHAOS_ONLY=N).
+##   make test-attack
+test-attack:
+	TIDEGATE_ATTACK_LONG=1 $(GO) test -race -count=1 -timeout 30m -p 1 -run 'Chaos|Attack' -v ./test/...
 
 vet:
 	$(GO) vet $(PKGS)

@@ -7,7 +7,7 @@
 //
 //	fakeapp --listen 127.0.0.1:PORT [--id NAME] [--record FILE] [--on-term graceful|exit|ignore]
 //	        [--exit-code N] [--crash-after DUR] [--orphan] [--orphan-life DUR] [--pidfile FILE]
-//	        [--listen-delay DUR] [--on-hup default|record]
+//	        [--listen-delay DUR] [--on-hup default|record] [--h2c]
 //
 // Endpoints:
 //
@@ -15,6 +15,9 @@
 //	/slow?d=DUR      answers after DUR (gives up when the request is cancelled)
 //	/healthz /readyz 200 while serving, 503 once stopping (for a load balancer's checks)
 //	POST /stop       graceful stop, as on SIGTERM with --on-term graceful (the http stop strategy)
+//	/ws              WebSocket echo: every message comes back as it was sent
+//	gRPC             with --h2c, grpc-go's interop TestService (fakeapp.GRPCService)
+//	                 on HTTP/2 requests of content-type application/grpc
 //	anything else    the in-process fakeapp (/status, /hang, /echo, …)
 //
 // Every response carries "X-Instance: NAME", so a test behind a load
@@ -23,7 +26,7 @@
 // With --record, one JSON line per event is appended to FILE, each written
 // with one write(2): {"event":"request_start"|"request_end"|"signal"|"stop"|
 // "listening"|"orphan"|"crash","path":…,"t":unix_nanos,"signal":"SIGTERM",
-// "pid":…}. A signal is recorded the moment it is received, before anything
+// "pid":…,"rid":…}; rid is the request's X-Request-Id, when it has one. A signal is recorded the moment it is received, before anything
 // is done about it. On stdout fakeapp prints the "listening" event (with the
 // bound address) and the "orphan" event, whether or not it records.
 //
@@ -37,7 +40,8 @@
 // SIGWINCH (--on-hup): default leaves them their default action (SIGWINCH is
 // ignored, the others end the process); record records them as "signal"
 // events and keeps running, like an app that reloads on SIGHUP. --crash-after makes it exit 3 on its
-// own. --orphan starts a grandchild (sleep, for --orphan-life) through a
+// own. --h2c serves HTTP/2 with prior knowledge (h2c) next to HTTP/1.1 on the
+// same port, and gRPC on it. --orphan starts a grandchild (sleep, for --orphan-life) through a
 // shell that exits at once, so that the grandchild is re-parented to the
 // nearest subreaper. fakeapp exits by itself (code 1) if its parent dies, so
 // that a killed test never leaves it behind.
@@ -62,6 +66,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coder/websocket"
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+
 	"github.com/tidegate/tidegate/test/fakeapp"
 )
 
@@ -81,6 +89,7 @@ type options struct {
 	pidfile    string
 	listenWait time.Duration
 	onHUP      string
+	h2c        bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -98,6 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.pidfile, "pidfile", "", "write the pid to this file once listening")
 	fs.DurationVar(&o.listenWait, "listen-delay", 0, "bind the port only after this long (0: at once)")
 	fs.StringVar(&o.onHUP, "on-hup", "default", "on SIGHUP/SIGUSR1/SIGUSR2/SIGWINCH: default (their default action) or record (record, keep running)")
+	fs.BoolVar(&o.h2c, "h2c", false, "serve HTTP/2 with prior knowledge and gRPC (the interop TestService) next to HTTP/1.1")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -162,6 +172,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	a := &app{o: o, rec: rec, lib: fakeapp.New(), stopping: make(chan struct{}), stopped: make(chan struct{})}
 	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second}
+	if o.h2c {
+		a.grpc = grpc.NewServer()
+		testpb.RegisterTestServiceServer(a.grpc, fakeapp.GRPCService{})
+		a.srv.Protocols = new(http.Protocols)
+		a.srv.Protocols.SetHTTP1(true)
+		a.srv.Protocols.SetUnencryptedHTTP2(true)
+	}
 	if o.pidfile != "" {
 		if err := writeFileAtomic(o.pidfile, strconv.Itoa(os.Getpid())+"\n"); err != nil {
 			fmt.Fprintln(stderr, "fakeapp:", err)
@@ -232,6 +249,9 @@ type app struct {
 	rec *recorder
 	lib *fakeapp.App
 	srv *http.Server
+	// grpc serves gRPC requests with --h2c (through its ServeHTTP, on the
+	// same server); nil without.
+	grpc *grpc.Server
 
 	once     sync.Once
 	stopping chan struct{} // closed when the graceful stop begins
@@ -267,8 +287,13 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	a.rec.event(event{Event: "request_start", Path: r.URL.Path}, false)
-	defer a.rec.event(event{Event: "request_end", Path: r.URL.Path}, false)
+	rid := r.Header.Get("X-Request-Id")
+	a.rec.event(event{Event: "request_start", Path: r.URL.Path, RID: rid}, false)
+	defer a.rec.event(event{Event: "request_end", Path: r.URL.Path, RID: rid}, false)
+	if a.grpc != nil && r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		a.grpc.ServeHTTP(w, r)
+		return
+	}
 	switch r.URL.Path {
 	case "/":
 		fmt.Fprintf(w, "ok %s\n", a.o.id)
@@ -285,6 +310,8 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "slept %s\n", d)
 		case <-r.Context().Done():
 		}
+	case "/ws":
+		wsEcho(w, r)
 	case "/stop":
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
@@ -299,6 +326,25 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// wsEcho accepts a WebSocket and sends every message back as it came,
+// until the client closes it or the request ends.
+func wsEcho(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return // Accept answered the client already
+	}
+	defer c.CloseNow()
+	for {
+		typ, msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		if err := c.Write(r.Context(), typ, msg); err != nil {
+			return
+		}
+	}
+}
+
 // event is one line of the record file.
 type event struct {
 	Event  string `json:"event"`
@@ -308,6 +354,7 @@ type event struct {
 	PID    int    `json:"pid,omitempty"`
 	Addr   string `json:"addr,omitempty"`
 	ID     string `json:"id,omitempty"`
+	RID    string `json:"rid,omitempty"`
 }
 
 // recorder appends events to the record file, one write per line.
