@@ -503,3 +503,168 @@ func idleKeepAlive(r *rc) (outcome, error) {
 	out.gone = time.Now()
 	return out, errors.Join(merr, err)
 }
+
+// h2RapidReset opens streams of GET /slow and resets each at once
+// (CVE-2023-44487), r.frames/2 pairs per connection or until r.flood; it
+// reads what tidegate sends, so that only the resets are hostile. The app
+// should see few of them, at most the streams a connection may hold open.
+func h2RapidReset(r *rc) (outcome, error) {
+	var out outcome
+	block := h2Headers("/slow?d=10s")
+	type result struct {
+		pairs int
+		ended string
+	}
+	results := make(chan result, r.n)
+	var readers sync.WaitGroup
+	conns, err := r.dialAll(func(_ int, c net.Conn) error {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			_, _ = io.Copy(io.Discard, c)
+		}()
+		return nil
+	})
+	if err != nil {
+		readers.Wait()
+		return out, err
+	}
+	pairs := r.frames / 2
+	for _, c := range conns {
+		go func() {
+			res := result{ended: "cap"}
+			defer func() { results <- res }()
+			_ = c.SetWriteDeadline(time.Now().Add(r.flood))
+			fr, bw, err := h2Start(c)
+			for id := uint32(1); err == nil && res.pairs < pairs && r.ctx.Err() == nil && id < 1<<31-2; id += 2 {
+				err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block, EndStream: true, EndHeaders: true})
+				if err == nil {
+					err = fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				}
+				if err == nil && bw.Buffered() > 8<<10 {
+					err = bw.Flush()
+				}
+				if err == nil {
+					res.pairs++
+				}
+			}
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				res.ended = "tidegate stopped reading"
+			case err != nil:
+				res.ended = "closed by tidegate"
+			case r.ctx.Err() != nil:
+				res.ended = "row stopped"
+			default:
+				err = bw.Flush()
+			}
+		}()
+	}
+	total := 0
+	ends := map[string]int{}
+	for range conns {
+		res := <-results
+		total += res.pairs
+		ends[res.ended]++
+	}
+	// The app may still be receiving the last requests: give it a moment
+	// to count them, bounded.
+	r.app.waitCounts(500*time.Millisecond, func(int, int) bool { return false })
+	started, _, _ := r.app.counts()
+	out.note = fmt.Sprintf("streams_reset=%d app_saw=%d ended=%q", total, started, fmt.Sprint(ends))
+	if started > r.n*h2MaxStreams {
+		err = fmt.Errorf("the app saw %d of %d reset streams, more than %d streams a connection may hold open × %d connections", started, total, h2MaxStreams, r.n)
+	}
+	herr := r.holdOpen(conns, &out)
+	readers.Wait()
+	return out, errors.Join(err, herr)
+}
+
+// h2MaxStreams is proxy's h2MaxStreams: SETTINGS_MAX_CONCURRENT_STREAMS.
+const h2MaxStreams = 250
+
+// h2ContinuationFlood opens a header block and never ends it: CONTINUATION
+// frames of fragment bytes each (a literal header field after another, or
+// nothing at all when fragment is 0) until tidegate closes the connection
+// or the header timeout is well past (r.frames frames or r.flood at most).
+// The lifetime counts from the connect.
+func h2ContinuationFlood(fragment int) func(r *rc) (outcome, error) {
+	return func(r *rc) (outcome, error) {
+		var out outcome
+		type result struct {
+			frames int
+			took   time.Duration
+			ended  string
+		}
+		// One literal header field without indexing, new name "x" and a
+		// value of fragment-3 bytes (the length fits in 7 bits up to 126,
+		// so build it with the encoder).
+		var frag []byte
+		if fragment > 0 {
+			var b bytes.Buffer
+			_ = hpack.NewEncoder(&b).WriteField(hpack.HeaderField{Name: "x", Value: string(bytes.Repeat([]byte("v"), fragment)), Sensitive: true})
+			frag = b.Bytes()
+		}
+		results := make(chan result, r.n)
+		var readers sync.WaitGroup
+		conns, err := r.dialAll(func(_ int, c net.Conn) error {
+			readers.Add(1)
+			go func() {
+				defer readers.Done()
+				_, _ = io.Copy(io.Discard, c)
+			}()
+			return nil
+		})
+		if err != nil {
+			readers.Wait()
+			return out, err
+		}
+		for _, c := range conns {
+			go func() {
+				start := time.Now()
+				res := result{ended: "cap"}
+				defer func() { res.took = time.Since(start); results <- res }()
+				_ = c.SetWriteDeadline(start.Add(min(r.flood, headerLimit+time.Second)))
+				fr, bw, err := h2Start(c)
+				if err == nil {
+					err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h2Headers("/fast"), EndStream: true})
+				}
+				for err == nil && res.frames < r.frames && r.ctx.Err() == nil && time.Since(start) < headerLimit+time.Second {
+					err = fr.WriteContinuation(1, false, frag)
+					if err == nil && bw.Buffered() > 8<<10 {
+						err = bw.Flush()
+					}
+					if err == nil {
+						res.frames++
+					}
+				}
+				switch {
+				case errors.Is(err, os.ErrDeadlineExceeded):
+					res.ended = "tidegate stopped reading"
+				case err != nil:
+					res.ended = "closed by tidegate"
+				case r.ctx.Err() != nil:
+					res.ended = "row stopped"
+				case res.frames < r.frames:
+					res.ended = "time"
+				default:
+					_ = bw.Flush()
+				}
+			}()
+		}
+		total := 0
+		ends := map[string]int{}
+		for range conns {
+			res := <-results
+			total += res.frames
+			ends[res.ended]++
+			if res.ended == "closed by tidegate" {
+				out.lifetimes = append(out.lifetimes, res.took)
+			}
+		}
+		out.note = fmt.Sprintf("continuation_frames=%d fragment_bytes=%d ended=%q", total, len(frag), fmt.Sprint(ends))
+		err = r.holdOpen(conns, &out)
+		readers.Wait()
+		return out, err
+	}
+}

@@ -45,6 +45,7 @@ type row struct {
 	life           lifeRule
 	run            func(*rc) (outcome, error)
 	tidegateCloses bool // every connection must be closed by tidegate (within life's limit)
+	frames, longF  int  // cap of a flood's frames per connection; 0: 2,000,000 and 20,000,000
 }
 
 func rows() []row {
@@ -53,6 +54,12 @@ func rows() []row {
 		{name: "h2-window-abuse-no-read", conns: 2, long: 8, streams: 8, h2: true, life: lifeHeld, run: h2WindowAbuse},
 		{name: "h2-settings-flood", conns: 1, long: 4, h2: true, life: lifeAny, run: h2Flood(false)},
 		{name: "h2-ping-flood", conns: 1, long: 4, h2: true, life: lifeAny, run: h2Flood(true)},
+		{name: "h2c-rapid-reset", conns: 1, long: 4, h2: true, life: lifeAny, run: h2RapidReset,
+			frames: 100_000, longF: 1_000_000},
+		{name: "h2c-continuation-flood-1KiB", conns: 4, long: 16, h2: true, life: lifeHeader, tidegateCloses: true,
+			run: h2ContinuationFlood(1 << 10)},
+		{name: "h2c-continuation-flood-empty", conns: 4, long: 16, h2: true, life: lifeHeader, tidegateCloses: true,
+			run: h2ContinuationFlood(0), frames: 1 << 40, longF: 1 << 40}, // bounded by time
 		{name: "h1-silent", conns: 16, long: 256, life: lifeHeader, tidegateCloses: true,
 			run: stalled(nil, nil, "")},
 		{name: "h1-slow-head", conns: 16, long: 256, life: lifeHeader, tidegateCloses: true,
@@ -88,8 +95,14 @@ func TestInvariantPerConnection(t *testing.T) {
 
 func runRow(t *testing.T, r row, long bool) {
 	n, hold, frames, flood := r.conns, 2*time.Second, 2_000_000, 8*time.Second
+	if r.frames > 0 {
+		frames = r.frames
+	}
 	if long {
-		n, hold, frames, flood = r.long, 10*time.Second, 2_000_000, 30*time.Second
+		n, hold, frames, flood = r.long, 10*time.Second, 20_000_000, 30*time.Second
+		if r.longF > 0 {
+			frames = r.longF
+		}
 	}
 	a := startApp(t)
 	tg := startTidegate(t, a.Addr,
