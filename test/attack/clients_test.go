@@ -413,7 +413,9 @@ func halfOpen(r *rc) (outcome, error) {
 			out.lifetimes = append(out.lifetimes, res.d)
 		}
 	}
-	out.note = fmt.Sprintf("answers=%q", fmt.Sprint(statuses)) // status 0: cut without an answer
+	started, cancelled, _ := r.app.counts()
+	// status 0: cut without an answer
+	out.note = fmt.Sprintf("answers=%q app_started=%d app_cancelled=%d", fmt.Sprint(statuses), started, cancelled)
 	m, err := r.tg.metrics(connsActive)
 	if err == nil {
 		out.openAtEnd = int(m[connsActive])

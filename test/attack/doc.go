@@ -3,7 +3,7 @@
 // memory per connection stays under a documented bound, and a connection
 // that holds no request is closed within the documented timeout.
 //
-// TestMain builds ./cmd/tidegate once. Each row of TestInvariantPerConnection
+// TestMain builds ./cmd/tidegate once. Each row of TestAttackInvariantPerConnection
 // starts a fresh tidegate on 127.0.0.1 in front of an app inside the test
 // (a generated 1 GiB body, a fast answer, a slow one), measures a baseline,
 // runs one kind of hostile client on a number of connections, and reports

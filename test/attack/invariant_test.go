@@ -82,11 +82,11 @@ func rows() []row {
 // byte of a header value at a time.
 const slowHead = "GET /fast HTTP/1.1\r\nHost: attack\r\nX-Slow: "
 
-// TestInvariantPerConnection runs each hostile client of rows() against a
+// TestAttackInvariantPerConnection runs each hostile client of rows() against a
 // fresh tidegate and checks the memory bound, the lifetime bound and the
 // release of every connection once the client goes. Each row logs one line
 // starting "attack row=" with what it measured.
-func TestInvariantPerConnection(t *testing.T) {
+func TestAttackInvariantPerConnection(t *testing.T) {
 	long := os.Getenv(longEnv) == "1"
 	for _, r := range rows() {
 		t.Run(r.name, func(t *testing.T) { runRow(t, r, long) })
