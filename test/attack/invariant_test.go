@@ -55,7 +55,7 @@ func rows() []row {
 		{name: "h2-settings-flood", conns: 1, long: 4, h2: true, life: lifeAny, run: h2Flood(false)},
 		{name: "h2-ping-flood", conns: 1, long: 4, h2: true, life: lifeAny, run: h2Flood(true)},
 		{name: "h2c-rapid-reset", conns: 1, long: 4, h2: true, life: lifeAny, run: h2RapidReset,
-			frames: 100_000, longF: 1_000_000},
+			frames: 100_000, longF: 500_000},
 		{name: "h2c-continuation-flood-1KiB", conns: 4, long: 16, h2: true, life: lifeHeader, tidegateCloses: true,
 			run: h2ContinuationFlood(1 << 10)},
 		{name: "h2c-continuation-flood-empty", conns: 4, long: 16, h2: true, life: lifeHeader, tidegateCloses: true,
