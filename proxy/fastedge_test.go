@@ -275,3 +275,36 @@ func TestContentLengthWithChunkedClosesTheConnection(t *testing.T) {
 		rc.expectClosed(t)
 	}
 }
+
+// TestFailureWithUnreadBodyIsNotReset: an app that is down is answered
+// 502 before tidegate read the request's body; when the connection then
+// closes (the client said Connection: close), closing it with the body's
+// bytes unread makes the kernel send a reset, and a client still writing
+// the body (Go's, curl) may see the reset ("broken pipe", "connection
+// reset") instead of the 502: the chaos test lost two 502s so. The close
+// is a lingering one: FIN first, then what still comes is read and
+// dropped, for a bounded time and size, as net/http does for a body it
+// gave up on. The client here sends part of the body, reads the answer
+// and then the end of the connection: a FIN (EOF), never a reset.
+func TestFailureWithUnreadBodyIsNotReset(t *testing.T) {
+	r := newFastRig(t, deadUpstream(t), nil, nil)
+	for _, sent := range []int{1, 16 << 10, 64 << 10} {
+		c, err := net.Dial("tcp", r.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		head := "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1048576\r\n\r\n"
+		if _, err := c.Write(append([]byte(head), make([]byte, sent)...)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(c)
+		_ = c.Close()
+		if !strings.HasPrefix(string(got), "HTTP/1.1 502 ") {
+			t.Fatalf("%d body bytes sent: read %q; want the 502", sent, got)
+		}
+		if err != nil {
+			t.Fatalf("%d body bytes sent: the 502 came, then %v; want a FIN (EOF), not a reset", sent, err)
+		}
+	}
+}

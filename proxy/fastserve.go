@@ -125,6 +125,9 @@ func (s *Server) serveFastConn(c *trackedConn) {
 		bw.Reset(nil)
 		clientBufs.Put(bw)
 		if !keep {
+			if fc.br.Buffered() > 0 {
+				c.lingerOnClose() // pipelined bytes unread: no reset over the answer
+			}
 			return
 		}
 		s.transition(c, http.StateIdle, s.t)

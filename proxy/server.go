@@ -177,11 +177,25 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 				}
 			}
 			dw := &drainWriter{ResponseWriter: w, draining: &s.draining, h2: h2ConnOf(r)}
+			var body *seenBody
 			if r.ProtoMajor == 1 {
 				dropH2CUpgrade(r.Header)
 				dw.close = len(r.TransferEncoding) > 0
+				if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+					// A copy: net/http's own r.Body must stay its type,
+					// for its keep-alive decision looks at it.
+					body = &seenBody{ReadCloser: r.Body}
+					r = r.WithContext(r.Context())
+					r.Body = body
+				}
 			}
 			h.ServeHTTP(dw, r)
+			if body != nil && !body.eof.Load() {
+				nc, _ := r.Context().Value(connKey{}).(net.Conn)
+				if c := trackedOf(nc); c != nil {
+					c.lingerOnClose()
+				}
+			}
 			if !dw.wrote && (dw.close || s.draining.Load()) {
 				// Nothing written: net/http sends the header after we return.
 				dw.moveClient()
@@ -394,9 +408,57 @@ type trackedConn struct {
 	handedOff atomic.Bool  // the fast path gave it to net/http, which has not seen it yet
 	limit     *ConnLimit   // nil: no limit
 	released  atomic.Bool  // the slot is given back
+	linger    atomic.Bool  // the next Close lingers (lingerOnClose)
+}
+
+// seenBody notes that a request's body was read to its end.
+type seenBody struct {
+	io.ReadCloser
+	eof atomic.Bool
+}
+
+func (b *seenBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {
+	if c.linger.CompareAndSwap(true, false) {
+		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			go c.drainAndClose()
+			return nil
+		}
+	}
+	return c.closeNow()
+}
+
+// lingerOnClose makes c's next Close a lingering one: the answer has been
+// written, but bytes the client sent (a request body tidegate did not
+// read) may still arrive. A full close with unread bytes makes the kernel
+// send a reset, which can take the answer the client has not read yet
+// with it. So Close sends a FIN and returns, and drainAndClose reads and
+// drops what still comes, at most lingerBytes for at most lingerTime,
+// then closes: net/http's closeWriteAndWait, which it does not do for a
+// client that said Connection: close.
+func (c *trackedConn) lingerOnClose() { c.linger.Store(true) }
+
+const (
+	// lingerTime bounds how long a closed connection's input is drained.
+	lingerTime = 500 * time.Millisecond
+	// lingerBytes bounds how much of it is read.
+	lingerBytes = 256 << 10
+)
+
+func (c *trackedConn) drainAndClose() {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.CopyN(io.Discard, c.Conn, lingerBytes)
+	_ = c.closeNow()
+}
+
+func (c *trackedConn) closeNow() error {
 	err := c.Conn.Close()
 	if c.limit != nil && c.released.CompareAndSwap(false, true) {
 		c.limit.closed()
