@@ -215,7 +215,8 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("httpGet.%w", err)
 		}
 		if !strings.HasPrefix(s.HTTPGet.Path, "/") {
-			return fmt.Errorf("httpGet.path %q must start with /", s.HTTPGet.Path)
+			path, _, _ := strings.Cut(s.HTTPGet.Path, "?") // the query may carry a token
+			return fmt.Errorf("httpGet.path %q must start with /", path)
 		}
 	case s.TCPSocket != nil && s.TCPSocket.Unix != "":
 	case s.TCPSocket != nil:

@@ -246,6 +246,12 @@ func TestConfigErrorsHideURLPasswords(t *testing.T) {
 			t.Errorf("%q: %q no longer names the value", args, err)
 		}
 	}
+	file := filepath.Join(t.TempDir(), "tidegate.yaml")
+	writeConfig(t, file, "upstream: 127.0.0.1:3000\nprobes:\n  - readinessProbe: {httpGet: {path: \"ready?token=probe-secret\", port: 3000}}\n")
+	_, err := loadConfig([]string{"--config", file}, envOf(nil))
+	if err == nil || !strings.Contains(err.Error(), `httpGet.path "ready" must start with /`) {
+		t.Errorf("a YAML probe path without /: %v", err)
+	}
 }
 
 // A probe URL's query (a token, often) showed in the health listener's
