@@ -105,14 +105,14 @@ func (a HTTPApp) Stop(ctx context.Context) AppExit {
 	req.Header.Set("User-Agent", "tidegate")
 	resp, err := c.Do(req)
 	if err != nil {
-		ex.Status, ex.Detail = "failed", fmt.Sprintf("POST %s: %v", a.URL, err)
+		ex.Status, ex.Detail = "failed", err.Error() // net/http's *url.Error: POST "URL" (password hidden): why
 		return ex
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	ex.Code = resp.StatusCode
 	if resp.StatusCode >= 300 {
-		ex.Status, ex.Detail = "failed", fmt.Sprintf("POST %s answered %s", a.URL, resp.Status)
+		ex.Status, ex.Detail = "failed", fmt.Sprintf("POST %s answered %s", req.URL.Redacted(), resp.Status)
 		return ex
 	}
 	ex.Status = "stopped"

@@ -4,14 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -130,4 +136,81 @@ func TestBadChecksRejected(t *testing.T) {
 			t.Errorf("NewHandler(%+v) accepted a bad check", o)
 		}
 	}
+}
+
+// A probe URL's query may hold a token. /readyz?verbose (served on every
+// interface), /status and the logs showed it, in the target and in the
+// reason of a failed attempt (net/http's error quotes the whole URL).
+func TestProbeQueryStaysOffVerboseOutputAndLogs(t *testing.T) {
+	var healthy atomic.Bool
+	var query atomic.Value
+	query.Store("")
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		query.Store(r.URL.RawQuery)
+		if healthy.Load() {
+			_, _ = io.WriteString(w, "ok")
+			return
+		}
+		c, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		_, _ = buf.WriteString("HTTP/1.1 abc\r\n\r\n") // malformed: the client's error names the URL
+		_ = buf.Flush()
+		_ = c.Close()
+	}))
+	t.Cleanup(app.Close)
+	core, logs := observer.New(zap.InfoLevel)
+	set, err := NewSet([]Spec{{Name: "app/readiness", Kind: Readiness,
+		HTTPGet: &HTTPGetAction{Scheme: "http", Host: "127.0.0.1", Port: portOf(app.Listener), Path: "/ready?token=probe-secret"},
+		Period:  20 * time.Millisecond, Timeout: time.Second, FailureThreshold: 1}}, SetOptions{Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSet(t, set)
+	s := serve(t, Options{Readiness: set.Checks(Readiness, "")})
+	target := "http://" + app.Listener.Addr().String() + "/ready"
+	secretFree := func(where, text string) {
+		t.Helper()
+		if strings.Contains(text, "probe-secret") {
+			t.Errorf("%s shows the probe's query: %s", where, text)
+		}
+	}
+	logged := func() string {
+		var b strings.Builder
+		for _, e := range logs.All() {
+			fmt.Fprintf(&b, "%s %v\n", e.Message, e.ContextMap())
+		}
+		return b.String()
+	}
+
+	wait.For(t, "a failed attempt", func() bool { st, _ := statusOf(set, "app/readiness"); return st.Probed })
+	code, body, _ := call(t, s, "/readyz?verbose")
+	if code != 503 || !strings.Contains(body, "[-]app/readiness failed: ") || !strings.Contains(body, "("+target+", last") {
+		t.Errorf("/readyz?verbose while failing: %d %q, want 503 naming %s", code, body, target)
+	}
+	secretFree("/readyz?verbose", body)
+	st, _ := statusOf(set, "app/readiness")
+	if st.Target != target {
+		t.Errorf("status target %q, want %q", st.Target, target)
+	}
+	secretFree("the status reason", st.Reason)
+
+	healthy.Store(true)
+	wait.For(t, "the probe passing", func() bool { return set.Healthy(Readiness, "") })
+	for _, accept := range []string{"text/plain", "application/json"} {
+		code, body, _ = call(t, s, "/readyz?verbose", "Accept", accept)
+		if code != 200 || !strings.Contains(body, target) {
+			t.Errorf("/readyz?verbose (%s): %d %q, want 200 naming %s", accept, code, body, target)
+		}
+		secretFree("/readyz?verbose", body)
+	}
+	if q := query.Load(); q != "token=probe-secret" {
+		t.Errorf("the app got query %q, want token=probe-secret", q)
+	}
+	out := logged()
+	if !strings.Contains(out, "probe not passing yet") || !strings.Contains(out, "probe passing") {
+		t.Errorf("transitions not logged:\n%s", out)
+	}
+	secretFree("the logs", out)
 }

@@ -112,12 +112,15 @@ type ExecAction struct {
 	Command []string
 }
 
-// Target describes the action for logs and verbose output.
+// Target describes the action for logs and verbose output (which the
+// health listener serves to anyone who reaches it): an HTTP probe shows as
+// scheme://host:port/path, without its query, which may carry a token.
 func (s Spec) Target() string {
 	switch {
 	case s.HTTPGet != nil:
 		h := s.HTTPGet
-		return fmt.Sprintf("%s://%s%s", h.Scheme, net.JoinHostPort(h.Host, strconv.Itoa(h.Port)), h.Path)
+		path, _, _ := strings.Cut(h.Path, "?")
+		return fmt.Sprintf("%s://%s%s", h.Scheme, net.JoinHostPort(h.Host, strconv.Itoa(h.Port)), path)
 	case s.TCPSocket != nil && s.TCPSocket.Unix != "":
 		return "unix://" + s.TCPSocket.Unix
 	case s.TCPSocket != nil:
@@ -212,7 +215,8 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("httpGet.%w", err)
 		}
 		if !strings.HasPrefix(s.HTTPGet.Path, "/") {
-			return fmt.Errorf("httpGet.path %q must start with /", s.HTTPGet.Path)
+			path, _, _ := strings.Cut(s.HTTPGet.Path, "?") // the query may carry a token
+			return fmt.Errorf("httpGet.path %q must start with /", path)
 		}
 	case s.TCPSocket != nil && s.TCPSocket.Unix != "":
 	case s.TCPSocket != nil:
@@ -419,6 +423,10 @@ func (c *capped) String() string { return c.b.String() }
 // shortNetErr keeps the operator-relevant tail of a network error
 // ("connection refused", "no such host").
 func shortNetErr(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // not its URL: the query may carry a token
+	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Err != nil {
 		msg := op.Err.Error()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +17,9 @@ type Config struct {
 	Protocol     []string // by position with Listen; one applies to all
 	HealthListen string   // "off" disables the health listener
 	AdminListen  string   // "off" disables the admin listener
+	// AdminListenPublic allows an AdminListen that is not a loopback
+	// address (the admin API has no authentication). Default false.
+	AdminListenPublic bool
 
 	Upstream UpstreamConfig
 	Server   ServerConfig
@@ -164,4 +169,78 @@ func formatBytes(n int64) string {
 		}
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+// redacted replaces a secret setting's value wherever config is shown or
+// logged: /config, /status, reload errors, /debug/pprof/cmdline.
+const redacted = "<redacted>"
+
+// urlPassword matches the userinfo of a URL with a password
+// (scheme://user:password@), wherever it stands in a string: a setting's
+// value, a list of them, an app command or an error message. The password
+// ends at the last @ before the host; it cannot reach past a /, ?, # or
+// space, so two URLs in one string stay apart.
+var urlPassword = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s"']*):[^/?#\s"']*@`)
+
+// redactURLs replaces the password of every URL in s with "xxxxx", as
+// url.URL.Redacted does; the user name stays, so that an operator can tell
+// which account is used.
+func redactURLs(s string) string {
+	if !strings.Contains(s, "://") {
+		return s
+	}
+	return urlPassword.ReplaceAllString(s, "${1}:xxxxx@")
+}
+
+// redactedError is an error whose text has URL passwords redacted; it
+// unwraps to the original, so errors.As (usageError) still sees it.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e redactedError) Error() string { return e.msg }
+func (e redactedError) Unwrap() error { return e.err }
+
+// redactErr hides URL passwords in err's text. Validation errors quote the
+// value they refuse (a stop URL, a probe URL), and they are printed at start,
+// logged on reload and shown in /status.
+func redactErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if msg := err.Error(); redactURLs(msg) != msg {
+		return redactedError{msg: redactURLs(msg), err: err}
+	}
+	return err
+}
+
+// redactArgs returns tidegate's command line with secrets hidden: the value
+// of every flag the settings table marks secret (--drain-token T,
+// --drain-token=T, -drain-token T) becomes <redacted>, and every URL
+// password (in flags or the app command after --) becomes xxxxx.
+func redactArgs(args []string, table []setting) []string {
+	out := make([]string, len(args))
+	hideNext, flags := false, true
+	for i, a := range args {
+		switch {
+		case hideNext:
+			out[i], hideNext = redacted, false
+			continue
+		case a == "--":
+			flags = false
+		case flags && strings.HasPrefix(a, "-"):
+			name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if slices.ContainsFunc(table, func(s setting) bool { return s.secret && s.flag == name }) {
+				if hasValue {
+					out[i] = a[:strings.Index(a, "=")+1] + redacted
+				} else {
+					out[i], hideNext = a, true
+				}
+				continue
+			}
+		}
+		out[i] = redactURLs(a)
+	}
+	return out
 }

@@ -95,6 +95,11 @@ func (s *sidecar) preStopDrain(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
+	if reason, msg := browserRefusal(r); reason != "" { // the token is in no page; refuse early all the same
+		s.log.Named("health").Warn("drain request refused", zap.String("reason", reason), zap.String("origin", r.Header.Get("Origin")), zap.String("remote_addr", r.RemoteAddr))
+		http.Error(w, "refused: "+msg, http.StatusForbidden)
+		return
+	}
 	token := s.live().Drain.Token
 	if token == "" {
 		http.Error(w, "drain endpoint is off: start tidegate with --drain-token", http.StatusNotFound)

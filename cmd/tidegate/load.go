@@ -61,7 +61,8 @@ type loaded struct {
 // environment and the config file named by --config or TIDEGATE_CONFIG.
 // flag.ErrHelp means the operator asked for --help. Any other error is a
 // usageError that names the offending value and where it came from.
-func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
+func loadConfig(args []string, getenv func(string) string) (l *loaded, err error) {
+	defer func() { err = redactErr(err) }() // errors quote values: no URL password in them
 	table := settings()
 	fs := flag.NewFlagSet("tidegate run", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -95,7 +96,7 @@ func loadConfig(args []string, getenv func(string) string) (*loaded, error) {
 		return nil, usagef("unexpected argument %q: flags come first, and the app's command after -- (see tidegate run --help)", fs.Arg(0))
 	}
 
-	l := &loaded{origin: make(map[string]string, len(table)), args: allArgs, getenv: getenv}
+	l = &loaded{origin: make(map[string]string, len(table)), args: allArgs, getenv: getenv}
 	for _, s := range table {
 		if err := s.set(&l.cfg, splitList(s, s.def)); err != nil {
 			return nil, fmt.Errorf("default of %s: %w", s.key, err) // a bug, not bad input
@@ -354,6 +355,9 @@ func (l *loaded) validate(table []setting) error {
 				return fmt.Errorf("%s and %s are both %q: each listener needs its own port", a.key, b.key, a.addr)
 			}
 		}
+	}
+	if err := checkAdminListen(c.AdminListen, c.AdminListenPublic); err != nil {
+		return fmt.Errorf("%s: %w", l.describeKey(table, "admin_listen"), err)
 	}
 	if c.Drain.Delay > c.Drain.Timeout {
 		return fmt.Errorf("%s %s is longer than %s %s: the drain would be cut before load balancers notice",
@@ -629,13 +633,18 @@ func (l *loaded) describeKey(table []setting, key string) string {
 	return l.describe(table[i])
 }
 
-// effective returns the config as key → value, for /config and /status.
-func (l *loaded) effective() map[string]string {
+// effective returns the config as key → value, for /config, /status and
+// reload messages: secret settings show as <redacted>, URL passwords as
+// xxxxx (see values for what a reload compares).
+func (l *loaded) effective() map[string]string { return l.values(true) }
+
+// values returns the config as key → value; redact hides secrets.
+func (l *loaded) values(redact bool) map[string]string {
 	out := make(map[string]string)
 	for _, s := range settings() {
 		v := s.get(&l.cfg)
-		if s.secret && v != "" {
-			v = "<redacted>"
+		if redact && s.secret && v != "" {
+			v = redacted
 		}
 		out[s.key] = v
 	}
@@ -659,6 +668,11 @@ func (l *loaded) effective() map[string]string {
 			targets = append(targets, string(p.Kind)+" "+p.WithDefaults().Target())
 		}
 		out["probes"] = strings.Join(targets, "; ")
+	}
+	if redact {
+		for k, v := range out {
+			out[k] = redactURLs(v)
+		}
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -152,14 +153,15 @@ func parseProbeURL(kind healthz.Kind, raw string) (healthz.Spec, error) {
 		s.Exec = &healthz.ExecAction{Command: strings.Fields(cmd)}
 		return s, nil
 	}
+	shown := shownProbeURL(raw)
 	u, err := url.Parse(raw)
 	if err != nil {
-		return s, fmt.Errorf("%q is not a probe URL: %w", raw, err)
+		return s, fmt.Errorf("%q is not a probe URL: %v", shown, errors.Unwrap(err))
 	}
 	host, port := u.Hostname(), u.Port()
 	p, err := strconv.Atoi(port)
 	if err != nil && u.Scheme != "exec" {
-		return s, fmt.Errorf("%q: give a port, as in http://127.0.0.1:3000/healthz", raw)
+		return s, fmt.Errorf("%q: give a port, as in http://127.0.0.1:3000/healthz", shown)
 	}
 	if host == "localhost" || host == "" {
 		host = "127.0.0.1"
@@ -176,12 +178,23 @@ func parseProbeURL(kind healthz.Kind, raw string) (healthz.Spec, error) {
 	case "grpc":
 		s.GRPC = &healthz.GRPCAction{Host: host, Port: p, Service: strings.TrimPrefix(u.Path, "/")}
 	default:
-		return s, fmt.Errorf("%q: scheme %q is not one of http, https, tcp, grpc or exec:", raw, u.Scheme)
+		return s, fmt.Errorf("%q: scheme %q is not one of http, https, tcp, grpc or exec:", shown, u.Scheme)
 	}
 	if net.ParseIP(host) == nil && strings.ContainsAny(host, " /") {
-		return s, fmt.Errorf("%q: host %q is not a host", raw, host)
+		return s, fmt.Errorf("%q: host %q is not a host", shown, host)
 	}
 	return s, nil
+}
+
+// shownProbeURL is a probe URL as errors and logs show it: without its
+// query (it may carry a token) and without user and password.
+func shownProbeURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+		return u.String()
+	}
+	before, _, _ := strings.Cut(raw, "?")
+	return redactURLs(before)
 }
 
 // probeSpecs builds every probe from the flag shorthands and the YAML list,

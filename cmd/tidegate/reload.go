@@ -49,6 +49,7 @@ import (
 var frozenKeys = map[string]string{
 	"health_listen":           "the kubelet and load balancers probe it",
 	"admin_listen":            "",
+	"admin_listen_public":     "it is checked when the admin listener opens",
 	"grpc_health_listen":      "",
 	"log.format":              "",
 	"server.max_connections":  "each listening socket keeps the limit it was opened with",
@@ -149,7 +150,10 @@ func (s *sidecar) applyReload() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	was, now := old.effective(), l.effective()
+	// Compare the values themselves, so that a changed secret counts;
+	// messages show them redacted.
+	was, now := old.values(false), l.values(false)
+	wasShown, nowShown := old.effective(), l.effective()
 	var changed []string
 	for k, v := range now {
 		if was[k] != v {
@@ -167,8 +171,11 @@ func (s *sidecar) applyReload() ([]string, error) {
 			if why != "" {
 				why = " (" + why + ")"
 			}
+			if wasShown[k] == nowShown[k] {
+				why += " (what changed is a redacted secret)"
+			}
 			return nil, fmt.Errorf("%s changed from %q to %q: it cannot change while tidegate runs%s; restart tidegate to apply it (nothing of this reload was applied)",
-				k, was[k], now[k], why)
+				k, wasShown[k], nowShown[k], why)
 		}
 	}
 	// Everything that can fail comes first: the access log file, the

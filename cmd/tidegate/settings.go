@@ -207,6 +207,9 @@ func settings() []setting {
 		strSetting("admin-listen", "admin_listen", "127.0.0.1:9901", "ADDR",
 			"admin listener (/metrics, /status, /config, /debug/pprof/), or off",
 			func(c *Config) *string { return &c.AdminListen }, listenAddr(true)),
+		boolSetting("admin-listen-public", "admin_listen_public",
+			"allow an --admin-listen address that is not loopback (0.0.0.0:9901, :9901, a pod IP). Dangerous: the admin listener has no authentication, and whoever reaches it can drain tidegate, reload its config and profile it; restrict it with a firewall or NetworkPolicy",
+			func(c *Config) *bool { return &c.AdminListenPublic }),
 
 		strSetting("upstream-protocol", "upstream.protocol", "auto", "PROTO",
 			"how requests reach the app: http1, h2c (HTTP/2 with prior knowledge), or auto (h2c for gRPC that arrived over HTTP/2, else http1)",

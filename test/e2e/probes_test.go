@@ -173,7 +173,7 @@ probes:
 	_, body := get(t, c, "http://"+tg.Admin+"/status")
 	decodeJSON(t, body, &st)
 	if len(st.Probes) != 2 || st.Probes[0].Name != "web/readiness" || !st.Probes[0].Healthy ||
-		st.Probes[0].Target != "http://127.0.0.1:"+appPort+"/status?code=204" {
+		st.Probes[0].Target != "http://127.0.0.1:"+appPort+"/status" { // a target has no query: it may carry a token
 		t.Fatalf("/status probes: %+v", st.Probes)
 	}
 	tg.stop()
