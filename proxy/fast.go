@@ -998,7 +998,7 @@ func (h *Handler) failFast(fc *fastConn, bw *bufio.Writer, x *fastExchange, f fa
 	x.failure = &f
 	h.upstreamFailed(fc, x, f, err)
 	keep = keep && !closing()
-	x.bytes = writeFailureRaw(bw, f, x.id, keep)
+	x.bytes = writeFailureRaw(bw, f, x.id, keep, string(fc.head.method) == http.MethodHead)
 	// Flushed whatever keep is: the connection closes when this returns
 	// false, and the answer must be on the wire before.
 	flushed := bw.Flush() == nil
@@ -1022,8 +1022,10 @@ func (h *Handler) upstreamFailed(fc *fastConn, x *fastExchange, f failure, err e
 		zap.Error(err))
 }
 
-// writeFailureRaw writes the answer writeFailure gives on net/http.
-func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) int64 {
+// writeFailureRaw writes the answer writeFailure gives on net/http. The
+// answer to a HEAD has no body, as net/http sends none: the client reads
+// none, and on a kept connection would read it as the next answer's head.
+func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep, head bool) int64 {
 	body := f.body()
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(f.status))
@@ -1043,6 +1045,9 @@ func writeFailureRaw(bw *bufio.Writer, f failure, id []byte, keep bool) int64 {
 		bw.WriteString("\r\nConnection: close")
 	}
 	bw.WriteString("\r\n\r\n")
+	if head {
+		return 0
+	}
 	bw.WriteString(body)
 	return int64(len(body))
 }
