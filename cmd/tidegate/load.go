@@ -568,7 +568,9 @@ func sameListenAddr(a, b string) bool {
 // port, and the same host, or a loopback (or localhost, or wildcard) host
 // while the listener is on a wildcard or loopback address, or one of this
 // machine's addresses (from local) while it is on a wildcard. Another
-// host on the same port is a valid setup. A name other than localhost is
+// host on the same port is a valid setup, and so is another address of
+// this machine when the listener is bound to one address (the app on
+// [::1]:8080 behind --listen 127.0.0.1:8080). A name other than localhost is
 // not resolved: the Via check of the proxy stops what this misses.
 func upstreamIsSelf(up, listen string, local func() []net.IP) bool {
 	hu, pu, err1 := proxy.SplitHostPort(up)
@@ -579,6 +581,12 @@ func upstreamIsSelf(up, listen string, local func() []net.IP) bool {
 	ipu, ipl := net.ParseIP(hu), net.ParseIP(hl)
 	if strings.EqualFold(hu, hl) || ipu != nil && ipl != nil && ipu.Equal(ipl) {
 		return true
+	}
+	if ipu != nil && ipl != nil && !ipu.IsUnspecified() && !ipl.IsUnspecified() {
+		// Two different addresses, neither a wildcard: a socket bound to
+		// one is not reached by dialing the other, loopback or not
+		// (127.0.0.1 and [::1], 127.0.0.1 and 127.0.0.2 are apart).
+		return false
 	}
 	wildcard := hl == "" || ipl != nil && ipl.IsUnspecified()
 	switch {

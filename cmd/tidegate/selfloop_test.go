@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestUpstreamIsSelf: the static self-loop check refuses an upstream that
@@ -32,7 +34,6 @@ func TestUpstreamIsSelf(t *testing.T) {
 		{"10.9.8.7:8080", ":8080", true}, // this machine's address, wildcard listener
 		{"[fd00::7]:8080", "[::]:8080", true},
 		{"localhost:18080", "127.0.0.1:18080", true},
-		{"[::1]:18080", "127.0.0.1:18080", true},
 		{"10.1.2.3:8080", "10.1.2.3:8080", true},
 		{"app:8080", "app:8080", true},
 		{"[::ffff:10.1.2.3]:8080", "10.1.2.3:8080", true},
@@ -42,6 +43,9 @@ func TestUpstreamIsSelf(t *testing.T) {
 		{"app.internal:8080", ":8080", false},        // a name: the Via check decides at run time
 		{"127.0.0.1:8080", "10.1.2.3:8080", false},   // the listener does not take loopback
 		{"10.9.8.7:8080", "10.1.2.3:8080", false},
+		{"[::1]:18080", "127.0.0.1:18080", false}, // another loopback address: a socket bound to one is not reached by the other
+		{"127.0.0.2:18080", "127.0.0.1:18080", false},
+		{"127.0.0.1:18080", "[::1]:18080", false},
 		{"127.0.0.1:3000", ":8080", false},
 		{"127.0.0.1:8080", ":0", false},
 		{"bad", ":8080", false},
@@ -68,10 +72,54 @@ func TestSelfLoopConfigs(t *testing.T) {
 		{"--listen", "127.0.0.1:18080", "--upstream", "10.1.2.3:18080"},
 		{"--listen", "10.1.2.3:18080", "--upstream", "127.0.0.1:18080"},
 		{"--listen", ":8080", "--upstream", "app.internal:8080"},
+		{"--listen", "127.0.0.1:18080", "--upstream", "[::1]:18080"},
 	} {
 		if _, err := loadConfig(args, envOf(nil)); err != nil {
 			t.Errorf("%q: %v", args, err)
 		}
+	}
+}
+
+// TestUpstreamOnAnotherLoopbackAddress: an app bound to [::1]:P (Node's
+// "localhost" since v17) behind tidegate on 127.0.0.1:P is a valid setup,
+// not a loop: both sockets are bound at once, and a dial to one does not
+// reach the other. The static check lets it start.
+func TestUpstreamOnAnotherLoopbackAddress(t *testing.T) {
+	app, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	}
+	defer app.Close()
+	port := app.Addr().(*net.TCPAddr).Port
+	front, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Skipf("127.0.0.1:%d is taken: %v", port, err)
+	}
+	defer front.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := app.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", app.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case ac := <-accepted:
+		ac.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("the app on [::1] accepted no connection")
+	}
+	listen, up := front.Addr().String(), app.Addr().String()
+	if upstreamIsSelf(up, listen, interfaceIPs) {
+		t.Fatalf("upstreamIsSelf(%q, %q): a loop, but the app is another socket", up, listen)
+	}
+	if _, err := loadConfig([]string{"--listen", listen, "--upstream", up}, envOf(nil)); err != nil {
+		t.Fatalf("--listen %s --upstream %s: %v", listen, up, err)
 	}
 }
 
