@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -306,5 +307,40 @@ func TestFailureWithUnreadBodyIsNotReset(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%d body bytes sent: the 502 came, then %v; want a FIN (EOF), not a reset", sent, err)
 		}
+	}
+}
+
+// TestShutdownWaitsForLingeringCloses: a drain ends with Shutdown, and
+// then the process exits, which resets every socket still open. A
+// connection in its lingering close holds an answer the client may not
+// have read yet, so Shutdown returns only when no close lingers (at most
+// lingerTime later).
+func TestShutdownWaitsForLingeringCloses(t *testing.T) {
+	r := newFastRig(t, deadUpstream(t), nil, nil)
+	c, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	head := "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1048576\r\n\r\n"
+	if _, err := c.Write(append([]byte(head), make([]byte, 16<<10)...)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c) // to tidegate's FIN; the client keeps its side open
+	if err != nil || !strings.HasPrefix(string(got), "HTTP/1.1 502 ") {
+		t.Fatalf("read %q, %v; want the 502 and a FIN", got, err)
+	}
+	if n := r.srv.ln.lingering.Load(); n != 1 {
+		t.Fatalf("%d connections lingering after the FIN, want 1", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := r.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.srv.ln.lingering.Load(); n != 0 {
+		t.Fatalf("Shutdown returned after %v with %d connections lingering", time.Since(start), n)
 	}
 }

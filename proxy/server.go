@@ -344,6 +344,8 @@ type trackedListener struct {
 	once   sync.Once
 	closed atomic.Bool
 	err    error
+	// lingering counts its connections in a lingering close.
+	lingering atomic.Int64
 }
 
 func newTrackedListener(ln net.Listener, limit *ConnLimit, log *zap.Logger) *trackedListener {
@@ -382,7 +384,7 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if l.raw {
 		c = rawSyscalls(c)
 	}
-	return &trackedConn{Conn: c, limit: l.limit}, nil
+	return &trackedConn{Conn: c, limit: l.limit, lingering: &l.lingering}, nil
 }
 
 func (l *trackedListener) Close() error {
@@ -403,12 +405,13 @@ func (l *trackedListener) Close() error {
 // a handler that hijacked it.
 type trackedConn struct {
 	net.Conn
-	state     atomic.Int32 // http.ConnState; 0 is StateNew
-	proto     atomic.Int32 // Protocol: HTTP/1.1 until an HTTP/2 request shows otherwise
-	handedOff atomic.Bool  // the fast path gave it to net/http, which has not seen it yet
-	limit     *ConnLimit   // nil: no limit
-	released  atomic.Bool  // the slot is given back
-	linger    atomic.Bool  // the next Close lingers (lingerOnClose)
+	state     atomic.Int32  // http.ConnState; 0 is StateNew
+	proto     atomic.Int32  // Protocol: HTTP/1.1 until an HTTP/2 request shows otherwise
+	handedOff atomic.Bool   // the fast path gave it to net/http, which has not seen it yet
+	limit     *ConnLimit    // nil: no limit
+	released  atomic.Bool   // the slot is given back
+	linger    atomic.Bool   // the next Close lingers (lingerOnClose)
+	lingering *atomic.Int64 // the listener's count of lingering closes; nil: none kept
 }
 
 // seenBody notes that a request's body was read to its end.
@@ -427,9 +430,17 @@ func (b *seenBody) Read(p []byte) (int, error) {
 
 func (c *trackedConn) Close() error {
 	if c.linger.CompareAndSwap(true, false) {
-		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			go c.drainAndClose()
-			return nil
+		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+			if c.lingering != nil {
+				c.lingering.Add(1) // before the FIN: a client that saw it sees the count
+			}
+			if cw.CloseWrite() == nil {
+				go c.drainAndClose()
+				return nil
+			}
+			if c.lingering != nil {
+				c.lingering.Add(-1)
+			}
 		}
 	}
 	return c.closeNow()
@@ -456,6 +467,9 @@ func (c *trackedConn) drainAndClose() {
 	_ = c.Conn.SetReadDeadline(time.Now().Add(lingerTime))
 	_, _ = io.CopyN(io.Discard, c.Conn, lingerBytes)
 	_ = c.closeNow()
+	if c.lingering != nil {
+		c.lingering.Add(-1)
+	}
 }
 
 func (c *trackedConn) closeNow() error {
@@ -649,6 +663,35 @@ func (s *Server) EndDrain() { s.draining.Store(false) }
 // 5s). Upgraded connections are not waited for: their requests stay counted
 // in the Tracker, which the caller watches.
 func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.shutdown(ctx)
+	s.awaitLingering(ctx)
+	return err
+}
+
+// awaitLingering waits until no connection is in its lingering close
+// (trackedConn.lingerOnClose), at most lingerTime or until ctx ends: an
+// answer just written in a drain must reach the client before the process
+// exits, which would reset the connection.
+func (s *Server) awaitLingering(ctx context.Context) {
+	if s.ln.lingering.Load() == 0 {
+		return
+	}
+	deadline := time.NewTimer(lingerTime + 50*time.Millisecond)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.ln.lingering.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Server) shutdown(ctx context.Context) error {
 	s.finishFirstGoAways(ctx)
 	s.stop()
 	for _, c := range s.ownH2Conns() {
