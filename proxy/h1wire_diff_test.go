@@ -245,6 +245,11 @@ func checkSentToApp(t *testing.T, h *Handler, head []byte, fc *fastConn, req *ht
 		t.Fatalf("%q: the app reads %s %s Host %q; the client sent %s %s Host %q", head,
 			got.Method, got.RequestURI, got.Host, req.Method, req.RequestURI, req.Host)
 	}
+	// net/http's proxy sends the target as its URL prints it: the same
+	// bytes, or the fast path would not take it (plainTarget).
+	if got.RequestURI != req.URL.RequestURI() {
+		t.Fatalf("%q: the app reads the target %s; net/http's proxy would send %s", head, got.RequestURI, req.URL.RequestURI())
+	}
 	// What ReverseProxy passes on: not hop-by-hop, not named in
 	// Connection, not rewritten (X-Forwarded-*, X-Request-Id).
 	named := map[string]bool{}
