@@ -53,6 +53,10 @@ import (
 //     refuses.
 //   - excEmptyTE: "te" with an empty value: x/net lets it through, the own
 //     server resets the stream (only "trailers" is allowed). Stricter.
+//   - excEmptyAuthority: an :authority pseudo-field with an empty value:
+//     x/net reads it as none (the Host field, or no host), the own server
+//     resets the stream (parseH2Request refuses every empty pseudo-field).
+//     Stricter.
 
 // diffApp is an HTTP/1.1 app that records every request by its
 // x-diff-tag field.
@@ -485,6 +489,9 @@ func h2Exception(st h2DiffStream, own, ref *h2Outcome) string {
 	for _, f := range st.fields {
 		if f.Name == "te" && f.Value == "" {
 			return "excEmptyTE"
+		}
+		if f.Name == ":authority" && f.Value == "" {
+			return "excEmptyAuthority"
 		}
 	}
 	return ""
