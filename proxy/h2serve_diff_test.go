@@ -406,6 +406,13 @@ func FuzzH2ServerDiff(f *testing.F) {
 			// queued. Remove this clause with the fix.
 			return
 		}
+		if refGoAway != http2.ErrCodeNo && ownGoAway == http2.ErrCodeNo && trailersAfterRefusal(streams, ownOut) {
+			// excXNetTrailersAfterRST: x/net ignores the frames of a stream
+			// it reset only until its RST_STREAM is written; trailers that
+			// come later end its connection (PROTOCOL_ERROR). A race in
+			// x/net, seen under -race.
+			return
+		}
 		if ownGoAway != refGoAway && (ownGoAway == http2.ErrCodeNo || refGoAway == http2.ErrCodeNo) { // excGoAwayCode
 			t.Fatalf("%+v: the own server's GOAWAY says %v; x/net's %v", streams, ownGoAway, refGoAway)
 		}
@@ -497,12 +504,12 @@ func h2Exception(st h2DiffStream, own, ref *h2Outcome) string {
 	return ""
 }
 
-// trailersAfterRefusal reports whether a stream x/net refused with
-// RST_STREAM had a trailer block after its header block
-// (bugTrailersAfterRST).
+// trailersAfterRefusal reports whether a stream one server refused with
+// RST_STREAM, as ref saw it, had a trailer block after its header block or
+// body (bugTrailersAfterRST, excXNetTrailersAfterRST).
 func trailersAfterRefusal(streams []h2DiffStream, ref map[uint32]*h2Outcome) bool {
 	for _, st := range streams {
-		if o := ref[st.id]; st.trailers != nil && o.status == 0 && strings.HasPrefix(o.how, "RST_STREAM") {
+		if o := ref[st.id]; st.trailers != nil && (st.rstAfter || o.status == 0 && strings.HasPrefix(o.how, "RST_STREAM")) {
 			return true
 		}
 	}
