@@ -450,7 +450,10 @@ func parseHexSize(b []byte) (int64, bool) {
 
 // plainTarget reports whether an origin-form target is one the fast paths
 // pass on as is: visible ASCII only, and valid escapes in the path
-// (net/http refuses a path with a bad escape: let it).
+// (net/http refuses a path with a bad escape: let it). A path with a byte
+// that net/http's proxy sends escaped (url.URL.EscapedPath: a fragment's
+// '#', '"', '<', '>', '\', '^', '`', '{', '|', '}') is not plain either:
+// the app must read the same target whichever path served the request.
 func plainTarget[T string | []byte](target T) bool {
 	inPath := true
 	for i := 0; i < len(target); i++ {
@@ -459,6 +462,8 @@ func plainTarget[T string | []byte](target T) bool {
 			return false
 		case c == '?':
 			inPath = false
+		case inPath && escapedInPath[c]:
+			return false
 		case c == '%' && inPath:
 			if i+2 >= len(target) || !isHex(target[i+1]) || !isHex(target[i+2]) {
 				return false
@@ -467,3 +472,12 @@ func plainTarget[T string | []byte](target T) bool {
 	}
 	return true
 }
+
+// escapedInPath marks the visible ASCII bytes that url.URL.EscapedPath
+// escapes in a path.
+var escapedInPath = func() (t [256]bool) {
+	for _, c := range "#\"<>\\^`{|}" {
+		t[c] = true
+	}
+	return t
+}()

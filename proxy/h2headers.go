@@ -187,3 +187,38 @@ func checkPseudoFields(pf []hpack.HeaderField) error {
 	}
 	return nil
 }
+
+// validH2Target reports whether a request's :scheme, :authority, Host
+// fields and :path pass the checks x/net's server makes before a handler
+// sees the request (its internal/httpcommon.NewServerRequest), which it
+// refuses with a stream error: a scheme other than http or https, a
+// :path that is not origin-form nor "*" (RFC 9113 §8.3.1), more than
+// one Host field, a Host that differs from :authority (a request that
+// names two targets: RFC 9113 §8.3.1 says to treat it as malformed),
+// userinfo in the authority, or an authority that is not a valid host.
+func validH2Target(rq *h2Request) bool {
+	authority := rq.authority
+	hosts := 0
+	for _, f := range rq.fields {
+		if f.Name != "host" {
+			continue
+		}
+		if hosts++; hosts > 1 {
+			return false
+		}
+		if authority == "" {
+			authority = f.Value
+		} else if f.Value != authority {
+			return false
+		}
+	}
+	if rq.method != "CONNECT" {
+		if rq.scheme != "http" && rq.scheme != "https" || rq.path[0] != '/' && rq.path != "*" {
+			return false
+		}
+		if strings.IndexByte(authority, '@') >= 0 {
+			return false
+		}
+	}
+	return authority == "" || httpguts.ValidHostHeader(authority)
+}

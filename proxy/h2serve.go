@@ -871,7 +871,7 @@ func parseH2Request(f *http2.MetaHeadersFrame) (h2Request, bool) {
 			rq.id = hf.Value
 		}
 	}
-	if f.StreamEnded() && rq.contentLength > 0 {
+	if f.StreamEnded() && rq.contentLength > 0 || !validH2Target(&rq) {
 		return rq, false
 	}
 	return rq, true
