@@ -107,6 +107,8 @@ func startDiffProxy(tb testing.TB, app string, fast bool) string {
 		Upstream:         up,
 		TransportOptions: TransportOptions{DialTimeout: time.Second, ResponseHeaderTimeout: 5 * time.Second, IdleConnTimeout: time.Minute},
 		Tracker:          tr,
+		// One Via name for both servers, so that the app sees the same.
+		Loop: LoopOptions{ID: "diff"},
 	})
 	if err != nil {
 		tb.Fatal(err)

@@ -29,8 +29,10 @@ import (
 //     netHTTPServerRead too, so the table cannot drift from net/http), and
 //     never one the client did not send as a separate request;
 //   - optional trailing requests and answers may be missing when the
-//     server closes the connection after a request with both
-//     Content-Length and Transfer-Encoding (RFC 9112 §6.1 asks it to).
+//     server closes the connection after a request with a chunked body:
+//     RFC 9112 §6.1 asks it to after one with both Content-Length and
+//     Transfer-Encoding, and net/http hides which requests had both, so
+//     tidegate closes after every chunked request (server.go, drainWriter).
 //
 // A request the app began to read but whose body was cut (the proxy gave
 // up on the client's body) is not a request the app served, and is not
@@ -154,9 +156,9 @@ var smugglingCases = []smugglingCase{
 	{name: "chunk/negative", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n-3\r\nabc\r\n0\r\n\r\n", status: []int{smBadBody}},
 	{name: "chunk/leading-space", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n", status: []int{smBadBody}},
 	{name: "chunk/trailing-space", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n" + smGET,
-		status: []int{200, 200}, app: []string{"POST / a \"abc\"", "GET /2 a"}},
+		status: []int{200, 200}, app: []string{"POST / a \"abc\"", "GET /2 a"}, optional: 1},
 	{name: "chunk/extension", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\n0;c\r\n\r\n" + smGET,
-		status: []int{200, 200}, app: []string{"POST / a \"abc\"", "GET /2 a"}},
+		status: []int{200, 200}, app: []string{"POST / a \"abc\"", "GET /2 a"}, optional: 1},
 	// net/http does not look into chunk extensions; the proxy drops them.
 	{name: "chunk/extension-nul", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n3;a\x00b\r\nabc\r\n0\r\n\r\n",
 		status: []int{200}, app: []string{"POST / a \"abc\""}},
@@ -165,7 +167,7 @@ var smugglingCases = []smugglingCase{
 	{name: "chunk/missing-crlf", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n", status: []int{smBadBody}},
 	{name: "chunk/empty-size", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n\r\nabc\r\n0\r\n\r\n", status: []int{smBadBody}},
 	{name: "chunk/trailer-smuggles-fields", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nTransfer-Encoding: chunked\r\nHost: evil\r\nContent-Length: 99\r\n\r\n" + smGET,
-		status: []int{200, 200}, app: []string{"POST / a \"abc\"", "GET /2 a"}},
+		status: []int{200, 200}, app: []string{"POST / a \"abc\"", "GET /2 a"}, optional: 1},
 	{name: "chunk/trailer-hides-request", in: "POST / HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n0\r\nGET /x HTTP/1.1\r\n\r\n", status: []int{smBadBody}},
 	// Pipelined requests.
 	{name: "pipe/two-gets", in: "GET /1 HTTP/1.1\r\n" + smH + "\r\n" + smGET,
@@ -178,7 +180,7 @@ var smugglingCases = []smugglingCase{
 	{name: "pipe/after-close", in: "GET /1 HTTP/1.1\r\n" + smH + "Connection: close\r\n\r\n" + smGET,
 		status: []int{200}, app: []string{"GET /1 a"}},
 	{name: "pipe/chunked-then-get", in: "GET /1 HTTP/1.1\r\n" + smH + "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smGET,
-		status: []int{200, 200}, app: []string{"GET /1 a", "GET /2 a"}},
+		status: []int{200, 200}, app: []string{"GET /1 a", "GET /2 a"}, optional: 1},
 	// Host.
 	{name: "host/duplicate", in: "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", status: []int{400}},
 	{name: "host/duplicate-same", in: "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", status: []int{400}},
