@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -28,10 +30,6 @@ import (
 // flight. Larger bodies, and bodies of other methods, are not kept.
 const replayMax = 64 << 10
 
-// errStaleAppConn: the pooled connection net/http picked had been closed
-// by the app; the request's body was not read.
-var errStaleAppConn = errors.New("pooled app connection closed by the app before reuse")
-
 func (t *h1Transport) roundTripFallback(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	idem := idempotent(req.Method, req.Header)
@@ -43,7 +41,10 @@ func (t *h1Transport) roundTripFallback(req *http.Request) (*http.Response, erro
 		out = new(http.Request)
 		*out = *req
 		out.Body = a.body
-		out.GetBody = nil
+		// net/http sends a request again by itself when it wrote nothing
+		// of it (a connection that failed at once, or that gotConn
+		// closed), with GetBody for its body.
+		out.GetBody = a.body.rewind
 	}
 	out = out.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: a.gotConn}))
 	resp, err := t.fallback.RoundTrip(out)
@@ -77,20 +78,25 @@ type fallbackAttempt struct {
 	got    bool       // net/http had a connection for it
 	reused bool       // the last one it got was pooled
 	stale  bool       // the last one was found closed before use
+	conn   *countedConn
+	before int64 // conn's bytes written when net/http got it
 }
 
 // gotConn checks a pooled connection before net/http writes on it. Called
 // on the RoundTrip caller's goroutine, before the write.
 func (a *fallbackAttempt) gotConn(i httptrace.GotConnInfo) {
-	a.got, a.reused, a.stale = true, i.Reused, false
-	if !i.Reused || connAlive(i.Conn) {
+	a.got, a.reused = true, i.Reused
+	if a.conn, _ = i.Conn.(*countedConn); a.conn != nil {
+		a.before = a.conn.written.Load()
+	}
+	a.stale = i.Reused && !connAlive(i.Conn)
+	if a.body != nil {
+		a.body.refuse(a.stale)
+	}
+	if !a.stale {
 		return
 	}
-	a.stale = true
 	a.t.metrics.staleConn()
-	if a.body != nil {
-		a.body.refuse()
-	}
 	// net/http's write fails, before the body is read (its headers are
 	// flushed first), and its reader ends the connection.
 	i.Conn.Close()
@@ -106,9 +112,10 @@ func (a *fallbackAttempt) retry(err error, idem bool) (RetryReason, bool) {
 		return RetryConnectFailed, true // nothing was sent
 	}
 	unread := a.body == nil || !a.body.wasRead()
+	nothingWritten := a.conn != nil && a.conn.written.Load() == a.before
 	switch {
-	case a.stale && unread:
-		return RetryConnClosed, true // the app had closed it: nothing reached the app
+	case unread && (a.stale || nothingWritten):
+		return RetryConnClosed, true // nothing reached the app
 	case a.reused && idem:
 		// RoundTrip fails only before the answer's header; replay says
 		// whether the body can go again.
@@ -174,10 +181,25 @@ func (g *guardBody) Read(p []byte) (int, error) {
 
 func (g *guardBody) Close() error { return nil }
 
-func (g *guardBody) refuse() {
+// refuse makes Read fail (errStaleAppConn) while r, without reading.
+func (g *guardBody) refuse(r bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.refused = true
+	g.refused = r
+}
+
+// rewind is GetBody for net/http's own retries: g itself while unread,
+// what it kept once read whole.
+func (g *guardBody) rewind() (io.ReadCloser, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case !g.read:
+		return g, nil
+	case g.keep && (g.eof || int64(len(g.kept)) == g.size):
+		return io.NopCloser(bytes.NewReader(g.kept)), nil
+	}
+	return nil, errors.New("request body already sent in part: it cannot be sent again")
 }
 
 func (g *guardBody) wasRead() bool {
@@ -198,4 +220,49 @@ func (g *guardBody) replay() io.ReadCloser {
 		return io.NopCloser(bytes.NewReader(g.kept))
 	}
 	return nil
+}
+
+// countedConn is a connection of the fallback that counts the bytes
+// written on it: a request none of whose bytes were written may be sent
+// again whatever its method.
+type countedConn struct {
+	net.Conn
+	written atomic.Int64
+}
+
+// countWrites wraps dial's connections in countedConn.
+func countWrites(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &countedConn{Conn: c}, nil
+	}
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+// ReadFrom keeps the connection's own (splice from a client's TCP
+// connection, for a large body).
+func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		n, err := rf.ReadFrom(r)
+		c.written.Add(n)
+		return n, err
+	}
+	return io.Copy(struct{ io.Writer }{c}, r)
+}
+
+// SyscallConn is the connection's own, for connAlive.
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("app connection has no descriptor")
+	}
+	return sc.SyscallConn()
 }

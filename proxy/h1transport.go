@@ -100,6 +100,9 @@ func deadlineSlack(wait time.Duration) time.Duration {
 const headerSlackMax = time.Second
 
 func newH1Transport(dial func(ctx context.Context) (net.Conn, error), fallback *http.Transport, o TransportOptions, m *Metrics) *h1Transport {
+	if fallback.DialContext != nil {
+		fallback.DialContext = countWrites(fallback.DialContext)
+	}
 	fresh := fallback.Clone()
 	fresh.DisableKeepAlives = true
 	return &h1Transport{
@@ -177,6 +180,9 @@ func (t *h1Transport) retryOnNew(ctx context.Context, attempt int, c *h1Conn, er
 	var nothing errNothingRead
 	if !errors.As(err, &nothing) {
 		return false
+	}
+	if errors.Is(err, errStaleAppConn) {
+		t.metrics.staleConn()
 	}
 	if !c.out.sentNothing() && !(c.reused && idem) {
 		return false
@@ -379,13 +385,17 @@ func (t *h1Transport) get(ctx context.Context, now time.Time, fresh bool) (*h1Co
 			c.nc.Close()
 			continue
 		}
-		if !c.alive() {
+		c.mayHold = c.rc != nil && idle < holdIdleMax
+		if c.mayHold {
+			// Checked by writeHeld, inside the wait for the answer:
+			// a close after the check is then seen by the wait.
+			c.out.check = true
+		} else if !c.alive() {
 			c.nc.Close()
 			t.metrics.staleConn()
 			continue
 		}
 		c.reused = true
-		c.mayHold = c.rc != nil && idle < holdIdleMax
 		return c, nil
 	}
 	nc, err := t.dial(ctx)
@@ -413,11 +423,15 @@ func (c *h1Conn) peek(fd uintptr) { c.peekOK = rawPeekAlive(fd) }
 
 func newH1Conn(nc net.Conn) *h1Conn {
 	c := &h1Conn{nc: nc, deadline: readDeadline{nc: nc}}
-	c.out.nc = nc
+	c.out.nc, c.out.alive = nc, c.alive
 	c.bw = bufio.NewWriterSize(&c.out, 4<<10)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rc, c.step, c.peekFn, c.mayHold = rc, c.writeHeld, c.peek, true
+			// A new connection too: an app may close it before the
+			// first request (an accept or header timeout), and a held
+			// send must not wait on a close it cannot see.
+			c.out.check = true
 		}
 	}
 	return c
@@ -443,13 +457,27 @@ type heldWriter struct {
 	err  error  // writeHeld's write failed
 	// wrote counts the bytes of the request in progress written to nc.
 	wrote int
+	// check: the connection, reused, is to be checked (h1Conn.alive)
+	// before the first byte of the request is written.
+	check bool
+	alive func() bool // h1Conn.alive
 }
+
+// errStaleAppConn: the pooled connection had been closed by the app (or
+// held bytes it sent unasked); nothing was written on it.
+var errStaleAppConn = errors.New("pooled app connection closed by the app before reuse")
 
 func (w *heldWriter) Write(p []byte) (int, error) {
 	if w.hold {
 		w.hold = false
 		w.held = p
 		return len(p), nil
+	}
+	if w.check {
+		w.check = false
+		if !w.alive() {
+			return 0, errStaleAppConn
+		}
 	}
 	n, err := w.nc.Write(p)
 	w.wrote += n
@@ -494,6 +522,8 @@ func (c *h1Conn) awaitFirst() error {
 		}
 		c.out.held = nil
 		switch {
+		case werr == errStaleAppConn:
+			return werr
 		case werr != nil:
 			return &net.OpError{Op: "write", Net: c.nc.RemoteAddr().Network(), Source: c.nc.LocalAddr(),
 				Addr: c.nc.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
@@ -552,6 +582,16 @@ func (c *h1Conn) writeHeld(fd uintptr) bool {
 		return true // written: woken by the answer
 	}
 	p := c.out.held
+	if c.out.check {
+		// Here, and not before the wait began (which forgets what
+		// the socket said until then), so that a close by the app
+		// after this check ends the wait.
+		c.out.check = false
+		if !rawPeekAlive(fd) {
+			c.out.err = errStaleAppConn
+			return true
+		}
+	}
 	for len(p) > 0 {
 		n, errno := rawWrite(fd, p)
 		if errno == syscall.EINTR {
