@@ -76,7 +76,6 @@ type fallbackAttempt struct {
 	t      *h1Transport
 	body   *guardBody // nil: no body
 	got    bool       // net/http had a connection for it
-	reused bool       // the last one it got was pooled
 	stale  bool       // the last one was found closed before use
 	conn   *countedConn
 	before int64 // conn's bytes written when net/http got it
@@ -85,7 +84,7 @@ type fallbackAttempt struct {
 // gotConn checks a pooled connection before net/http writes on it. Called
 // on the RoundTrip caller's goroutine, before the write.
 func (a *fallbackAttempt) gotConn(i httptrace.GotConnInfo) {
-	a.got, a.reused = true, i.Reused
+	a.got = true
 	if a.conn, _ = i.Conn.(*countedConn); a.conn != nil {
 		a.before = a.conn.written.Load()
 	}
@@ -116,7 +115,7 @@ func (a *fallbackAttempt) retry(err error, idem bool) (RetryReason, bool) {
 	switch {
 	case unread && (a.stale || nothingWritten):
 		return RetryConnClosed, true // nothing reached the app
-	case a.reused && idem:
+	case idem:
 		// RoundTrip fails only before the answer's header; replay says
 		// whether the body can go again.
 		return RetryConnClosed, true

@@ -44,8 +44,9 @@ import (
 //     none of its bytes can have reached the app (the dial failed, the
 //     connection was found closed, or the write failed having written
 //     nothing), whatever its method; or when it is idempotent (GET, HEAD,
-//     OPTIONS, TRACE, PUT, DELETE, or an Idempotency-Key), went out on a
-//     reused connection, and its body, if any, can be sent again.
+//     OPTIONS, TRACE, PUT, DELETE, or an Idempotency-Key) and its body, if
+//     any, can be sent again (an app may close a new connection too, when
+//     the request comes later than its header timeout).
 //
 // A POST whose bytes reached the app is never sent twice; nor is a request
 // whose answer timed out (the app is slow, not gone).
@@ -184,7 +185,7 @@ func (t *h1Transport) retryOnNew(ctx context.Context, attempt int, c *h1Conn, er
 	if errors.Is(err, errStaleAppConn) {
 		t.metrics.staleConn()
 	}
-	if !c.out.sentNothing() && !(c.reused && idem) {
+	if !c.out.sentNothing() && !idem {
 		return false
 	}
 	t.metrics.upstreamRetry(RetryConnClosed)
