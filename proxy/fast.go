@@ -250,7 +250,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 	var uc *h1Conn
 	for attempt := 0; ; attempt++ {
 		var err error
-		uc, err = t.get(context.Background(), x.start)
+		uc, err = t.get(context.Background(), x.start, attempt > 0)
 		if err == nil {
 			fc.upstream.Store(uc)
 			// The clock read when the request began serves, unless a
@@ -276,9 +276,7 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 			x.failure = &f
 			return false
 		}
-		var nothing errNothingRead
-		if uc != nil && uc.reused && attempt == 0 && errors.As(err, &nothing) &&
-			(replayableMethod(fc.head.method) || r.idempotencyKey) {
+		if t.retryOnNew(context.Background(), attempt, uc, err, idempotentMethod(fc.head.method) || r.idempotencyKey) {
 			continue
 		}
 		return h.failFast(fc, bw, &x, classify(context.Background(), err), err, keep, closing)
@@ -289,11 +287,12 @@ func (h *Handler) serveFast(fc *fastConn, bw *bufio.Writer, closing func() bool)
 	return h.relayResponse(uc, fc, bw, &x, keep, closing)
 }
 
-// replayableMethod reports whether a request with method m may be sent
-// again after a failure on a reused connection: GET, HEAD, OPTIONS, TRACE.
-func replayableMethod[T string | []byte](m T) bool {
+// idempotentMethod reports whether a request with method m may be sent
+// again after it may have reached the app (RFC 9110 9.2.2): GET, HEAD,
+// OPTIONS, TRACE, PUT, DELETE.
+func idempotentMethod[T string | []byte](m T) bool {
 	switch string(m) {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
 		return true
 	}
 	return false

@@ -27,12 +27,29 @@ import (
 // 100-continue and CONNECT go to the fallback http.Transport.
 //
 // Semantics kept from http.Transport: idle connections are reused newest
-// first and closed after IdleConnTimeout; a request that fails on a reused
-// connection before any byte of the answer arrived is retried once on a
-// new connection if it is replayable (GET, HEAD, OPTIONS, TRACE, or an
-// Idempotency-Key); 1xx answers reach httptrace's Got1xxResponse; the
-// request's context cancels the exchange at any point, body included;
-// ResponseHeaderTimeout bounds the wait for the answer's header.
+// first and closed after IdleConnTimeout; 1xx answers reach httptrace's
+// Got1xxResponse; the request's context cancels the exchange at any point,
+// body included; ResponseHeaderTimeout bounds the wait for the answer's
+// header.
+//
+// An app that closes keep-alive connections without saying so costs no
+// failed request, as with HAProxy and Envoy (the retry policy, shared by
+// every path that sends to the app: the fast path, the HTTP/2 direct path,
+// RoundTrip and its fallback):
+//   - a pooled connection is checked before reuse (h1Conn.alive: one
+//     non-blocking peek at its socket); one the app closed, reset or wrote
+//     to unasked is discarded, never sent a request;
+//   - a request that failed before any byte of the answer is sent once
+//     more, on a newly dialled connection (never another pooled one), when
+//     none of its bytes can have reached the app (the dial failed, the
+//     connection was found closed, or the write failed having written
+//     nothing), whatever its method; or when it is idempotent (GET, HEAD,
+//     OPTIONS, TRACE, PUT, DELETE, or an Idempotency-Key) and its body, if
+//     any, can be sent again (an app may close a new connection too, when
+//     the request comes later than its header timeout).
+//
+// A POST whose bytes reached the app is never sent twice; nor is a request
+// whose answer timed out (the app is slow, not gone).
 type h1Transport struct {
 	dial          func(ctx context.Context) (net.Conn, error)
 	host          string // the URL host the fallback dials
@@ -40,6 +57,10 @@ type h1Transport struct {
 	idleTimeout   time.Duration
 	maxIdle       int
 	fallback      *http.Transport
+	// fresh is fallback without keep-alives: a retry of the fallback's
+	// goes out on a connection of its own, never a pooled one.
+	fresh   *http.Transport
+	metrics *Metrics // retries and stale connections; nil: not counted
 
 	mu     sync.Mutex
 	idle   []*h1Conn // newest last
@@ -55,6 +76,8 @@ type h1Conn struct {
 	out    heldWriter
 	rc     syscall.RawConn       // nc's descriptor; nil if it has none
 	step   func(fd uintptr) bool // writeHeld, bound once per connection
+	peekFn func(fd uintptr)      // peek, bound once per connection
+	peekOK bool                  // peek's finding
 	idleAt time.Time
 	reused bool
 	// mayHold: send may leave the request's last write to awaitFirst
@@ -77,13 +100,20 @@ func deadlineSlack(wait time.Duration) time.Duration {
 // second, however many requests it carries.
 const headerSlackMax = time.Second
 
-func newH1Transport(dial func(ctx context.Context) (net.Conn, error), fallback *http.Transport, o TransportOptions) *h1Transport {
+func newH1Transport(dial func(ctx context.Context) (net.Conn, error), fallback *http.Transport, o TransportOptions, m *Metrics) *h1Transport {
+	if fallback.DialContext != nil {
+		fallback.DialContext = countWrites(fallback.DialContext)
+	}
+	fresh := fallback.Clone()
+	fresh.DisableKeepAlives = true
 	return &h1Transport{
 		dial:          dial,
 		headerTimeout: o.ResponseHeaderTimeout,
 		idleTimeout:   fallback.IdleConnTimeout,
 		maxIdle:       fallback.MaxIdleConnsPerHost,
 		fallback:      fallback,
+		fresh:         fresh,
+		metrics:       m,
 	}
 }
 
@@ -95,37 +125,88 @@ func fastPath(req *http.Request) bool {
 
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !fastPath(req) {
-		return t.fallback.RoundTrip(req)
+		return t.roundTripFallback(req)
 	}
 	ctx := req.Context()
+	idem := idempotent(req.Method, req.Header)
 	for attempt := 0; ; attempt++ {
-		c, err := t.get(ctx, time.Now())
-		if err != nil {
+		c, err := t.get(ctx, time.Now(), attempt > 0)
+		if err == nil {
+			var resp *http.Response
+			if resp, err = t.exchange(ctx, c, req); err == nil {
+				return resp, nil
+			}
+		}
+		if !t.retryOnNew(ctx, attempt, c, err, idem) {
 			return nil, err
 		}
-		resp, err := t.exchange(ctx, c, req)
-		if err == nil {
-			return resp, nil
-		}
-		var nothing errNothingRead
-		if c.reused && attempt == 0 && errors.As(err, &nothing) && replayable(req) && ctx.Err() == nil {
-			continue // the app had closed the idle connection: once more, on a new one
-		}
-		return nil, err
 	}
 }
 
-// errNothingRead wraps an error that came before any byte of the answer.
+// RetryReason says why a request was sent to the app once more. Its string
+// is the reason label of tidegate_upstream_retries_total.
+type RetryReason string
+
+// The retry reasons.
+const (
+	// RetryConnectFailed: dialling the app failed, other than by a timeout
+	// (which would double the wait): nothing was sent.
+	RetryConnectFailed RetryReason = "connect_failed"
+	// RetryConnClosed: the app closed or reset the connection before any
+	// byte of the answer, and the request either never reached it or is
+	// idempotent.
+	RetryConnClosed RetryReason = "conn_closed"
+)
+
+// RetryReasons lists the retry reasons, so that their counters start at 0.
+func RetryReasons() []RetryReason { return []RetryReason{RetryConnectFailed, RetryConnClosed} }
+
+// retryOnNew is the retry policy of the paths that send a request without
+// a body on an h1Conn: it reports whether a request whose attempt (0 for
+// the first) on c ended in err may be sent once more on a new connection,
+// and counts it. c is nil when getting a connection failed; idem says the
+// request is idempotent.
+func (t *h1Transport) retryOnNew(ctx context.Context, attempt int, c *h1Conn, err error, idem bool) bool {
+	if attempt > 0 || ctx.Err() != nil {
+		return false
+	}
+	if c == nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return false // the app accepts slowly: a second dial would double the wait
+		}
+		t.metrics.upstreamRetry(RetryConnectFailed)
+		return true
+	}
+	var nothing errNothingRead
+	if !errors.As(err, &nothing) {
+		return false
+	}
+	if errors.Is(err, errStaleAppConn) {
+		t.metrics.staleConn()
+	}
+	if !c.out.sentNothing() && !idem {
+		return false
+	}
+	t.metrics.upstreamRetry(RetryConnClosed)
+	return true
+}
+
+// errNothingRead wraps an error that came before any byte of the answer,
+// other than a timeout.
 type errNothingRead struct{ error }
 
 func (e errNothingRead) Unwrap() error { return e.error }
 
-func replayable(req *http.Request) bool {
-	if replayableMethod(req.Method) {
+// idempotent reports whether a request may be sent again although it may
+// have reached the app: its method is idempotent (RFC 9110 9.2.2), or it
+// carries an Idempotency-Key, as net/http's Transport has it.
+func idempotent(method string, h http.Header) bool {
+	if idempotentMethod(method) {
 		return true
 	}
-	_, a := req.Header["Idempotency-Key"]
-	_, b := req.Header["X-Idempotency-Key"]
+	_, a := h["Idempotency-Key"]
+	_, b := h["X-Idempotency-Key"]
 	return a || b
 }
 
@@ -150,7 +231,7 @@ func (t *h1Transport) exchange(ctx context.Context, c *h1Conn, req *http.Request
 		return nil, err
 	}
 	if err := writeRequest(c.bw, req); err != nil {
-		return fail(errNothingRead{err})
+		return fail(err) // the request's fault: another connection would not help
 	}
 	if err := c.send(); err != nil {
 		return fail(errNothingRead{err})
@@ -286,22 +367,38 @@ func (b *h1Body) Close() error {
 }
 
 // get returns the newest idle connection younger than the idle timeout
-// at now, or dials a new one.
-func (t *h1Transport) get(ctx context.Context, now time.Time) (*h1Conn, error) {
-	t.mu.Lock()
-	for len(t.idle) > 0 {
-		c := t.idle[len(t.idle)-1]
-		t.idle[len(t.idle)-1] = nil
-		t.idle = t.idle[:len(t.idle)-1]
-		if idle := now.Sub(c.idleAt); idle < t.idleTimeout {
+// at now that the app has not closed, or dials a new one; fresh: dials.
+// Connections found closed are discarded (tidegate_upstream_stale_conns_total).
+func (t *h1Transport) get(ctx context.Context, now time.Time, fresh bool) (*h1Conn, error) {
+	for !fresh {
+		t.mu.Lock()
+		n := len(t.idle)
+		if n == 0 {
 			t.mu.Unlock()
-			c.reused = true
-			c.mayHold = c.rc != nil && idle < holdIdleMax
-			return c, nil
+			break
 		}
-		c.nc.Close()
+		c := t.idle[n-1]
+		t.idle[n-1] = nil
+		t.idle = t.idle[:n-1]
+		t.mu.Unlock()
+		idle := now.Sub(c.idleAt)
+		if idle >= t.idleTimeout {
+			c.nc.Close()
+			continue
+		}
+		c.mayHold = c.rc != nil && idle < holdIdleMax
+		if c.mayHold {
+			// Checked by writeHeld, inside the wait for the answer:
+			// a close after the check is then seen by the wait.
+			c.out.check = true
+		} else if !c.alive() {
+			c.nc.Close()
+			t.metrics.staleConn()
+			continue
+		}
+		c.reused = true
+		return c, nil
 	}
-	t.mu.Unlock()
 	nc, err := t.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -309,13 +406,33 @@ func (t *h1Transport) get(ctx context.Context, now time.Time) (*h1Conn, error) {
 	return newH1Conn(nc), nil
 }
 
+// alive reports whether c, idle, may carry a request: the app has
+// neither closed nor reset it, nor written to it unasked. One system call
+// (rawPeekAlive); a connection without a descriptor is taken on trust.
+func (c *h1Conn) alive() bool {
+	if c.rc == nil {
+		return true
+	}
+	c.peekOK = false
+	if err := c.rc.Control(c.peekFn); err != nil {
+		return false
+	}
+	return c.peekOK
+}
+
+func (c *h1Conn) peek(fd uintptr) { c.peekOK = rawPeekAlive(fd) }
+
 func newH1Conn(nc net.Conn) *h1Conn {
 	c := &h1Conn{nc: nc, deadline: readDeadline{nc: nc}}
-	c.out.nc = nc
+	c.out.nc, c.out.alive = nc, c.alive
 	c.bw = bufio.NewWriterSize(&c.out, 4<<10)
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			c.rc, c.step, c.mayHold = rc, c.writeHeld, true
+			c.rc, c.step, c.peekFn, c.mayHold = rc, c.writeHeld, c.peek, true
+			// A new connection too: an app may close it before the
+			// first request (an accept or header timeout), and a held
+			// send must not wait on a close it cannot see.
+			c.out.check = true
 		}
 	}
 	return c
@@ -339,7 +456,17 @@ type heldWriter struct {
 	hold bool
 	held []byte // what is left to write (nil once written); aliases bw's buffer until the wait ends
 	err  error  // writeHeld's write failed
+	// wrote counts the bytes of the request in progress written to nc.
+	wrote int
+	// check: the connection, reused, is to be checked (h1Conn.alive)
+	// before the first byte of the request is written.
+	check bool
+	alive func() bool // h1Conn.alive
 }
+
+// errStaleAppConn: the pooled connection had been closed by the app (or
+// held bytes it sent unasked); nothing was written on it.
+var errStaleAppConn = errors.New("pooled app connection closed by the app before reuse")
 
 func (w *heldWriter) Write(p []byte) (int, error) {
 	if w.hold {
@@ -347,13 +474,25 @@ func (w *heldWriter) Write(p []byte) (int, error) {
 		w.held = p
 		return len(p), nil
 	}
-	return w.nc.Write(p)
+	if w.check {
+		w.check = false
+		if !w.alive() {
+			return 0, errStaleAppConn
+		}
+	}
+	n, err := w.nc.Write(p)
+	w.wrote += n
+	return n, err
 }
+
+// sentNothing reports whether no byte of the request in progress has been
+// written to the connection: the app cannot have seen it.
+func (w *heldWriter) sentNothing() bool { return w.wrote == 0 }
 
 // send flushes the request in bw. Its last write may be held for
 // awaitFirst, which must come next, before anything else writes to bw.
 func (c *h1Conn) send() error {
-	c.out.held = nil
+	c.out.held, c.out.wrote = nil, 0
 	c.out.hold = c.mayHold
 	err := c.bw.Flush()
 	c.out.hold = false
@@ -384,13 +523,15 @@ func (c *h1Conn) awaitFirst() error {
 		}
 		c.out.held = nil
 		switch {
+		case werr == errStaleAppConn:
+			return werr
 		case werr != nil:
 			return &net.OpError{Op: "write", Net: c.nc.RemoteAddr().Network(), Source: c.nc.LocalAddr(),
 				Addr: c.nc.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
 		case err != nil:
 			return err
 		case len(rest) > 0: // the socket's buffer was full: the rest the plain way
-			if _, err := c.nc.Write(rest); err != nil {
+			if _, err := c.out.Write(rest); err != nil {
 				return err
 			}
 		}
@@ -442,6 +583,16 @@ func (c *h1Conn) writeHeld(fd uintptr) bool {
 		return true // written: woken by the answer
 	}
 	p := c.out.held
+	if c.out.check {
+		// Here, and not before the wait began (which forgets what
+		// the socket said until then), so that a close by the app
+		// after this check ends the wait.
+		c.out.check = false
+		if !rawPeekAlive(fd) {
+			c.out.err = errStaleAppConn
+			return true
+		}
+	}
 	for len(p) > 0 {
 		n, errno := rawWrite(fd, p)
 		if errno == syscall.EINTR {
@@ -454,6 +605,7 @@ func (c *h1Conn) writeHeld(fd uintptr) bool {
 			c.out.held = p
 			return true
 		}
+		c.out.wrote += n
 		p = p[n:]
 	}
 	c.out.held = nil

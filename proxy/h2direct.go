@@ -91,7 +91,7 @@ func (c *h2sConn) serveDirect(st *h2stream, rq *h2Request) {
 	var uc *h1Conn
 	for attempt := 0; ; attempt++ {
 		var err error
-		uc, err = h.h1.get(c.ctx, st.start)
+		uc, err = h.h1.get(c.ctx, st.start, attempt > 0)
 		if err == nil {
 			err = c.sendDirect(uc, st, rq, generated)
 		}
@@ -104,8 +104,7 @@ func (c *h2sConn) serveDirect(st *h2stream, rq *h2Request) {
 		if uc != nil {
 			uc.nc.Close()
 		}
-		var nothing errNothingRead
-		if uc != nil && uc.reused && attempt == 0 && errors.As(err, &nothing) && replayableMethod(rq.method) && !c.gone(st) {
+		if !c.gone(st) && h.h1.retryOnNew(c.ctx, attempt, uc, err, idempotentMethod(rq.method)) {
 			continue
 		}
 		c.directFailed(st, classify(context.Background(), err), err)

@@ -206,7 +206,7 @@ func NewHandler(o Options) (*Handler, error) {
 			defer cancel()
 			return h.dial(ctx)
 		}
-		h1 := newH1Transport(dial, NewTransport(o.Upstream, o.TransportOptions), o.TransportOptions)
+		h1 := newH1Transport(dial, NewTransport(o.Upstream, o.TransportOptions), o.TransportOptions, o.Metrics)
 		switch o.Protocol {
 		case "", UpstreamHTTP1:
 			h.transport = h1

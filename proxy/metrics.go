@@ -16,6 +16,8 @@ type Metrics struct {
 	requests       *prometheus.CounterVec
 	duration       prometheus.Histogram
 	upstreamErrors map[Reason]prometheus.Counter
+	retries        map[RetryReason]prometheus.Counter
+	staleConns     prometheus.Counter
 	limits         *limitCollector
 
 	// counters caches requests' children for the usual codes and methods,
@@ -39,6 +41,8 @@ var DurationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 
 //	tidegate_inflight_requests               requests being proxied now (from t)
 //	tidegate_connections_active{protocol}    client connections open now (from t)
 //	tidegate_upstream_errors_total{reason}   requests the app could not answer, by Reason
+//	tidegate_upstream_retries_total{reason}  requests sent once more on a new app connection, by RetryReason
+//	tidegate_upstream_stale_conns_total      pooled app connections found closed by the app before reuse
 //	tidegate_connections_limit{listener}     connection limit of a listener (0: none)
 //	tidegate_accept_waits_total{listener}    accepts that waited for a connection to close
 //	tidegate_accept_errors_total{listener,reason}  failed accepts: emfile, enfile, other
@@ -65,6 +69,18 @@ func NewMetrics(reg prometheus.Registerer, t *Tracker) (*Metrics, error) {
 	for _, r := range UpstreamReasons() {
 		m.upstreamErrors[r] = upErr.WithLabelValues(string(r))
 	}
+	retries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tidegate_upstream_retries_total",
+		Help: "Requests sent once more, on a newly dialled app connection, after an attempt that the app cannot have answered, by reason (connect_failed, conn_closed).",
+	}, []string{"reason"})
+	m.retries = make(map[RetryReason]prometheus.Counter)
+	for _, r := range RetryReasons() {
+		m.retries[r] = retries.WithLabelValues(string(r))
+	}
+	m.staleConns = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tidegate_upstream_stale_conns_total",
+		Help: "Idle pooled connections to the app that the app had closed (or that held unexpected bytes), found by the check before reuse and discarded: no request was sent on them.",
+	})
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tidegate_inflight_requests",
 		Help: "Requests being proxied now, health-check requests included.",
@@ -76,7 +92,7 @@ func NewMetrics(reg prometheus.Registerer, t *Tracker) (*Metrics, error) {
 
 	m.limits = newLimitCollector()
 
-	for _, c := range []prometheus.Collector{m.requests, m.duration, upErr, inflight, conns, m.limits} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, upErr, retries, m.staleConns, inflight, conns, m.limits} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -107,6 +123,21 @@ func (m *Metrics) requestCounter(method string, code int) prometheus.Counter {
 func (m *Metrics) upstreamError(r Reason) {
 	if c, ok := m.upstreamErrors[r]; ok {
 		c.Inc()
+	}
+}
+
+// upstreamRetry counts a request sent once more for reason r; m may be nil.
+func (m *Metrics) upstreamRetry(r RetryReason) {
+	if m != nil {
+		m.retries[r].Inc()
+	}
+}
+
+// staleConn counts a pooled app connection discarded before reuse; m may
+// be nil.
+func (m *Metrics) staleConn() {
+	if m != nil {
+		m.staleConns.Inc()
 	}
 }
 

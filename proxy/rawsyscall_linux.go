@@ -170,3 +170,23 @@ func (r *rawTCPConn) opError(op string, err error) error {
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: r.LocalAddr(), Addr: r.RemoteAddr(), Err: err}
 }
+
+// rawPeekAlive reports whether the socket fd may carry a new request: it
+// peeks at its receive queue without waiting (recv(2) with MSG_PEEK and
+// MSG_DONTWAIT). Nothing there (EAGAIN) means alive; an end of stream
+// (the peer closed), an error (a reset) or unexpected bytes (an app never
+// speaks first on HTTP/1.1) mean the connection must not be reused.
+func rawPeekAlive(fd uintptr) bool {
+	var b [1]byte
+	for {
+		_, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return true
+		}
+		return false // a byte, the end of stream, or an error
+	}
+}

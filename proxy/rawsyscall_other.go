@@ -22,3 +22,19 @@ func rawWrite(fd uintptr, p []byte) (int, syscall.Errno) {
 	}
 	return n, 0
 }
+
+// rawPeekAlive reports whether the socket fd may carry a new request, as
+// on Linux: recv(2) with MSG_PEEK and MSG_DONTWAIT finds nothing to read.
+func rawPeekAlive(fd uintptr) bool {
+	var b [1]byte
+	for {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return true
+		}
+		return false // a byte, the end of stream, or an error
+	}
+}
