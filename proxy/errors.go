@@ -25,10 +25,19 @@ const (
 	ReasonUpstreamError   Reason = "upstream_error"   // 502: anything else on the app's side
 
 	// Not upstream errors (not counted in tidegate_upstream_errors_total):
-	ReasonBodyTooLarge   Reason = "body_too_large"  // 413: the request body exceeds the configured maximum
-	ReasonClientCanceled Reason = "client_canceled" // 499: the client went away first; nothing is written
-	ReasonLoop           Reason = "loop"            // 508: the request already passed through this tidegate, or through too many (loop.go)
+	ReasonBodyTooLarge   Reason = "body_too_large"   // 413: the request body exceeds the configured maximum
+	ReasonClientCanceled Reason = "client_canceled"  // 499: the client went away first; nothing is written
+	ReasonLoop           Reason = "loop"             // 508: the request already passed through this tidegate, or through too many (loop.go)
+	ReasonBadRequestBody Reason = "bad_request_body" // 400: the client's body could not be read (malformed chunked encoding)
 )
+
+// clientBodyError is a failure to read the client's request body while it
+// was sent to the app: the client's fault (a malformed chunk), not the
+// app's, so it is answered 400, and the request is never sent again.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *clientBodyError) Unwrap() error { return e.err }
 
 // UpstreamReasons lists the reasons counted as upstream errors, so that their
 // counters can be created at zero and plotted before the first failure.
@@ -60,6 +69,10 @@ func classify(ctx context.Context, err error) failure {
 	}
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) {
 		return failure{StatusClientClosed, ReasonClientCanceled, false, "client closed request"}
+	}
+	var cbe *clientBodyError
+	if errors.As(err, &cbe) {
+		return failure{http.StatusBadRequest, ReasonBadRequestBody, false, "malformed request body"}
 	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {

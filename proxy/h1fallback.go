@@ -51,6 +51,11 @@ func (t *h1Transport) roundTripFallback(req *http.Request) (*http.Response, erro
 	if err == nil || ctx.Err() != nil {
 		return resp, err
 	}
+	if a.body != nil {
+		if berr := a.body.readErr(); berr != nil {
+			return nil, &clientBodyError{berr} // the client's fault: never sent again
+		}
+	}
 	reason, ok := a.retry(err, idem)
 	if !ok {
 		return nil, err
@@ -154,6 +159,7 @@ type guardBody struct {
 	read    bool
 	refused bool
 	eof     bool
+	failed  error  // the client's body failed to read (not EOF)
 	kept    []byte // what was read, while keep; at most replayMax
 }
 
@@ -172,10 +178,20 @@ func (g *guardBody) Read(p []byte) (int, error) {
 			g.kept = append(g.kept, p[:n]...)
 		}
 	}
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		g.eof = true
+	case err != nil:
+		g.failed = err
 	}
 	return n, err
+}
+
+// readErr is the error reading the client's body gave, if any.
+func (g *guardBody) readErr() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failed
 }
 
 func (g *guardBody) Close() error { return nil }

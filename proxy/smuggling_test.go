@@ -50,10 +50,9 @@ type smugglingCase struct {
 	optional int
 }
 
-// smBadBody is the answer to a request whose chunked body is malformed:
-// 400, or 502 as tidegate answers now. net/http finds the error only while
-// the body streams to the app, and the proxy names it an upstream error
-// (reason upstream_error); the app never sees a whole request either way.
+// smBadBody is the answer to a request whose chunked body is malformed: a
+// 400 (reason bad_request_body). net/http finds the error only while the
+// body streams to the app, which never sees a whole request.
 const smBadBody = -1
 
 // The pieces most cases share.
@@ -367,7 +366,7 @@ func runSmugglingCase(t *testing.T, addr string, tc smugglingCase) {
 			}
 			t.Fatalf("answer %d: %v; read so far %q", i+1, err, rc.seen.Bytes())
 		}
-		if resp.StatusCode != want && (want != smBadBody || resp.StatusCode != 400 && resp.StatusCode != 502) {
+		if resp.StatusCode != want && (want != smBadBody || resp.StatusCode != 400) {
 			t.Fatalf("answer %d is %d, want %d; read so far %q", i+1, resp.StatusCode, want, rc.seen.Bytes())
 		}
 		if i == len(tc.status)-1 && (want >= 400 || want == smBadBody) {
