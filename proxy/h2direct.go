@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -142,7 +143,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(rq.authority)
 	bw.WriteString("\r\n")
-	cookies := 0
+	cookies := false
 	te := false
 	setXF := c.h.forwarded != ForwardedOff
 	for _, f := range rq.fields {
@@ -159,30 +160,22 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 			te = true
 			continue
 		case "cookie":
-			// HTTP/2 may split cookies in many fields; HTTP/1.1 has one.
-			if cookies == 0 {
-				bw.WriteString("cookie: ")
-			} else {
-				bw.WriteString("; ")
+			// HTTP/2 may split cookies in many fields, anywhere in the
+			// block; HTTP/1.1 has one line, joined with "; " (RFC 9113
+			// §8.2.3). The first writes them all.
+			if !cookies {
+				cookies = true
+				writeCookieLine(bw, rq.fields)
 			}
-			cookies++
-			bw.WriteString(f.Value)
 			continue
 		default:
 			if hopByHop([]byte(f.Name)) {
 				continue
 			}
 		}
-		if cookies > 0 {
-			bw.WriteString("\r\n")
-			cookies = -1 << 30 // written; later cookie fields would start a new one
-		}
 		bw.WriteString(f.Name)
 		bw.WriteString(": ")
 		bw.WriteString(f.Value)
-		bw.WriteString("\r\n")
-	}
-	if cookies > 0 {
 		bw.WriteString("\r\n")
 	}
 	if setXF {
@@ -224,6 +217,24 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 		return errNothingRead{err}
 	}
 	return nil
+}
+
+// writeCookieLine writes the one Cookie line of an HTTP/1.1 head: the
+// values of every cookie field of fields, joined with "; ".
+func writeCookieLine(bw *bufio.Writer, fields []hpack.HeaderField) {
+	bw.WriteString("cookie: ")
+	first := true
+	for _, f := range fields {
+		if f.Name != "cookie" {
+			continue
+		}
+		if !first {
+			bw.WriteString("; ")
+		}
+		first = false
+		bw.WriteString(f.Value)
+	}
+	bw.WriteString("\r\n")
 }
 
 // awaitDirect waits for the first byte of the answer, under the
