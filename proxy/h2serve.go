@@ -60,12 +60,18 @@ type h2sConn struct {
 	down    h2peer    // writes to the client
 	in      h2inflow  // the connection's receive window
 	streams map[uint32]*h2stream
-	maxID   uint32 // the highest stream the client opened
-	active  int    // streams not finished
-	closed  bool   // the client connection is gone
-	final   bool   // the real GOAWAY went out: no new streams
-	idle    *time.Timer
-	up      *h2uConn // the app connection of new spliced streams
+	maxID   uint32      // the highest stream the client opened
+	active  int         // streams not finished
+	closed  bool        // the client connection is gone
+	final   bool        // the real GOAWAY went out: no new streams
+	idle    *time.Timer // the idle timeout; before the first stream, the read-header timeout
+	up      *h2uConn    // the app connection of new spliced streams
+
+	// A header block the client has begun and not ended (CONTINUATION
+	// frames to come) must end within the read-header timeout
+	// (partialBlock); blockSince is when it began, 0 if none.
+	blockSince atomic.Int64
+	slowBlock  *time.Timer // the reader's; fires blockTimeout
 
 	activeN  atomic.Int32 // active, for syncState
 	handlers atomic.Int32 // handler goroutines running
@@ -139,6 +145,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.cond.L = &c.mu
 	c.fr = http2.NewFramer(nil, fc.br)
 	c.hr = newH2HeaderReader(c.fr, uint32(s.maxHeaderBytes))
+	c.hr.partial = c.partialBlock
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	c.down.init(newFrameOut(&c.mu, tc))
@@ -168,7 +175,10 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	)
 	c.down.windowUpdate(0, h2ConnWindow-h2DefaultWindow)
 	c.in.avail = h2ConnWindow
-	c.idle = time.AfterFunc(s.idleTimeout, c.idleTimeout)
+	// Until its first stream, a connection is a request whose head has
+	// not come: the read-header timeout bounds it, as it does an HTTP/1.1
+	// connection's first request (a client that sent only the preface).
+	c.idle = time.AfterFunc(min(s.readHeaderTimeout, s.idleTimeout), c.idleTimeout)
 	c.linger = time.AfterFunc(h2WorkerLinger, c.releaseIfIdle)
 	if closing {
 		c.shutdownLocked()
@@ -224,6 +234,44 @@ func (c *h2sConn) readError(err error) bool {
 		c.connError(http2.ErrCodeFrameSize)
 	}
 	return false
+}
+
+// partialBlock is called by the header reader when a header block does
+// not end in its first frame (open), and when it has ended: the rest must
+// come within the read-header timeout, as an HTTP/1.1 head's must. Only
+// the reader's goroutine calls it.
+func (c *h2sConn) partialBlock(open bool) {
+	if !open {
+		c.blockSince.Store(0)
+		return
+	}
+	c.blockSince.Store(time.Now().UnixNano())
+	if c.slowBlock == nil {
+		c.slowBlock = time.AfterFunc(c.s.readHeaderTimeout, c.blockTimeout)
+		return
+	}
+	c.slowBlock.Reset(c.s.readHeaderTimeout)
+}
+
+// blockTimeout closes a connection whose header block has not ended
+// within the read-header timeout: GOAWAY, and the reader stops (teardown).
+func (c *h2sConn) blockTimeout() {
+	since := c.blockSince.Load()
+	if since == 0 || time.Duration(time.Now().UnixNano()-since) < c.s.readHeaderTimeout {
+		return // ended, or a later block's timer is armed
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.s.log.Debug("http2: the client did not end a header block within the read-header timeout; connection closed",
+		zap.String("remote_addr", c.remote), zap.String("reason", "slow_header"))
+	if !c.final {
+		c.final = true
+		c.down.goAway(c.maxID, http2.ErrCodeNo)
+	}
+	_ = c.tc.SetReadDeadline(time.Unix(1, 0)) // the reader waits in the block: it stops
 }
 
 // connError ends the connection with a GOAWAY carrying code; mu is held.
@@ -698,6 +746,9 @@ func (c *h2sConn) teardown() {
 	c.mu.Lock()
 	c.closed = true
 	c.idle.Stop()
+	if c.slowBlock != nil {
+		c.slowBlock.Stop()
+	}
 	for _, st := range c.streams {
 		if !st.out.done {
 			st.clientRst = true
