@@ -329,7 +329,7 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		}
 		if rh.status != http.StatusContinue {
 			c.mu.Lock()
-			if !st.out.done && !c.closed {
+			if c.waitRoom(st) {
 				c.fields = directFields(rh, fr, "", &c.strs, c.fields[:0])
 				c.down.headers(st.id, c.fields, false)
 			}
@@ -584,6 +584,9 @@ var commonNames = func() map[string]string {
 func (c *h2sConn) directHead(st *h2stream, rh *h1head, fr respFraming, end bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.waitRoom(st) { // before c.fields is filled: others use it while this waits
+		return errStreamGone
+	}
 	fr.hasID = fr.hasID || !c.h.genID
 	c.fields = directFields(rh, fr, st.reqID, &c.strs, c.fields[:0])
 	return c.directHeadersLocked(st, c.fields, end)
@@ -598,7 +601,7 @@ func (c *h2sConn) directHeaders(st *h2stream, fields []hpack.HeaderField, end bo
 
 // directHeadersLocked is directHeaders with mu held.
 func (c *h2sConn) directHeadersLocked(st *h2stream, fields []hpack.HeaderField, end bool) error {
-	if st.out.done || c.closed {
+	if !c.waitRoom(st) {
 		return errStreamGone
 	}
 	st.respSeen = true

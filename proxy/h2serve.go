@@ -151,6 +151,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.down.init(newFrameOut(&c.mu, tc))
 	c.down.out.yield = &c.handlers
 	c.down.out.linger = h2CloseLinger
+	c.down.out.room = c.pumpAll
 	ctx := context.WithValue(context.Background(), connKey{}, fc.nc)
 	ctx = context.WithValue(ctx, h2Key{}, h2Drainer(c))
 	ctx = context.WithValue(ctx, http.ServerContextKey, s.srv)
@@ -196,7 +197,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 		c.mu.Lock()
 		ok := true
 		if !c.down.out.close {
-			ok = c.process(f)
+			ok = c.process(f) && !c.controlFlood()
 		} // else the connection is ending, with no stream left (frameOut.finish): read and dropped
 		c.mu.Unlock()
 		c.syncState()
@@ -225,7 +226,7 @@ func (c *h2sConn) readError(err error) bool {
 		} else {
 			c.down.rst(se.StreamID, se.Code)
 		}
-		return true
+		return !c.controlFlood()
 	case errors.As(err, &ce):
 		c.logH2("http2: the client broke the protocol; connection closed with GOAWAY", err)
 		c.connError(http2.ErrCode(ce))
@@ -234,6 +235,34 @@ func (c *h2sConn) readError(err error) bool {
 		c.connError(http2.ErrCodeFrameSize)
 	}
 	return false
+}
+
+// controlFlood ends the connection when the client let more than
+// h2MaxQueuedControl frames it made tidegate answer pile up unread (ACKs
+// of its SETTINGS and PINGs, resets, window updates): it would grow the
+// writer's buffer without end. mu is held; true: the connection ends.
+func (c *h2sConn) controlFlood() bool {
+	if !c.down.out.controlFlood() {
+		return false
+	}
+	c.s.log.Debug("http2: the client does not read the control frames it makes tidegate send; connection closed with GOAWAY",
+		zap.String("remote_addr", c.remote), zap.String("reason", "control_flood"), zap.Int("queued", h2MaxQueuedControl))
+	c.connError(http2.ErrCodeEnhanceYourCalm)
+	return true
+}
+
+// waitRoom waits until the writer's buffer has room, before a stream
+// goroutine queues a header block; mu is held. false: st or the
+// connection ended meanwhile.
+func (c *h2sConn) waitRoom(st *h2stream) bool {
+	for c.down.out.full() {
+		if st.out.done || c.closed {
+			return false
+		}
+		c.down.out.starved = true
+		c.cond.Wait()
+	}
+	return !st.out.done && !c.closed
 }
 
 // partialBlock is called by the header reader when a header block does
@@ -486,6 +515,7 @@ func (c *h2sConn) tooLarge(id uint32) {
 		{Name: "content-length", Value: "0"},
 		{Name: "date", Value: httpDateString()},
 	}, true)
+	c.down.out.control() // an answer the client makes tidegate send, as a control frame
 }
 
 // giveBack returns n bytes of st's request to the client's windows; mu
@@ -763,12 +793,14 @@ func (c *h2sConn) teardown() {
 	}
 	// What is queued (a GOAWAY saying why) goes out before the close, if
 	// the client takes it within a second.
-	c.down.out.closeAfterFlush()
-	_ = c.tc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.down.out.closeWithin(time.Second)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.cancel() // stream goroutines that wait leave
 	<-c.down.out.exited
+	c.mu.Lock()
+	c.down.out.release() // what was queued after the writer's end
+	c.mu.Unlock()
 	_ = c.tc.Close()
 	c.syncState()
 	c.linger.Stop()
