@@ -102,8 +102,8 @@ func streamingApp(size int64, wrote *atomic.Int64) http.HandlerFunc {
 // TestH2OwnNonReadingClientIsBounded: a client that opens the largest
 // windows HTTP/2 allows, asks for a large download and never reads
 // makes tidegate hold at most h2WriteQueueMax (plus a header block) in
-// its writer, holds the app back, and loses its connection once the
-// writer made no progress for the stall bound; the buffers are let go.
+// its writer, holds the app back, and loses its connection once a write
+// has not gone through within the stall bound; the buffers are let go.
 // On every path: spliced to an h2c app, the handler, and the direct path.
 func TestH2OwnNonReadingClientIsBounded(t *testing.T) {
 	const (
@@ -218,7 +218,7 @@ func TestH2OwnControlFloodClosesTheConnection(t *testing.T) {
 // an app that opens the largest windows and stops reading makes tidegate
 // hold at most h2WriteQueueMax for it and hold the client's upload back
 // (the client's windows are not given back); once the writer to the app
-// made no progress for the stall bound, the app connection is dropped and
+// has not gone through within the stall bound, the app connection is dropped and
 // the client gets its answer (502).
 func TestH2OwnNonReadingAppIsBounded(t *testing.T) {
 	const upload = 256 << 20

@@ -3,9 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -25,8 +23,8 @@ import (
 // What a connection holds for a peer that does not read is bounded
 // (frameOut): DATA waits for room in the buffer, the frames a reader must
 // answer with (ACKs, resets, window updates) are counted and a peer that
-// lets too many of them pile up is cut off, and a write that makes no
-// progress for h2WriteStall closes the connection.
+// lets too many of them pile up is cut off, and a write that does not go
+// through within h2WriteStall closes the connection.
 
 // The bounds of one connection's writer (frameOut).
 const (
@@ -50,15 +48,20 @@ const (
 	// maxQueuedControlFrames does, with the same number.
 	h2MaxQueuedControl = 10000
 
-	// h2WriteStall bounds how long a write to a peer may make no progress
-	// (not one byte taken) before the connection is closed: a peer that
-	// stops reading does not hold its connection, its streams and what
-	// they buffered until the idle timeout. It is kept with a write
-	// deadline, moved at most once per h2WriteStall/8 while writes go
-	// through and renewed when a write that timed out had made progress,
-	// so the close comes at most 2*h2WriteStall after the last byte the
-	// peer took (the progress of a blocked write shows at its deadline).
-	h2WriteStall = 30 * time.Second
+	// h2WriteStall bounds how long one write of the writer (a batch of
+	// frames: at most h2WriteQueueMax of DATA and the control frames
+	// queued meanwhile) may take before the connection is closed, as
+	// nginx's send_timeout bounds each of its writes: a peer that stops
+	// reading does not hold its connection, its streams and what they
+	// buffered until the idle timeout. A peer that reads keeps up easily:
+	// a write returns once its bytes are in the kernel's send buffer, so
+	// only a peer that takes less than about h2WriteQueueMax per
+	// h2WriteStall (4 KiB/s) is cut. Progress within a write is not
+	// enough: the kernel takes a trickle of bytes into a full send buffer
+	// even when the peer reads nothing. The deadline is moved at most
+	// once per h2WriteStall/8, so a write gets between 7/8 of it and all
+	// of it.
+	h2WriteStall = 60 * time.Second
 
 	// h2MinDataCut is the smallest DATA frame cut short to fit the room
 	// left in a writer's buffer: below it the frame waits for more room
@@ -95,7 +98,7 @@ const (
 // writer calls room back, under mu, once it has written what it held, so
 // that they send on. Control frames are counted in ctrl; the owner's
 // reader checks controlFlood after each frame it answers. Every write has
-// a deadline that moves on while bytes go out (h2WriteStall).
+// a deadline (h2WriteStall).
 type frameOut struct {
 	mu     *sync.Mutex
 	nc     net.Conn
@@ -233,26 +236,10 @@ func (o *frameOut) run(failed func(error)) {
 	}
 }
 
-// write writes b, giving the peer h2WriteStall again each time some of
-// it went out.
+// write writes b within the deadline armStall set.
 func (o *frameOut) write(b []byte) error {
-	for {
-		n, err := o.nc.Write(b)
-		if err == nil || n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
-		}
-		b = b[n:]
-		o.mu.Lock()
-		fixed := o.fixed
-		if !fixed {
-			o.armed = time.Time{}
-			o.armStall()
-		}
-		o.mu.Unlock()
-		if fixed {
-			return err
-		}
-	}
+	_, err := o.nc.Write(b)
+	return err
 }
 
 // exit lets go of the buffers once the writer is done: a connection that
