@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -193,11 +194,14 @@ func TestH2OwnControlFloodClosesTheConnection(t *testing.T) {
 			waitFor(t, func() bool { return len(r.srv.ownH2Conns()) == 1 })
 			// Write until the server closes the connection: a write fails,
 			// or stops for a while once the server has gone (how soon the
-			// kernel says so varies); never more than maxFrames.
+			// kernel says so varies); never more than maxFrames. A write
+			// may wait long on a busy machine: once the server's window
+			// was shut, the client's kernel probes it with a backoff that
+			// reaches tens of seconds.
 			sent := 0
 			var err error
 			for sent < maxFrames && err == nil && len(r.srv.ownH2Conns()) == 1 {
-				_ = nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				_ = nc.SetWriteDeadline(time.Now().Add(60 * time.Second))
 				if _, err = nc.Write(chunk.Bytes()); err == nil {
 					sent += perChunk
 				}
@@ -206,7 +210,8 @@ func TestH2OwnControlFloodClosesTheConnection(t *testing.T) {
 				t.Fatalf("tidegate took %d %s frames from a client that reads none of the answers, and kept the connection", sent, tc.name)
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) && len(r.srv.ownH2Conns()) > 0 {
-				t.Fatalf("after %d frames tidegate stopped reading instead of closing the connection: %v", sent, err)
+				buf := make([]byte, 1<<20)
+				t.Fatalf("after %d frames tidegate stopped reading instead of closing the connection: %v\n%s", sent, err, buf[:runtime.Stack(buf, true)])
 			}
 			waitFor(t, func() bool { return len(r.srv.ownH2Conns()) == 0 && r.tracker.ConnectionsTotal() == 0 })
 			t.Logf("closed after %d %s frames (%v)", sent, tc.name, err)
