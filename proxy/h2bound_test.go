@@ -169,7 +169,9 @@ func TestH2OwnControlFloodClosesTheConnection(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := ownRig(t, deadUpstream(t), UpstreamH2C, nil)
+			// No stream is opened: the read-header timeout would close the
+			// connection too; only the control-frame bound may here.
+			r := ownRig(t, deadUpstream(t), UpstreamH2C, func(o *ServerOptions) { o.ReadHeaderTimeout = time.Hour })
 			nc := dialNotReading(t, r.addr)
 			t.Cleanup(func() { nc.Close() })
 			if _, err := io.WriteString(nc, http2.ClientPreface); err != nil {
