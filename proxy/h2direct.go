@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -143,7 +144,7 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(rq.authority)
 	bw.WriteString("\r\n")
-	cookies := 0
+	cookies := false
 	te := false
 	setXF := c.h.forwarded != ForwardedOff
 	for _, f := range rq.fields {
@@ -160,30 +161,22 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 			te = true
 			continue
 		case "cookie":
-			// HTTP/2 may split cookies in many fields; HTTP/1.1 has one.
-			if cookies == 0 {
-				bw.WriteString("cookie: ")
-			} else {
-				bw.WriteString("; ")
+			// HTTP/2 may split cookies in many fields, anywhere in the
+			// block; HTTP/1.1 has one line, joined with "; " (RFC 9113
+			// §8.2.3). The first writes them all.
+			if !cookies {
+				cookies = true
+				writeCookieLine(bw, rq.fields)
 			}
-			cookies++
-			bw.WriteString(f.Value)
 			continue
 		default:
 			if hopByHop([]byte(f.Name)) {
 				continue
 			}
 		}
-		if cookies > 0 {
-			bw.WriteString("\r\n")
-			cookies = -1 << 30 // written; later cookie fields would start a new one
-		}
 		bw.WriteString(f.Name)
 		bw.WriteString(": ")
 		bw.WriteString(f.Value)
-		bw.WriteString("\r\n")
-	}
-	if cookies > 0 {
 		bw.WriteString("\r\n")
 	}
 	if setXF {
@@ -226,6 +219,24 @@ func (c *h2sConn) sendDirect(uc *h1Conn, st *h2stream, rq *h2Request, generated 
 		return errNothingRead{err}
 	}
 	return nil
+}
+
+// writeCookieLine writes the one Cookie line of an HTTP/1.1 head: the
+// values of every cookie field of fields, joined with "; ".
+func writeCookieLine(bw *bufio.Writer, fields []hpack.HeaderField) {
+	bw.WriteString("cookie: ")
+	first := true
+	for _, f := range fields {
+		if f.Name != "cookie" {
+			continue
+		}
+		if !first {
+			bw.WriteString("; ")
+		}
+		first = false
+		bw.WriteString(f.Value)
+	}
+	bw.WriteString("\r\n")
 }
 
 // awaitDirect waits for the first byte of the answer, under the
@@ -320,7 +331,7 @@ func (c *h2sConn) relayDirect(uc *h1Conn, st *h2stream, rh *h1head) error {
 		}
 		if rh.status != http.StatusContinue {
 			c.mu.Lock()
-			if !st.out.done && !c.closed {
+			if c.waitRoom(st) {
 				c.fields = directFields(rh, fr, "", &c.strs, c.fields[:0])
 				c.down.headers(st.id, c.fields, false)
 			}
@@ -575,6 +586,9 @@ var commonNames = func() map[string]string {
 func (c *h2sConn) directHead(st *h2stream, rh *h1head, fr respFraming, end bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.waitRoom(st) { // before c.fields is filled: others use it while this waits
+		return errStreamGone
+	}
 	fr.hasID = fr.hasID || !c.h.genID
 	c.fields = directFields(rh, fr, st.reqID, &c.strs, c.fields[:0])
 	return c.directHeadersLocked(st, c.fields, end)
@@ -589,7 +603,7 @@ func (c *h2sConn) directHeaders(st *h2stream, fields []hpack.HeaderField, end bo
 
 // directHeadersLocked is directHeaders with mu held.
 func (c *h2sConn) directHeadersLocked(st *h2stream, fields []hpack.HeaderField, end bool) error {
-	if st.out.done || c.closed {
+	if !c.waitRoom(st) {
 		return errStreamGone
 	}
 	st.respSeen = true

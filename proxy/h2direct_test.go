@@ -296,3 +296,24 @@ func TestH2Strings(t *testing.T) {
 		}
 	}
 }
+
+// TestH2CookiesJoinedForTheApp: cookie fields split around other fields
+// (RFC 9113 §8.2.3) reach an HTTP/1.1 app as one Cookie line, "; "
+// between them, and the fields between them intact, on the direct path and
+// the handler's; an h2c app gets them all.
+func TestH2CookiesJoinedForTheApp(t *testing.T) {
+	for _, p := range []h2Path{directPath, handlerPath, splicedPath} {
+		t.Run(p.name, func(t *testing.T) {
+			r := p.rig(t, func(w http.ResponseWriter, req *http.Request) {
+				_, _ = io.Copy(io.Discard, req.Body)
+				_, _ = fmt.Fprintf(w, "cookie=%q x-y=%q xff=%q", req.Header["Cookie"], req.Header["X-Y"], req.Header["X-Forwarded-For"])
+			})
+			c := dialOwn(t, r.addr)
+			c.open(1, p.method, "/", p.body() == nil, "cookie", "a=1", "x-y", "1", "cookie", "b=2", "accept", "*/*", "cookie", "c=3")
+			if b := p.body(); b != nil {
+				c.send(1, b, true)
+			}
+			expectOK(t, c.read(1), `cookie=["a=1; b=2; c=3"] x-y=["1"] xff=["127.0.0.1"]`)
+		})
+	}
+}

@@ -244,7 +244,7 @@ func (w *h2rw) WriteHeader(code int) {
 	if code < 200 && code != http.StatusSwitchingProtocols {
 		c := w.c
 		c.mu.Lock()
-		if !w.st.out.done && !c.closed {
+		if c.waitRoom(w.st) {
 			c.down.headers(w.st.id, w.fields(code, -1), false)
 		}
 		c.mu.Unlock()
@@ -331,6 +331,10 @@ func (w *h2rw) sendLocked(end bool) error {
 		trailers = w.trailerFields()
 	}
 	if !w.sentHeader {
+		if !c.waitRoom(st) {
+			w.buf = w.buf[:0]
+			return errStreamGone
+		}
 		w.sentHeader = true
 		if w.closeConn {
 			// drainWriter asks the client to go: the real GOAWAY.

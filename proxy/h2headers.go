@@ -34,6 +34,10 @@ type h2headerReader struct {
 	maxList uint32 // the header list limit, as Framer.MaxHeaderListSize
 	mh      http2.MetaHeadersFrame
 
+	// partial, if set, is called when a block does not end in its first
+	// frame (true), and once it has ended or failed (false).
+	partial func(open bool)
+
 	// The block being read.
 	headersLeft, trailersLeft uint32
 	sawRegular                bool
@@ -81,6 +85,10 @@ func (r *h2headerReader) readBlock(hf *http2.HeadersFrame) (http2.Frame, error) 
 	r.dec.SetEmitEnabled(true)
 
 	frag, ended := hf.HeaderBlockFragment(), hf.HeadersEnded()
+	if !ended && r.partial != nil {
+		r.partial(true)
+		defer r.partial(false)
+	}
 	for {
 		// A fragment far over what is left of the limit is not decoded
 		// only to be dropped; nor is any fragment after an invalid field,

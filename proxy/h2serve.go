@@ -60,12 +60,18 @@ type h2sConn struct {
 	down    h2peer    // writes to the client
 	in      h2inflow  // the connection's receive window
 	streams map[uint32]*h2stream
-	maxID   uint32 // the highest stream the client opened
-	active  int    // streams not finished
-	closed  bool   // the client connection is gone
-	final   bool   // the real GOAWAY went out: no new streams
-	idle    *time.Timer
-	up      *h2uConn // the app connection of new spliced streams
+	maxID   uint32      // the highest stream the client opened
+	active  int         // streams not finished
+	closed  bool        // the client connection is gone
+	final   bool        // the real GOAWAY went out: no new streams
+	idle    *time.Timer // the idle timeout; before the first stream, the read-header timeout
+	up      *h2uConn    // the app connection of new spliced streams
+
+	// A header block the client has begun and not ended (CONTINUATION
+	// frames to come) must end within the read-header timeout
+	// (partialBlock); blockSince is when it began, 0 if none.
+	blockSince atomic.Int64
+	slowBlock  *time.Timer // the reader's; fires blockTimeout
 
 	activeN  atomic.Int32 // active, for syncState
 	handlers atomic.Int32 // handler goroutines running
@@ -139,11 +145,13 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.cond.L = &c.mu
 	c.fr = http2.NewFramer(nil, fc.br)
 	c.hr = newH2HeaderReader(c.fr, uint32(s.maxHeaderBytes))
+	c.hr.partial = c.partialBlock
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	c.down.init(newFrameOut(&c.mu, tc))
 	c.down.out.yield = &c.handlers
 	c.down.out.linger = h2CloseLinger
+	c.down.out.room = c.pumpAll
 	ctx := context.WithValue(context.Background(), connKey{}, fc.nc)
 	ctx = context.WithValue(ctx, h2Key{}, h2Drainer(c))
 	ctx = context.WithValue(ctx, http.ServerContextKey, s.srv)
@@ -168,7 +176,10 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	)
 	c.down.windowUpdate(0, h2ConnWindow-h2DefaultWindow)
 	c.in.avail = h2ConnWindow
-	c.idle = time.AfterFunc(s.idleTimeout, c.idleTimeout)
+	// Until its first stream, a connection is a request whose head has
+	// not come: the read-header timeout bounds it, as it does an HTTP/1.1
+	// connection's first request (a client that sent only the preface).
+	c.idle = time.AfterFunc(min(s.readHeaderTimeout, s.idleTimeout), c.idleTimeout)
 	c.linger = time.AfterFunc(h2WorkerLinger, c.releaseIfIdle)
 	if closing {
 		c.shutdownLocked()
@@ -186,7 +197,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 		c.mu.Lock()
 		ok := true
 		if !c.down.out.close {
-			ok = c.process(f)
+			ok = c.process(f) && !c.controlFlood()
 		} // else the connection is ending, with no stream left (frameOut.finish): read and dropped
 		c.mu.Unlock()
 		c.syncState()
@@ -215,7 +226,7 @@ func (c *h2sConn) readError(err error) bool {
 		} else {
 			c.down.rst(se.StreamID, se.Code)
 		}
-		return true
+		return !c.controlFlood()
 	case errors.As(err, &ce):
 		c.logH2("http2: the client broke the protocol; connection closed with GOAWAY", err)
 		c.connError(http2.ErrCode(ce))
@@ -224,6 +235,72 @@ func (c *h2sConn) readError(err error) bool {
 		c.connError(http2.ErrCodeFrameSize)
 	}
 	return false
+}
+
+// controlFlood ends the connection when the client let more than
+// h2MaxQueuedControl frames it made tidegate answer pile up unread (ACKs
+// of its SETTINGS and PINGs, resets, window updates): it would grow the
+// writer's buffer without end. mu is held; true: the connection ends.
+func (c *h2sConn) controlFlood() bool {
+	if !c.down.out.controlFlood() {
+		return false
+	}
+	c.s.log.Debug("http2: the client does not read the control frames it makes tidegate send; connection closed with GOAWAY",
+		zap.String("remote_addr", c.remote), zap.String("reason", "control_flood"), zap.Int("queued", h2MaxQueuedControl))
+	c.connError(http2.ErrCodeEnhanceYourCalm)
+	return true
+}
+
+// waitRoom waits until the writer's buffer has room, before a stream
+// goroutine queues a header block; mu is held. false: st or the
+// connection ended meanwhile.
+func (c *h2sConn) waitRoom(st *h2stream) bool {
+	for c.down.out.full() {
+		if st.out.done || c.closed {
+			return false
+		}
+		c.down.out.starved = true
+		c.cond.Wait()
+	}
+	return !st.out.done && !c.closed
+}
+
+// partialBlock is called by the header reader when a header block does
+// not end in its first frame (open), and when it has ended: the rest must
+// come within the read-header timeout, as an HTTP/1.1 head's must. Only
+// the reader's goroutine calls it.
+func (c *h2sConn) partialBlock(open bool) {
+	if !open {
+		c.blockSince.Store(0)
+		return
+	}
+	c.blockSince.Store(time.Now().UnixNano())
+	if c.slowBlock == nil {
+		c.slowBlock = time.AfterFunc(c.s.readHeaderTimeout, c.blockTimeout)
+		return
+	}
+	c.slowBlock.Reset(c.s.readHeaderTimeout)
+}
+
+// blockTimeout closes a connection whose header block has not ended
+// within the read-header timeout: GOAWAY, and the reader stops (teardown).
+func (c *h2sConn) blockTimeout() {
+	since := c.blockSince.Load()
+	if since == 0 || time.Duration(time.Now().UnixNano()-since) < c.s.readHeaderTimeout {
+		return // ended, or a later block's timer is armed
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.s.log.Debug("http2: the client did not end a header block within the read-header timeout; connection closed",
+		zap.String("remote_addr", c.remote), zap.String("reason", "slow_header"))
+	if !c.final {
+		c.final = true
+		c.down.goAway(c.maxID, http2.ErrCodeNo)
+	}
+	_ = c.tc.SetReadDeadline(time.Unix(1, 0)) // the reader waits in the block: it stops
 }
 
 // connError ends the connection with a GOAWAY carrying code; mu is held.
@@ -438,6 +515,7 @@ func (c *h2sConn) tooLarge(id uint32) {
 		{Name: "content-length", Value: "0"},
 		{Name: "date", Value: httpDateString()},
 	}, true)
+	c.down.out.control() // an answer the client makes tidegate send, as a control frame
 }
 
 // giveBack returns n bytes of st's request to the client's windows; mu
@@ -698,6 +776,9 @@ func (c *h2sConn) teardown() {
 	c.mu.Lock()
 	c.closed = true
 	c.idle.Stop()
+	if c.slowBlock != nil {
+		c.slowBlock.Stop()
+	}
 	for _, st := range c.streams {
 		if !st.out.done {
 			st.clientRst = true
@@ -712,12 +793,14 @@ func (c *h2sConn) teardown() {
 	}
 	// What is queued (a GOAWAY saying why) goes out before the close, if
 	// the client takes it within a second.
-	c.down.out.closeAfterFlush()
-	_ = c.tc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.down.out.closeWithin(time.Second)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	c.cancel() // stream goroutines that wait leave
 	<-c.down.out.exited
+	c.mu.Lock()
+	c.down.out.release() // what was queued after the writer's end
+	c.mu.Unlock()
 	_ = c.tc.Close()
 	c.syncState()
 	c.linger.Stop()

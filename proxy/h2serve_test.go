@@ -49,6 +49,12 @@ func dialOwn(t *testing.T, addr string, settings ...http2.Setting) *ownClient {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ownClientOn(t, nc, settings...)
+}
+
+// ownClientOn is dialOwn on a connection already dialed.
+func ownClientOn(t *testing.T, nc net.Conn, settings ...http2.Setting) *ownClient {
+	t.Helper()
 	t.Cleanup(func() { nc.Close() })
 	if err := nc.SetDeadline(time.Now().Add(20 * time.Second)); err != nil {
 		t.Fatal(err)
@@ -1122,6 +1128,82 @@ func TestH2OwnIdleTimeout(t *testing.T) {
 		t.Fatalf("after the GOAWAY: %v, %v; want EOF", f, err)
 	}
 	waitFor(t, func() bool { return r.tracker.ConnectionsTotal() == 0 })
+}
+
+// TestH2OwnReadHeaderTimeout: an h2c connection that sent only its
+// preface, or a header block it does not end (HEADERS without
+// END_HEADERS and no CONTINUATION), first or after a stream, is closed
+// after the read-header timeout, as a slow HTTP/1.1 head is, not after
+// the idle timeout. A connection that has had its streams stays for the
+// idle timeout.
+func TestH2OwnReadHeaderTimeout(t *testing.T) {
+	const rht = 300 * time.Millisecond
+	app := h2cApp(t, func(w http.ResponseWriter, req *http.Request) { _, _ = io.WriteString(w, "ok") })
+	rig := func(t *testing.T) *fastRig {
+		return ownRig(t, app, UpstreamH2C, func(o *ServerOptions) { o.ReadHeaderTimeout = rht })
+	}
+	partial := func(c *ownClient, id uint32) {
+		c.t.Helper()
+		c.encBuf.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "tidegate.test"}, {":path", "/"}} {
+			_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.encBuf.Bytes(), EndStream: true}); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	// closed reads until the server closes the connection, and returns
+	// how long that took from start.
+	closed := func(t *testing.T, c *ownClient, start time.Time) time.Duration {
+		t.Helper()
+		for {
+			f, err := c.frame()
+			if err != nil {
+				if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+					t.Fatalf("waiting for the close: %v", err)
+				}
+				return time.Since(start)
+			}
+			if g, ok := f.(*http2.GoAwayFrame); ok && g.ErrCode != http2.ErrCodeNo {
+				t.Fatalf("GOAWAY %v; want NO_ERROR", g.ErrCode)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(c *ownClient)
+	}{
+		{"preface only", func(c *ownClient) {}},
+		{"first header block unfinished", func(c *ownClient) { partial(c, 1) }},
+		{"header block unfinished after a stream", func(c *ownClient) {
+			expectOK(c.t, c.do(1, http.MethodGet, "/", nil), "ok")
+			partial(c, 3)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := rig(t)
+			start := time.Now()
+			c := dialOwn(t, r.addr)
+			tc.run(c)
+			if d := closed(t, c, start); d < rht/2 || d > 10*time.Second {
+				t.Fatalf("closed %s after the connection began; the read-header timeout is %s", d, rht)
+			}
+			waitFor(t, func() bool { return r.tracker.ConnectionsTotal() == 0 })
+		})
+	}
+	t.Run("streams keep the connection", func(t *testing.T) {
+		r := rig(t)
+		c := dialOwn(t, r.addr)
+		expectOK(t, c.do(1, http.MethodGet, "/", nil), "ok")
+		// Four read-header timeouts later, the connection still answers.
+		until := time.Now().Add(4 * rht)
+		for i := uint32(3); time.Now().Before(until); i += 2 {
+			expectOK(t, c.do(i, http.MethodGet, "/", nil), "ok")
+		}
+		if n := r.tracker.Connections(ProtocolH2C); n != 1 {
+			t.Fatalf("%d h2c connections; want the client's one", n)
+		}
+	})
 }
 
 // TestH2OwnForwardedHeaders: the spliced request carries X-Forwarded-For

@@ -203,6 +203,7 @@ func (up *h2uConn) dial() {
 	up.fr.SetReuseFrames()
 	up.fr.SetMaxReadFrameSize(h2DefaultMaxFrame)
 	up.peer.init(newFrameOut(&c.mu, nc))
+	up.peer.out.room = up.roomFreed
 	up.peer.out.buf = append(up.peer.out.buf, http2.ClientPreface...)
 	up.peer.settings(
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
@@ -221,16 +222,41 @@ func (up *h2uConn) dial() {
 // attach opens st on up, or queues it until up can take it; mu is held.
 func (up *h2uConn) attach(st *h2stream) {
 	st.up = up
-	if !up.ready || uint32(len(up.streams)) >= up.maxStreams {
+	if !up.canOpen() {
 		up.waiting = append(up.waiting, st)
 		return
 	}
 	up.open(st)
 }
 
+// canOpen reports whether a stream may be opened on up now: dialed, under
+// the app's stream limit, and with room in the writer's buffer for its
+// header block (an app that does not read holds the new streams in
+// waiting, not their header blocks in the buffer). mu is held.
+func (up *h2uConn) canOpen() bool {
+	if !up.ready || up.gone || uint32(len(up.streams)) >= up.maxStreams {
+		return false
+	}
+	if up.peer.out.full() {
+		up.peer.out.starved = true // roomFreed starts them
+		return false
+	}
+	return true
+}
+
+// roomFreed sends on what waited for room in the writer's buffer to the
+// app; mu is held.
+func (up *h2uConn) roomFreed() {
+	c := up.c
+	for _, st := range up.streams {
+		c.giveBack(st, up.peer.pump(st.uid, &st.upOut))
+	}
+	up.startWaiting()
+}
+
 // startWaiting opens the queued streams that fit; mu is held.
 func (up *h2uConn) startWaiting() {
-	for len(up.waiting) > 0 && !up.gone && uint32(len(up.streams)) < up.maxStreams {
+	for len(up.waiting) > 0 && up.canOpen() {
 		st := up.waiting[0]
 		up.waiting = up.waiting[1:]
 		up.open(st)
@@ -344,8 +370,24 @@ func (up *h2uConn) readLoop() {
 			return
 		}
 		up.gotFrame = true
-		if !up.process(f) {
-			up.fail(errUpstreamProtocol)
+		// What the app sends goes on to the client: while the client's
+		// writer holds h2WriteQueueMax, the app's frames wait in its
+		// socket (and its windows), not in tidegate.
+		for c.down.out.full() && !c.closed && !up.dead {
+			c.down.out.starved = true
+			c.cond.Wait()
+		}
+		if up.dead {
+			c.mu.Unlock()
+			c.syncState()
+			return
+		}
+		if ok := up.process(f); !ok || up.peer.out.controlFlood() {
+			err := errUpstreamProtocol
+			if ok {
+				err = errAppControlFlood
+			}
+			up.fail(err)
 			c.mu.Unlock()
 			c.syncState()
 			return
@@ -357,7 +399,9 @@ func (up *h2uConn) readLoop() {
 
 var (
 	errUpstreamProtocol = errors.New("the app broke the HTTP/2 protocol")
-	errAppSpeaksHTTP1   = errors.New("the app answered in HTTP/1.1, not h2c: point the upstream at the gRPC server, " +
+	errAppControlFlood  = errors.New("the app does not read the control frames it makes tidegate send " +
+		"(ACKs of its SETTINGS and PINGs, resets, window updates)")
+	errAppSpeaksHTTP1 = errors.New("the app answered in HTTP/1.1, not h2c: point the upstream at the gRPC server, " +
 		"or use --upstream-protocol http1 if the app is not gRPC")
 )
 
@@ -759,6 +803,7 @@ func (up *h2uConn) close() {
 	if up.c.up == up {
 		up.c.up = nil
 	}
+	up.c.cond.Broadcast() // its reader may wait for room on the client's side
 	if up.nc != nil {
 		_ = up.nc.Close()
 		close(up.peer.out.done)

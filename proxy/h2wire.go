@@ -19,6 +19,55 @@ import (
 // A goroutine that serves many streams (the reader of a connection that
 // carries a batch of requests) so writes the whole batch's frames with one
 // system call, and no reader ever blocks on a peer that does not read.
+//
+// What a connection holds for a peer that does not read is bounded
+// (frameOut): DATA waits for room in the buffer, the frames a reader must
+// answer with (ACKs, resets, window updates) are counted and a peer that
+// lets too many of them pile up is cut off, and a write that does not go
+// through within h2WriteStall closes the connection.
+
+// The bounds of one connection's writer (frameOut).
+const (
+	// h2WriteQueueMax bounds the bytes of DATA frames a connection's
+	// writer holds: the frames queued plus the batch being written. A
+	// DATA frame that does not fit waits (in its stream's pending bytes,
+	// bounded by the windows tidegate announces, or in a blocked handler)
+	// until the writer has written what it holds. Header blocks and
+	// control frames are not held back, but are bounded elsewhere: header
+	// blocks by the streams (their senders wait for room before one),
+	// control frames by h2MaxQueuedControl. So a connection's writer
+	// holds at most h2WriteQueueMax plus h2MaxQueuedControl small frames
+	// plus one header block per stream, whatever the peer does.
+	h2WriteQueueMax = 256 << 10
+
+	// h2MaxQueuedControl is the most control frames (SETTINGS and PING
+	// ACKs, RST_STREAM, WINDOW_UPDATE, and the 431 answers to header
+	// blocks over the limit) a connection's writer may hold for a peer:
+	// the frames a peer makes tidegate write without reading them. Past
+	// it the connection is closed (ENHANCE_YOUR_CALM), as x/net's
+	// maxQueuedControlFrames does, with the same number.
+	h2MaxQueuedControl = 10000
+
+	// h2WriteStall bounds how long one write of the writer (a batch of
+	// frames: at most h2WriteQueueMax of DATA and the control frames
+	// queued meanwhile) may take before the connection is closed, as
+	// nginx's send_timeout bounds each of its writes: a peer that stops
+	// reading does not hold its connection, its streams and what they
+	// buffered until the idle timeout. A peer that reads keeps up easily:
+	// a write returns once its bytes are in the kernel's send buffer, so
+	// only a peer that takes less than about h2WriteQueueMax per
+	// h2WriteStall (4 KiB/s) is cut. Progress within a write is not
+	// enough: the kernel takes a trickle of bytes into a full send buffer
+	// even when the peer reads nothing. The deadline is moved at most
+	// once per h2WriteStall/8, so a write gets between 7/8 of it and all
+	// of it.
+	h2WriteStall = 60 * time.Second
+
+	// h2MinDataCut is the smallest DATA frame cut short to fit the room
+	// left in a writer's buffer: below it the frame waits for more room
+	// instead, not to fill the wire with slivers.
+	h2MinDataCut = 4 << 10
+)
 
 // HTTP/2 frame types and flags tidegate writes (RFC 9113 §6).
 const (
@@ -43,6 +92,13 @@ const (
 
 // frameOut gathers the frames written to one connection. Writers append
 // under mu, the owner's lock; run writes them out.
+//
+// Bounds (see the constants above): DATA senders (h2peer.sendData) take
+// no more than room() leaves, and set starved when it stopped them; the
+// writer calls room back, under mu, once it has written what it held, so
+// that they send on. Control frames are counted in ctrl; the owner's
+// reader checks controlFlood after each frame it answers. Every write has
+// a deadline (h2WriteStall).
 type frameOut struct {
 	mu     *sync.Mutex
 	nc     net.Conn
@@ -57,10 +113,22 @@ type frameOut struct {
 	// (finish): the owner's reader reads on and closes nc at the peer's
 	// EOF, or after linger at most. Zero: nc is closed at once.
 	linger time.Duration
+
+	// Guarded by mu.
+	writing     int           // bytes of the batch being written
+	ctrl        int           // control frames in buf
+	ctrlWriting int           // control frames in the batch being written
+	starved     bool          // a sender waits for room
+	room        func()        // called with mu held when room came after starved; nil: none
+	stall       time.Duration // h2WriteStall; zero: no write deadline
+	armed       time.Time     // the write deadline set on nc
+	fixed       bool          // the deadline is closeWithin's: not moved any more
+	peak        int           // the most bytes ever held (queued plus being written)
 }
 
 func newFrameOut(mu *sync.Mutex, nc net.Conn) *frameOut {
-	return &frameOut{mu: mu, nc: nc, poke: make(chan struct{}, 1), done: make(chan struct{}), exited: make(chan struct{})}
+	return &frameOut{mu: mu, nc: nc, poke: make(chan struct{}, 1), done: make(chan struct{}), exited: make(chan struct{}),
+		stall: h2WriteStall}
 }
 
 // wake tells the writer there is something to write; mu is held.
@@ -71,6 +139,21 @@ func (o *frameOut) wake() {
 	}
 }
 
+// held is the bytes the writer holds: queued and being written; mu is
+// held.
+func (o *frameOut) held() int { return len(o.buf) + o.writing }
+
+// full reports whether the writer holds h2WriteQueueMax bytes or more;
+// mu is held. A sender that waits because of it sets starved.
+func (o *frameOut) full() bool { return o.held() >= h2WriteQueueMax }
+
+// control counts a control frame just queued; mu is held.
+func (o *frameOut) control() { o.ctrl++ }
+
+// controlFlood reports whether the peer let more than h2MaxQueuedControl
+// control frames pile up; mu is held.
+func (o *frameOut) controlFlood() bool { return o.ctrl+o.ctrlWriting > h2MaxQueuedControl }
+
 // closeAfterFlush closes the connection once what is buffered is written;
 // mu is held.
 func (o *frameOut) closeAfterFlush() {
@@ -78,10 +161,33 @@ func (o *frameOut) closeAfterFlush() {
 	o.wake()
 }
 
+// closeWithin is closeAfterFlush, giving the writes left at most d; mu
+// is held.
+func (o *frameOut) closeWithin(d time.Duration) {
+	o.closeAfterFlush()
+	o.fixed = true
+	o.armed = time.Now().Add(d)
+	_ = o.nc.SetWriteDeadline(o.armed)
+}
+
+// armStall moves the write deadline to h2WriteStall from now, unless the
+// one set falls late enough; mu is held.
+func (o *frameOut) armStall() {
+	if o.stall <= 0 || o.fixed {
+		return
+	}
+	now := time.Now()
+	if o.armed.Sub(now) >= o.stall-o.stall/8 {
+		return
+	}
+	o.armed = now.Add(o.stall)
+	_ = o.nc.SetWriteDeadline(o.armed)
+}
+
 // run writes until the connection fails or done is closed. failed is
 // called, without mu, when a write fails.
 func (o *frameOut) run(failed func(error)) {
-	defer close(o.exited)
+	defer o.exit()
 	for {
 		select {
 		case <-o.poke:
@@ -98,9 +204,14 @@ func (o *frameOut) run(failed func(error)) {
 		b, closeAfter := o.buf, o.close
 		o.buf = o.spare[:0]
 		o.spare = nil
+		o.writing, o.ctrlWriting, o.ctrl = len(b), o.ctrl, 0
+		o.peak = max(o.peak, len(b))
+		if len(b) > 0 {
+			o.armStall()
+		}
 		o.mu.Unlock()
 		if len(b) > 0 {
-			if _, err := o.nc.Write(b); err != nil {
+			if err := o.write(b); err != nil {
 				failed(err)
 				return
 			}
@@ -109,14 +220,42 @@ func (o *frameOut) run(failed func(error)) {
 			o.finish()
 			return
 		}
-		if cap(b) <= 64<<10 { // keep a buffer of usual size, not a burst's
-			o.mu.Lock()
-			if o.spare == nil {
-				o.spare = b[:0]
-			}
-			o.mu.Unlock()
+		o.mu.Lock()
+		o.peak = max(o.peak, o.held())
+		o.writing, o.ctrlWriting = 0, 0
+		if o.spare == nil && cap(b) <= 64<<10 { // keep a buffer of usual size, not a burst's
+			o.spare = b[:0]
 		}
+		if o.starved {
+			o.starved = false
+			if o.room != nil {
+				o.room()
+			}
+		}
+		o.mu.Unlock()
 	}
+}
+
+// write writes b within the deadline armStall set.
+func (o *frameOut) write(b []byte) error {
+	_, err := o.nc.Write(b)
+	return err
+}
+
+// exit lets go of the buffers once the writer is done: a connection that
+// failed holding a full buffer keeps none of it.
+func (o *frameOut) exit() {
+	o.mu.Lock()
+	o.release()
+	o.mu.Unlock()
+	close(o.exited)
+}
+
+// release drops what the writer holds; mu is held. The owner calls it
+// again once it has stopped queueing, for frames queued after exit.
+func (o *frameOut) release() {
+	o.buf, o.spare = nil, nil
+	o.writing, o.ctrlWriting, o.ctrl = 0, 0, 0
 }
 
 // finish ends nc once the last frames are written. A full close while
@@ -172,7 +311,10 @@ func (p *h2peer) settings(ss ...http2.Setting) {
 	}
 }
 
-func (p *h2peer) settingsAck() { p.frameHeader(0, frameSettings, frameFlagAck, 0) }
+func (p *h2peer) settingsAck() {
+	p.frameHeader(0, frameSettings, frameFlagAck, 0)
+	p.out.control()
+}
 
 func (p *h2peer) ping(ack bool, data [8]byte) {
 	var flags byte
@@ -181,6 +323,9 @@ func (p *h2peer) ping(ack bool, data [8]byte) {
 	}
 	p.frameHeader(8, frameTypePing, flags, 0)
 	p.out.buf = append(p.out.buf, data[:]...)
+	if ack {
+		p.out.control()
+	}
 }
 
 func (p *h2peer) goAway(last uint32, code http2.ErrCode) {
@@ -192,11 +337,13 @@ func (p *h2peer) goAway(last uint32, code http2.ErrCode) {
 func (p *h2peer) rst(stream uint32, code http2.ErrCode) {
 	p.frameHeader(4, frameRSTStream, 0, stream)
 	p.out.buf = binary.BigEndian.AppendUint32(p.out.buf, uint32(code))
+	p.out.control()
 }
 
 func (p *h2peer) windowUpdate(stream uint32, n uint32) {
 	p.frameHeader(4, frameWindowUpdate, 0, stream)
 	p.out.buf = binary.BigEndian.AppendUint32(p.out.buf, n)
+	p.out.control()
 }
 
 // headers encodes fields into a HEADERS frame and as many CONTINUATION
@@ -293,15 +440,24 @@ func (p *h2peer) pump(stream uint32, f *h2flow) int {
 	return sent
 }
 
-// sendData writes DATA frames of b within the windows and returns how
-// much went. end puts END_STREAM on the frame that carries the last of b,
-// if it goes and no trailers follow.
+// sendData writes DATA frames of b within the windows and the room left
+// in the writer's buffer (h2WriteQueueMax), and returns how much went. end
+// puts END_STREAM on the frame that carries the last of b, if it goes and
+// no trailers follow. When the room, not a window, held b back, the
+// writer's room callback comes once it has written what it holds.
 func (p *h2peer) sendData(stream uint32, f *h2flow, b []byte, end bool) int {
+	if f.done {
+		return 0 // ended or reset while its sender waited
+	}
 	sent := 0
 	for len(b) > 0 {
-		n := int64(len(b))
-		n = min(n, f.window, p.window, int64(p.maxFrame))
-		if n <= 0 {
+		want := min(int64(len(b)), f.window, p.window, int64(p.maxFrame))
+		if want <= 0 {
+			break
+		}
+		n := min(want, int64(h2WriteQueueMax-frameHeaderLen-p.out.held()))
+		if n < want && n < h2MinDataCut {
+			p.out.starved = true
 			break
 		}
 		var flags byte
