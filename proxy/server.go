@@ -302,6 +302,9 @@ func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
 			break
 		}
 	}
+	if to == http.StateIdle {
+		c.linger.Store(false) // kept alive: the last request's body was read after all
+	}
 	wasBusy := from == http.StateNew || from == http.StateActive
 	isBusy := to == http.StateNew || to == http.StateActive
 	switch {
