@@ -396,18 +396,6 @@ func FuzzH2ServerDiff(f *testing.F) {
 		if err := errors.Join(ownErr, refErr); err != nil {
 			t.Fatal(err)
 		}
-		if ownGoAway == http2.ErrCodeStreamClosed && refGoAway == http2.ErrCodeNo && trailersAfterRefusal(streams, ownOut) {
-			// bugTrailersAfterRST: not an intended difference but a bug,
-			// reported and left to the HTTP/2 server's owner. The own
-			// server refuses a stream at its HEADERS (RST_STREAM) without
-			// keeping it, so the trailers the client had already sent on
-			// it end the whole connection (onHeaders: a stream id at or
-			// below the highest is a connection error), with every other
-			// stream on it. RFC 9113 §5.1: an endpoint MUST ignore frames
-			// on a stream it has reset; x/net does while its RST_STREAM is
-			// queued (or serves the stream). Remove this clause with the fix.
-			return
-		}
 		if refGoAway != http2.ErrCodeNo && ownGoAway == http2.ErrCodeNo && framesAfterRefusal(streams, ownOut) {
 			// excXNetFramesAfterRST: x/net ignores the frames of a stream
 			// it reset only until its RST_STREAM is written; DATA or
@@ -504,18 +492,6 @@ func h2Exception(st h2DiffStream, own, ref *h2Outcome) string {
 		}
 	}
 	return ""
-}
-
-// trailersAfterRefusal reports whether a stream one server refused with
-// RST_STREAM, as ref saw it, had a trailer block after its header block or
-// body (bugTrailersAfterRST, excXNetTrailersAfterRST).
-func trailersAfterRefusal(streams []h2DiffStream, ref map[uint32]*h2Outcome) bool {
-	for _, st := range streams {
-		if o := ref[st.id]; st.trailers != nil && (st.rstAfter || o.status == 0 && strings.HasPrefix(o.how, "RST_STREAM")) {
-			return true
-		}
-	}
-	return false
 }
 
 // framesAfterRefusal reports whether a stream the own server refused with
