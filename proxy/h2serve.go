@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -450,7 +451,7 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 			c.closedStream(st)
 			return true
 		}
-		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated {
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated || !validTrailers(f.RegularFields()) {
 			c.resetStream(st, http2.ErrCodeProtocol, true)
 			return true
 		}
@@ -505,6 +506,19 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 		c.startDirect(st, &rq)
 	default:
 		c.startHandler(st, &rq)
+	}
+	return true
+}
+
+// validTrailers reports whether a request's trailer block has only fields
+// a trailer may carry: no connection-specific field (RFC 9113 §8.2.2), none
+// of those net/http and x/net refuse in trailers (framing, routing,
+// authentication: httpguts.ValidTrailerHeader).
+func validTrailers(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if !httpguts.ValidTrailerHeader(http.CanonicalHeaderKey(f.Name)) {
+			return false
+		}
 	}
 	return true
 }
