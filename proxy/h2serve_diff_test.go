@@ -53,6 +53,13 @@ import (
 //     refuses.
 //   - excEmptyTE: "te" with an empty value: x/net lets it through, the own
 //     server resets the stream (only "trailers" is allowed). Stricter.
+//   - excUndeclaredTrailers: a trailer block with a field no trailer may
+//     carry (connection-specific, framing, routing: RFC 9113 §8.2.2,
+//     httpguts.ValidTrailerHeader) on a request that declared no Trailer:
+//     x/net checks and keeps only declared trailers, dropping the rest
+//     unread, and serves the request; the own server refuses the stream
+//     (RST_STREAM PROTOCOL_ERROR) whether declared or not, for its
+//     spliced path would pass the fields on. Stricter.
 //   - excEmptyAuthority: an :authority pseudo-field with an empty value:
 //     x/net reads it as none (the Host field, or no host), the own server
 //     resets the stream (parseH2Request refuses every empty pseudo-field).
@@ -482,6 +489,9 @@ func h2Exception(st h2DiffStream, own, ref *h2Outcome) string {
 	}
 	if ref.status >= 400 {
 		return "excStricter"
+	}
+	if clientField(st, "trailer") == "" && !validTrailers(st.trailers) {
+		return "excUndeclaredTrailers"
 	}
 	for _, f := range st.fields {
 		if f.Name == "te" && f.Value == "" {
