@@ -451,7 +451,11 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 			c.closedStream(st)
 			return true
 		}
-		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated || !validTrailers(f.RegularFields()) {
+		// Trailers end the request: its DATA must have matched its
+		// content-length (RFC 9113 §8.1.1), as onData checks at an
+		// END_STREAM on DATA.
+		short := st.reqCL >= 0 && st.reqBytes != st.reqCL
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated || short || !validTrailers(f.RegularFields()) {
 			c.resetStream(st, http2.ErrCodeProtocol, true)
 			return true
 		}
