@@ -280,6 +280,13 @@ func h2ConnOf(r *http.Request) h2Drainer {
 // serveH2 is what the server runs for a connection that speaks HTTP/2:
 // it wraps the connection in an h2Conn, registers it for the drain and
 // serves it with the HTTP/2 server until it closes.
+//
+// x/net has no header timeout: a connection that sent only its preface,
+// or a header block it never ends, would live until the idle timeout. As
+// on tidegate's own server, until the first request reaches the handler
+// the connection is a request whose head has not come: its read deadline
+// is the read-header timeout (x/net then closes it), cleared by the first
+// request.
 func (s *Server) serveH2(hs *http.Server, c net.Conn, tc *tls.Conn, h http.Handler, sawPreface bool) {
 	hc := newH2Conn(c, sawPreface, s.goAwayBound)
 	var nc net.Conn = hc
@@ -291,6 +298,17 @@ func (s *Server) serveH2(hs *http.Server, c net.Conn, tc *tls.Conn, h http.Handl
 		ctx = bc.BaseContext()
 	}
 	ctx = context.WithValue(ctx, h2Key{}, hc)
+	if s.readHeaderTimeout > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(s.readHeaderTimeout))
+		var first atomic.Bool
+		inner := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !first.Load() && first.CompareAndSwap(false, true) {
+				_ = c.SetReadDeadline(time.Time{})
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}
 
 	s.mu.Lock()
 	s.h2conns[hc] = struct{}{}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
@@ -41,7 +42,39 @@ const (
 	// connection before tidegate has passed it on.
 	h2StreamWindow = 256 << 10
 	h2ConnWindow   = 1 << 20
+	// h2RecentResets is how many streams a connection remembers having
+	// reset while the client could still send on them (refused at their
+	// HEADERS, or reset later), after they are gone: frames the client
+	// had already sent on them are ignored (RFC 9113 §5.1), not taken for
+	// a reused stream id. 64 ids, 256 bytes; a frame on an older one is a
+	// connection error, as RFC 9113 §5.1 allows after "a significant
+	// time".
+	h2RecentResets = 64
 )
+
+// recentResets is the ring of the last h2RecentResets stream ids tidegate
+// reset while the client's side was open.
+type recentResets struct {
+	ids  [h2RecentResets]uint32
+	next int
+}
+
+func (r *recentResets) add(id uint32) {
+	r.ids[r.next] = id
+	r.next = (r.next + 1) % len(r.ids)
+}
+
+func (r *recentResets) has(id uint32) bool {
+	if id == 0 {
+		return false
+	}
+	for _, x := range r.ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
 
 // h2sConn is one client connection served by tidegate's HTTP/2 server.
 type h2sConn struct {
@@ -60,12 +93,13 @@ type h2sConn struct {
 	down    h2peer    // writes to the client
 	in      h2inflow  // the connection's receive window
 	streams map[uint32]*h2stream
-	maxID   uint32      // the highest stream the client opened
-	active  int         // streams not finished
-	closed  bool        // the client connection is gone
-	final   bool        // the real GOAWAY went out: no new streams
-	idle    *time.Timer // the idle timeout; before the first stream, the read-header timeout
-	up      *h2uConn    // the app connection of new spliced streams
+	maxID   uint32       // the highest stream the client opened
+	resets  recentResets // gone streams whose late frames are ignored
+	active  int          // streams not finished
+	closed  bool         // the client connection is gone
+	final   bool         // the real GOAWAY went out: no new streams
+	idle    *time.Timer  // the idle timeout; before the first stream, the read-header timeout
+	up      *h2uConn     // the app connection of new spliced streams
 
 	// A header block the client has begun and not ended (CONTINUATION
 	// frames to come) must end within the read-header timeout
@@ -97,6 +131,7 @@ type h2stream struct {
 	out      h2flow   // to the client
 	in       h2inflow // from the client
 	reqEnded bool     // the client sent END_STREAM, or the stream was reset
+	rstSent  bool     // tidegate reset it while the client's side was open: its late frames are ignored
 	reqCL    int64    // the request's content-length; -1 if none
 	reqBytes int64    // request body bytes received
 	finished bool
@@ -218,13 +253,20 @@ func (c *h2sConn) readError(err error) bool {
 	case errors.As(err, &se):
 		// A malformed header block of a new stream, or a bad frame on
 		// one stream: that stream fails, the connection goes on.
-		if se.StreamID > c.maxID && se.StreamID%2 == 1 {
+		opened := se.StreamID > c.maxID && se.StreamID%2 == 1
+		if opened {
 			c.maxID = se.StreamID
 		}
 		if st := c.streams[se.StreamID]; st != nil {
 			c.resetStream(st, se.Code, true)
 		} else {
 			c.down.rst(se.StreamID, se.Code)
+			if opened {
+				// Refused at its header block, whose END_STREAM flag is
+				// not known here: what the client sends on it later is
+				// ignored.
+				c.resets.add(se.StreamID)
+			}
 		}
 		return !c.controlFlood()
 	case errors.As(err, &ce):
@@ -402,11 +444,18 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 		return false
 	}
 	if st := c.streams[id]; st != nil {
+		if st.rstSent {
+			return true // sent before the client saw the RST_STREAM: ignored
+		}
 		if st.reqEnded {
 			c.closedStream(st)
 			return true
 		}
-		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated {
+		// Trailers end the request: its DATA must have matched its
+		// content-length (RFC 9113 §8.1.1), as onData checks at an
+		// END_STREAM on DATA.
+		short := st.reqCL >= 0 && st.reqBytes != st.reqCL
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 || f.Truncated || short || !validTrailers(f.RegularFields()) {
 			c.resetStream(st, http2.ErrCodeProtocol, true)
 			return true
 		}
@@ -414,6 +463,9 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 		return true
 	}
 	if id <= c.maxID {
+		if c.resets.has(id) {
+			return true // trailers of a stream tidegate reset: ignored
+		}
 		c.connError(http2.ErrCodeStreamClosed)
 		return false
 	}
@@ -422,21 +474,26 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 		return true // after the real GOAWAY: ignored, the client retries elsewhere
 	}
 	if f.HasPriority() && f.Priority.StreamDep == id {
-		c.down.rst(id, http2.ErrCodeProtocol)
+		c.refuse(id, http2.ErrCodeProtocol, f.StreamEnded())
 		return true
 	}
 	if c.active >= h2MaxStreams {
-		c.down.rst(id, http2.ErrCodeRefusedStream)
+		c.refuse(id, http2.ErrCodeRefusedStream, f.StreamEnded())
 		return true
 	}
 	if f.Truncated {
 		// Over MaxHeaderBytes: 431, as net/http answers.
 		c.tooLarge(id)
+		if !f.StreamEnded() {
+			// The answer is complete and the client is still sending:
+			// tell it to stop (RFC 9113 §8.1), as x/net does.
+			c.refuse(id, http2.ErrCodeNo, false)
+		}
 		return true
 	}
 	rq, ok := parseH2Request(f)
 	if !ok {
-		c.down.rst(id, http2.ErrCodeProtocol)
+		c.refuse(id, http2.ErrCodeProtocol, f.StreamEnded())
 		return true
 	}
 	st := &h2stream{c: c, id: id, reqEnded: f.StreamEnded(), reqCL: rq.contentLength}
@@ -457,6 +514,28 @@ func (c *h2sConn) onHeaders(f *http2.MetaHeadersFrame) bool {
 	return true
 }
 
+// validTrailers reports whether a request's trailer block has only fields
+// a trailer may carry: no connection-specific field (RFC 9113 §8.2.2), none
+// of those net/http and x/net refuse in trailers (framing, routing,
+// authentication: httpguts.ValidTrailerHeader).
+func validTrailers(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if !httpguts.ValidTrailerHeader(http.CanonicalHeaderKey(f.Name)) {
+			return false
+		}
+	}
+	return true
+}
+
+// refuse resets stream id at its header block, never opened; ended says
+// the block ended the client's side. mu is held.
+func (c *h2sConn) refuse(id uint32, code http2.ErrCode, ended bool) {
+	c.down.rst(id, code)
+	if !ended {
+		c.resets.add(id) // its DATA and trailers may be on the way
+	}
+}
+
 // onData takes request body bytes; mu is held.
 func (c *h2sConn) onData(f *http2.DataFrame) bool {
 	id := f.StreamID
@@ -471,6 +550,10 @@ func (c *h2sConn) onData(f *http2.DataFrame) bool {
 	}
 	data := f.Data()
 	st := c.streams[id]
+	if (st != nil && st.rstSent) || (st == nil && c.resets.has(id)) {
+		c.giveConn(int(n)) // sent before the client saw the RST_STREAM: ignored
+		return true
+	}
 	if st == nil || st.reqEnded {
 		c.giveConn(int(n))
 		if st != nil {
@@ -560,13 +643,13 @@ func (c *h2sConn) pumpStream(st *h2stream) {
 // resetStream ends st with RST_STREAM(code) to the client; mu is held.
 // For a spliced stream the app's side is cancelled too.
 func (c *h2sConn) resetStream(st *h2stream, code http2.ErrCode, protocol bool) {
-	if !st.out.done && !c.closed {
+	open := !st.reqEnded // the client may still send on st
+	if (!st.out.done || open) && !c.closed {
 		c.down.rst(st.id, code)
+		st.rstSent = open
 	}
 	c.dropOut(st)
-	if !st.reqEnded {
-		st.reqEnded = true
-	}
+	st.reqEnded = true
 	if protocol && st.failure == nil && !st.respSeen {
 		f := failure{http.StatusBadRequest, "", false, "malformed request"}
 		st.failure = &f
@@ -623,6 +706,7 @@ func (c *h2sConn) maybeFinish(st *h2stream) {
 		// it to stop (RFC 9113 §8.1).
 		if !c.closed {
 			c.down.rst(st.id, http2.ErrCodeNo)
+			st.rstSent = true
 		}
 		st.reqEnded = true
 		c.streamGone(st, errStreamReset)
@@ -632,6 +716,9 @@ func (c *h2sConn) maybeFinish(st *h2stream) {
 	}
 	st.finished = true
 	delete(c.streams, st.id)
+	if st.rstSent {
+		c.resets.add(st.id)
+	}
 	c.active--
 	c.activeN.Store(int32(c.active))
 	switch {

@@ -53,6 +53,13 @@ import (
 //     refuses.
 //   - excEmptyTE: "te" with an empty value: x/net lets it through, the own
 //     server resets the stream (only "trailers" is allowed). Stricter.
+//   - excUndeclaredTrailers: a trailer block with a field no trailer may
+//     carry (connection-specific, framing, routing: RFC 9113 §8.2.2,
+//     httpguts.ValidTrailerHeader) on a request that declared no Trailer:
+//     x/net checks and keeps only declared trailers, dropping the rest
+//     unread, and serves the request; the own server refuses the stream
+//     (RST_STREAM PROTOCOL_ERROR) whether declared or not, for its
+//     spliced path would pass the fields on. Stricter.
 //   - excEmptyAuthority: an :authority pseudo-field with an empty value:
 //     x/net reads it as none (the Host field, or no host), the own server
 //     resets the stream (parseH2Request refuses every empty pseudo-field).
@@ -396,18 +403,6 @@ func FuzzH2ServerDiff(f *testing.F) {
 		if err := errors.Join(ownErr, refErr); err != nil {
 			t.Fatal(err)
 		}
-		if ownGoAway == http2.ErrCodeStreamClosed && refGoAway == http2.ErrCodeNo && trailersAfterRefusal(streams, ownOut) {
-			// bugTrailersAfterRST: not an intended difference but a bug,
-			// reported and left to the HTTP/2 server's owner. The own
-			// server refuses a stream at its HEADERS (RST_STREAM) without
-			// keeping it, so the trailers the client had already sent on
-			// it end the whole connection (onHeaders: a stream id at or
-			// below the highest is a connection error), with every other
-			// stream on it. RFC 9113 §5.1: an endpoint MUST ignore frames
-			// on a stream it has reset; x/net does while its RST_STREAM is
-			// queued (or serves the stream). Remove this clause with the fix.
-			return
-		}
 		if refGoAway != http2.ErrCodeNo && ownGoAway == http2.ErrCodeNo && framesAfterRefusal(streams, ownOut) {
 			// excXNetFramesAfterRST: x/net ignores the frames of a stream
 			// it reset only until its RST_STREAM is written; DATA or
@@ -495,6 +490,9 @@ func h2Exception(st h2DiffStream, own, ref *h2Outcome) string {
 	if ref.status >= 400 {
 		return "excStricter"
 	}
+	if clientField(st, "trailer") == "" && !validTrailers(st.trailers) {
+		return "excUndeclaredTrailers"
+	}
 	for _, f := range st.fields {
 		if f.Name == "te" && f.Value == "" {
 			return "excEmptyTE"
@@ -504,18 +502,6 @@ func h2Exception(st h2DiffStream, own, ref *h2Outcome) string {
 		}
 	}
 	return ""
-}
-
-// trailersAfterRefusal reports whether a stream one server refused with
-// RST_STREAM, as ref saw it, had a trailer block after its header block or
-// body (bugTrailersAfterRST, excXNetTrailersAfterRST).
-func trailersAfterRefusal(streams []h2DiffStream, ref map[uint32]*h2Outcome) bool {
-	for _, st := range streams {
-		if o := ref[st.id]; st.trailers != nil && (st.rstAfter || o.status == 0 && strings.HasPrefix(o.how, "RST_STREAM")) {
-			return true
-		}
-	}
-	return false
 }
 
 // framesAfterRefusal reports whether a stream the own server refused with

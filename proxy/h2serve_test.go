@@ -928,6 +928,21 @@ func TestH2OwnMalformedRequests(t *testing.T) {
 		{"content-length on a request without DATA", func(c *ownClient, id uint32) {
 			c.open(id, "POST", "/bad", true, "content-length", "2")
 		}},
+		{"connection field in the trailers", func(c *ownClient, id uint32) {
+			c.open(id, "POST", "/bad", false)
+			c.send(id, []byte("abc"), false)
+			c.block(id, true, "connection", "v") // found by FuzzH2ServerDiff: x/net refuses it
+		}},
+		{"content-length above the DATA, then trailers", func(c *ownClient, id uint32) {
+			c.open(id, "POST", "/bad", false, "content-length", "5")
+			c.send(id, []byte("abc"), false)
+			c.block(id, true, "x-t", "v") // found by FuzzH2ServerDiff: 502 from the app's side before
+		}},
+		{"content-length in the trailers", func(c *ownClient, id uint32) {
+			c.open(id, "POST", "/bad", false)
+			c.send(id, []byte("abc"), false)
+			c.block(id, true, "content-length", "3")
+		}},
 	}
 	for _, p := range []h2Path{splicedPath, handlerPath} {
 		t.Run(p.name, func(t *testing.T) {

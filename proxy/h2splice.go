@@ -624,7 +624,8 @@ func (c *h2sConn) upstreamReset(st *h2stream, code http2.ErrCode) {
 }
 
 // upstreamFailed answers a stream whose app side failed: a 502 or 504 if
-// no response began, else RST_STREAM(INTERNAL_ERROR); mu is held.
+// no response began (its text as DATA, but for a HEAD), else
+// RST_STREAM(INTERNAL_ERROR); mu is held.
 func (c *h2sConn) upstreamFailed(st *h2stream, f failure, err error) {
 	st.upOut.done = true
 	if st.out.done || st.finished {
@@ -656,6 +657,14 @@ func (c *h2sConn) upstreamFailed(st *h2stream, f failure, err error) {
 	}
 	if st.reqID != "" {
 		fields = append(fields, requestIDField(st.reqID))
+	}
+	if st.method == http.MethodHead {
+		// No content in an answer to HEAD (RFC 9110 §9.3.2): the header
+		// block, whose content-length is the GET's, ends the stream.
+		c.down.headers(st.id, fields, true)
+		st.out.done = true
+		c.maybeFinish(st)
+		return
 	}
 	c.down.headers(st.id, fields, false)
 	st.bytes += int64(len(body))

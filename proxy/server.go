@@ -235,7 +235,23 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 // Shutdown.
 func (s *Server) configureHTTP2(log *zap.Logger) {
 	tlsConf := s.srv.TLSConfig
-	s.h2 = new(http2.Server)
+	// The bounds of tidegate's own HTTP/2 server (h2serve.go, h2wire.go),
+	// on x/net's too (TLS, --net-http-only, h2c with the own server off),
+	// each set rather than left to x/net's defaults: a client that does
+	// not read is cut after h2WriteStall without a byte written, and a
+	// connection holds at most the same upload windows.
+	s.h2 = &http2.Server{
+		MaxConcurrentStreams:         h2MaxStreams,
+		MaxReadFrameSize:             h2DefaultMaxFrame,
+		MaxUploadBufferPerConnection: h2ConnWindow,
+		MaxUploadBufferPerStream:     h2StreamWindow,
+		MaxDecoderHeaderTableSize:    4096,
+		MaxEncoderHeaderTableSize:    4096,
+		WriteByteTimeout:             h2WriteStall,
+		// IdleTimeout and MaxHeaderBytes come from the http.Server. x/net
+		// has no header timeout: serveH2 bounds the wait for a first
+		// request with the read-header timeout.
+	}
 	if err := http2.ConfigureServer(s.srv, s.h2); err != nil {
 		// Only a TLS configuration without HTTP/2's ciphers fails, and
 		// LoadTLS never sets the cipher list.
