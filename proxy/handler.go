@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 )
 
 // ForwardedMode says what to do with X-Forwarded-* headers a client sent.
@@ -343,6 +344,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.RawQuery = in.URL.RawQuery
 	h.setForwardedHeaders(in, out)
 	h.addVia(out.Header, in)
+	for k := range out.Trailer {
+		// A trailer the client declared with a name that is not a field
+		// name (an empty "trailer:" field over HTTP/2) is not sent on:
+		// net/http's Transport would refuse the whole request, and the
+		// client's mistake would read as the app's 502.
+		if !httpguts.ValidHeaderFieldName(k) {
+			delete(out.Trailer, k)
+		}
+	}
 	if st := stateOf(in.Context()); st != nil {
 		st.sent = h.later(st.start)
 	}
