@@ -338,6 +338,7 @@ func (c *h2sConn) blockTimeout() {
 	}
 	c.s.log.Debug("http2: the client did not end a header block within the read-header timeout; connection closed",
 		zap.String("remote_addr", c.remote), zap.String("reason", "slow_header"))
+	c.down.out.linger = 0 // the close must not wait on a client still sending the block
 	if !c.final {
 		c.final = true
 		c.down.goAway(c.maxID, http2.ErrCodeNo)
@@ -854,6 +855,13 @@ func (c *h2sConn) idleTimeout() {
 	if c.active == 0 && !c.closed {
 		c.final = true
 		c.down.goAway(c.maxID, http2.ErrCodeNo)
+		if c.maxID == 0 || c.blockSince.Load() != 0 {
+			// No answer was ever sent (a preface alone), or a header block
+			// is still coming: no last answer for the linger to protect,
+			// and a client still sending would keep the connection open
+			// for the linger past the read-header timeout.
+			c.down.out.linger = 0
+		}
 		c.down.out.closeAfterFlush()
 	}
 }

@@ -111,7 +111,8 @@ type frameOut struct {
 	yield  *atomic.Int32 // handler goroutines writing here; nil: none ever
 	// linger, when set, makes the close after the last write a half-close
 	// (finish): the owner's reader reads on and closes nc at the peer's
-	// EOF, or after linger at most. Zero: nc is closed at once.
+	// EOF, or after linger at most. Zero: nc is closed at once. Guarded
+	// by mu.
 	linger time.Duration
 
 	// Guarded by mu.
@@ -201,7 +202,7 @@ func (o *frameOut) run(failed func(error)) {
 			runtime.Gosched()
 		}
 		o.mu.Lock()
-		b, closeAfter := o.buf, o.close
+		b, closeAfter, linger := o.buf, o.close, o.linger
 		o.buf = o.spare[:0]
 		o.spare = nil
 		o.writing, o.ctrlWriting, o.ctrl = len(b), o.ctrl, 0
@@ -217,7 +218,7 @@ func (o *frameOut) run(failed func(error)) {
 			}
 		}
 		if closeAfter {
-			o.finish()
+			o.finish(linger)
 			return
 		}
 		o.mu.Lock()
@@ -266,13 +267,13 @@ func (o *frameOut) release() {
 // set, and a connection that can, finish sends a FIN and leaves the close
 // to the owner's reader, which reads (and drops) what still comes until
 // the peer's EOF, or until the read deadline set here.
-func (o *frameOut) finish() {
+func (o *frameOut) finish(linger time.Duration) {
 	cw, ok := o.nc.(interface{ CloseWrite() error })
-	if o.linger <= 0 || !ok || cw.CloseWrite() != nil {
+	if linger <= 0 || !ok || cw.CloseWrite() != nil {
 		_ = o.nc.Close()
 		return
 	}
-	_ = o.nc.SetReadDeadline(time.Now().Add(o.linger))
+	_ = o.nc.SetReadDeadline(time.Now().Add(linger))
 }
 
 // h2peer is the sending side of one HTTP/2 connection: its frame buffer,
