@@ -83,9 +83,9 @@ type ServerOptions struct {
 	// that takes no bytes for this long while tidegate has some for it is
 	// cut, and the request with it (access-log reason
 	// client_write_timeout, status 499). Only writes are bounded: an
-	// idle connection or tunnel is not cut. See writestall.go. Zero means
-	// 60s, the bound of tidegate's own HTTP/2 server; negative means no
-	// bound.
+	// idle connection or tunnel is not cut. See writestall.go. tidegate's
+	// own HTTP/2 server bounds each of its writes by it too (h2WriteStall).
+	// Zero means 60s; negative means no bound.
 	WriteStallTimeout time.Duration
 }
 
