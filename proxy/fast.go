@@ -1101,6 +1101,11 @@ func (h *Handler) finishFast(fc *fastConn, x *fastExchange) {
 	} else if x.aborted {
 		reason = "aborted"
 	}
+	if x.failure == nil && (x.aborted || x.clientGone) {
+		if c := trackedOf(fc.nc); c != nil && c.writeStalled() {
+			reason = string(ReasonClientWriteTimeout)
+		}
+	}
 	h.logAccess(accessEntry{method: method, path: targetPath(fc.head.target), proto: "HTTP/1.1", status: status,
 		bytes: x.bytes, duration: end.Sub(x.start), upstream: upstream, id: string(x.id), remote: fc.remote, reason: reason})
 }

@@ -187,6 +187,7 @@ func (s *Server) serveH2Fast(fc *fastConn) {
 	c.down.out.yield = &c.handlers
 	c.down.out.linger = h2CloseLinger
 	c.down.out.room = c.pumpAll
+	c.down.out.stall = max(tc.ws.bound, 0) // ServerOptions.WriteStallTimeout
 	ctx := context.WithValue(context.Background(), connKey{}, fc.nc)
 	ctx = context.WithValue(ctx, h2Key{}, h2Drainer(c))
 	ctx = context.WithValue(ctx, http.ServerContextKey, s.srv)

@@ -490,6 +490,9 @@ func (h *Handler) finish(r *http.Request, rec *recorder, st *reqState, start tim
 		reason = string(st.failure.reason)
 	} else if st.panicked {
 		reason = "aborted"
+		if c := trackedOf(connOf(r)); c != nil && c.writeStalled() {
+			reason = string(ReasonClientWriteTimeout)
+		}
 	}
 	h.logAccess(accessEntry{method: r.Method, path: r.URL.Path, proto: r.Proto, status: status, bytes: rec.bytes,
 		duration: end.Sub(start), upstream: upstream, id: st.id, remote: r.RemoteAddr, reason: reason})

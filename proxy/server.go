@@ -77,6 +77,16 @@ type ServerOptions struct {
 	// accepting until one closes. Every server of one socket shares the
 	// socket's ConnLimit. Nil means no limit.
 	ConnLimit *ConnLimit
+
+	// WriteStallTimeout bounds each write to an HTTP/1.1 client, and to
+	// the client of a WebSocket, upgraded or CONNECT tunnel: a client
+	// that takes no bytes for this long while tidegate has some for it is
+	// cut, and the request with it (access-log reason
+	// client_write_timeout, status 499). Only writes are bounded: an
+	// idle connection or tunnel is not cut. See writestall.go. tidegate's
+	// own HTTP/2 server bounds each of its writes by it too (h2WriteStall).
+	// Zero means 60s; negative means no bound.
+	WriteStallTimeout time.Duration
 }
 
 // Server serves the proxy on one listener and counts its connections.
@@ -140,8 +150,11 @@ func NewServer(ln net.Listener, h http.Handler, t *Tracker, o ServerOptions) *Se
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
+	if o.WriteStallTimeout == 0 {
+		o.WriteStallTimeout = defaultWriteStall
+	}
 	s := &Server{
-		ln:      newTrackedListener(ln, o.ConnLimit, o.Logger),
+		ln:      newTrackedListener(ln, o.ConnLimit, o.Logger, o.WriteStallTimeout),
 		grace:   o.NewConnGrace,
 		fresh:   make(map[*trackedConn]time.Time),
 		h2conns: make(map[h2Drainer]struct{}),
@@ -355,7 +368,8 @@ func (s *Server) transition(c *trackedConn, to http.ConnState, t *Tracker) {
 // socket's ConnLimit, which the connection gives back when it closes.
 type trackedListener struct {
 	net.Listener
-	raw    bool // wrap accepted connections in rawSyscalls (the fast path's)
+	raw    bool          // wrap accepted connections in rawSyscalls (the fast path's)
+	stall  time.Duration // the accepted connections' write-stall bound; zero or less: none
 	limit  *ConnLimit
 	log    *zap.Logger   // the limit's warnings
 	addr   string        // for the limit's warnings
@@ -367,11 +381,13 @@ type trackedListener struct {
 	lingering atomic.Int64
 }
 
-func newTrackedListener(ln net.Listener, limit *ConnLimit, log *zap.Logger) *trackedListener {
+// newTrackedListener wraps ln; stall is the write-stall bound of the
+// connections Accept hands out.
+func newTrackedListener(ln net.Listener, limit *ConnLimit, log *zap.Logger, stall time.Duration) *trackedListener {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &trackedListener{Listener: ln, limit: limit, log: log, addr: ln.Addr().String(), done: make(chan struct{})}
+	return &trackedListener{Listener: ln, limit: limit, log: log, addr: ln.Addr().String(), done: make(chan struct{}), stall: stall}
 }
 
 // accept waits for a slot of the socket's connection limit, then accepts a
@@ -403,7 +419,9 @@ func (l *trackedListener) Accept() (net.Conn, error) {
 	if l.raw {
 		c = rawSyscalls(c)
 	}
-	return &trackedConn{Conn: c, limit: l.limit, lingering: &l.lingering}, nil
+	tc := &trackedConn{Conn: c, limit: l.limit, lingering: &l.lingering}
+	tc.ws.bound, tc.ws.log, tc.ws.reason = l.stall, l.log, ReasonClientWriteTimeout
+	return tc, nil
 }
 
 func (l *trackedListener) Close() error {
@@ -416,9 +434,13 @@ func (l *trackedListener) Close() error {
 }
 
 // trackedConn carries its last http.ConnState, so that state changes are
-// counted without a shared map. It passes on the optional methods net/http
+// counted without a shared map. Each write to it is bounded by the
+// server's write-stall bound (writeStall, writestall.go): every path's
+// writes to the client go through Write, and the deadlines callers set
+// through SetWriteDeadline. It passes on the optional methods net/http
 // looks for on a connection: CloseWrite (a rejected request's response is
-// read before the close, not reset) and ReadFrom (sendfile/splice). Its
+// read before the close, not reset) and ReadFrom (whose copy writes
+// through Write, so no splice: nothing on the client side splices). Its
 // first Close gives the connection's slot back to the socket's ConnLimit,
 // whoever closes it: net/http, the fast path, tidegate's HTTP/2 server, or
 // a handler that hijacked it.
@@ -431,6 +453,7 @@ type trackedConn struct {
 	released  atomic.Bool   // the slot is given back
 	linger    atomic.Bool   // the next Close lingers (lingerOnClose)
 	lingering *atomic.Int64 // the listener's count of lingering closes; nil: none kept
+	ws        writeStall    // each Write's deadline
 }
 
 // seenBody notes that a request's body was read to its end.
@@ -506,11 +529,27 @@ func (c *trackedConn) CloseWrite() error {
 	return nil
 }
 
-func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+func (c *trackedConn) Write(p []byte) (int, error) { return c.ws.write(c.Conn, p) }
+
+func (c *trackedConn) SetWriteDeadline(t time.Time) error { return c.ws.setDeadline(c.Conn, t) }
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	err := c.Conn.SetReadDeadline(t)
+	if err2 := c.ws.setDeadline(c.Conn, t); err == nil {
+		err = err2
 	}
-	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+	return err
+}
+
+// writeStalled reports whether the write-stall bound cut the connection.
+func (c *trackedConn) writeStalled() bool { return c.ws.stalled() }
+
+// ReadFrom copies r to the client through Write, each write under the
+// write-stall bound, with a pooled buffer.
+func (c *trackedConn) ReadFrom(r io.Reader) (int64, error) {
+	big := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(big)
+	return io.CopyBuffer(writerOnly{c}, r, *big)
 }
 
 // drainWriter tells the client to move when a response's header is

@@ -27,6 +27,12 @@ type TCPOptions struct {
 	// ends. Every server of one socket shares the socket's ConnLimit. Nil
 	// means no limit.
 	ConnLimit *ConnLimit
+	// WriteStallTimeout bounds each write to either side of a session: a
+	// peer that takes none of the bytes the other side sent it for this
+	// long ends the session (logged with reason client_write_timeout or
+	// app_write_timeout). An idle session is not cut. Zero means 60s, as
+	// ServerOptions.WriteStallTimeout; negative means no bound.
+	WriteStallTimeout time.Duration
 }
 
 // TCPServer proxies raw TCP connections to the app, bytes both ways with
@@ -43,6 +49,7 @@ type TCPServer struct {
 	log     *zap.Logger
 	metrics *Metrics
 	dialer  net.Dialer
+	stall   time.Duration // each write's bound (stallConn); zero or less: none
 
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{} // client and app sides of live sessions
@@ -60,7 +67,11 @@ func NewTCPServer(ln net.Listener, up Upstream, t *Tracker, o TCPOptions) *TCPSe
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	return &TCPServer{ln: newTrackedListener(ln, o.ConnLimit, o.Logger), up: up, tracker: t, log: o.Logger, metrics: o.Metrics,
+	if o.WriteStallTimeout == 0 {
+		o.WriteStallTimeout = defaultWriteStall
+	}
+	return &TCPServer{ln: newTrackedListener(ln, o.ConnLimit, o.Logger, 0), up: up, tracker: t, log: o.Logger, metrics: o.Metrics,
+		stall:  o.WriteStallTimeout,
 		dialer: net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}, conns: map[net.Conn]struct{}{}}
 }
 
@@ -69,8 +80,9 @@ func (s *TCPServer) Addr() net.Addr { return s.ln.Addr() }
 
 // Serve accepts connections until Shutdown or Close; then it returns nil.
 // At the connection limit it waits for a session to end before it accepts
-// the next one. The client connection stays a bare *net.TCPConn, so that
-// the copies splice; its session gives the limit's slot back when it ends.
+// the next one. The session gives the limit's slot back when it ends. Its
+// copies go through a buffer, not splice(2), so that each write has the
+// write-stall bound (stallConn) and an idle session holds no deadline.
 func (s *TCPServer) Serve() error {
 	var backoff time.Duration
 	for {
@@ -173,6 +185,10 @@ func (s *TCPServer) session(client net.Conn) {
 	defer app.Close()
 	defer s.untrack(app)
 
+	// Each side's writes are bounded: a peer that stops reading while the
+	// other side sends ends the session.
+	clientW := newStallConn(client, s.stall, s.log, ReasonClientWriteTimeout)
+	appW := newStallConn(app, s.stall, s.log, ReasonAppWriteTimeout)
 	done := make(chan struct{}, 2)
 	pipe := func(dst, src net.Conn) {
 		_, err := io.Copy(dst, src)
@@ -189,8 +205,8 @@ func (s *TCPServer) session(client net.Conn) {
 		}
 		done <- struct{}{}
 	}
-	go pipe(app, client)
-	go pipe(client, app)
+	go pipe(appW, client)
+	go pipe(clientW, app)
 	<-done
 	<-done
 }

@@ -86,7 +86,8 @@ type UpstreamConfig struct {
 type ServerConfig struct {
 	ReadHeaderTimeout time.Duration
 	IdleTimeout       time.Duration
-	MaxConnections    int // per public listener; 0: from the open-file limit
+	WriteStallTimeout time.Duration // each write to a client, and to a tunnel's peer; 0: 60s
+	MaxConnections    int           // per public listener; 0: from the open-file limit
 	MaxHeaderBytes    int64
 	MaxBodyBytes      int64
 	Forwarded         string

@@ -393,7 +393,7 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 		cfg := &l.cfg
 		if pl.Protocol == "tcp" {
 			p.srv = proxy.NewTCPServer(view, up, s.tracker, proxy.TCPOptions{DialTimeout: cfg.Upstream.DialTimeout,
-				Logger: s.log.Named("tcp"), Metrics: s.metrics, ConnLimit: limit})
+				Logger: s.log.Named("tcp"), Metrics: s.metrics, ConnLimit: limit, WriteStallTimeout: cfg.Server.WriteStallTimeout})
 		} else {
 			// A handler of its own, not one shared by the listeners of an
 			// upstream: the retirement of this server waits for and cuts
@@ -422,6 +422,7 @@ func (s *sidecar) buildListeners(l *loaded, keep []*publicListener) (next []*pub
 				TLS:               tlsCfg,
 				ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 				IdleTimeout:       cfg.Server.IdleTimeout,
+				WriteStallTimeout: cfg.Server.WriteStallTimeout,
 				MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 				Logger:            s.log.Named("public"),
 				FastPath:          fastPath,

@@ -236,6 +236,9 @@ func settings() []setting {
 		durSetting("idle-timeout", "server.idle_timeout", "620s",
 			"close client keep-alive connections idle this long; keep above your load balancer's idle timeout",
 			func(c *Config) *time.Duration { return &c.Server.IdleTimeout }),
+		durSetting("write-stall-timeout", "server.write_stall_timeout", "60s",
+			"cut a client (or a tunnel's peer) that takes none of the bytes tidegate has for it for this long, as nginx's send_timeout; idle connections are not cut",
+			func(c *Config) *time.Duration { return &c.Server.WriteStallTimeout }),
 		// The automatic limit: see proxy.MaxConnectionsFor.
 		intSetting("max-connections", "server.max_connections", "0",
 			"most client connections open at once on each public listener; more wait in the kernel's listen backlog until one closes. 0 = from the open-file limit (ulimit -n): (limit - reserve) / 2 / listeners, reserve = max(64, limit/10), since a proxied connection may hold two files (client and app)",
