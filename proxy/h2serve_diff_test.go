@@ -102,47 +102,6 @@ func (a *diffApp) seen(tag string) *diffSeen {
 	return a.got[tag]
 }
 
-// startDiffProxy starts a Server in front of app: with the fast path (and
-// so tidegate's own HTTP/2 server) or with net/http and x/net alone.
-func startDiffProxy(tb testing.TB, app string, fast bool) string {
-	up, err := ParseUpstream(app)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tr := NewTracker(TrackerOptions{})
-	h, err := NewHandler(Options{
-		Upstream:         up,
-		TransportOptions: TransportOptions{DialTimeout: time.Second, ResponseHeaderTimeout: 5 * time.Second, IdleConnTimeout: time.Minute},
-		Tracker:          tr,
-		// One Via name for both servers, so that the app sees the same.
-		Loop: LoopOptions{ID: "diff"},
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := Listen("127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	o := ServerOptions{ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 10 * time.Second}
-	if fast {
-		o.FastPath = h
-	}
-	srv := NewServer(ln, h, tr, o)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
-	tb.Cleanup(func() {
-		_ = srv.Close()
-		select {
-		case <-served:
-		case <-time.After(5 * time.Second):
-			tb.Error("Serve did not return within 5s")
-		}
-		h.CloseIdleConnections()
-	})
-	return srv.Addr().String()
-}
-
 // h2DiffStream is one stream of a fuzzed exchange.
 type h2DiffStream struct {
 	id       uint32
@@ -380,8 +339,8 @@ func FuzzH2ServerDiff(f *testing.F) {
 		f.Add(s)
 	}
 	ownApp, refApp := newDiffApp(f), newDiffApp(f)
-	own := startDiffProxy(f, ownApp.srv.Listener.Addr().String(), true)
-	ref := startDiffProxy(f, refApp.srv.Listener.Addr().String(), false)
+	own, _ := startPlainProxy(f, ownApp.srv.Listener.Addr().String(), true)
+	ref, _ := startPlainProxy(f, refApp.srv.Listener.Addr().String(), false)
 	iter := 0
 	f.Fuzz(func(t *testing.T, b []byte) {
 		iter++

@@ -295,7 +295,7 @@ func TestRequestSmugglingCorpus(t *testing.T) {
 			for _, tc := range smugglingCases {
 				t.Run(tc.name, func(t *testing.T) {
 					app := newSmugglingApp(t)
-					addr, tr := startSmugglingProxy(t, app.addr, mode == "fast-path")
+					addr, tr := startPlainProxy(t, app.addr, mode == "fast-path")
 					runSmugglingCase(t, addr, tc)
 					wait.Until(t, 5*time.Second, "the proxy to finish", func() (bool, string) {
 						return tr.ConnectionsTotal() == 0 && tr.InFlight() == 0,
@@ -311,26 +311,29 @@ func TestRequestSmugglingCorpus(t *testing.T) {
 	}
 }
 
-// startSmugglingProxy starts a Server in front of app, with the fast path
-// or with net/http alone, and closes it at the test's end.
-func startSmugglingProxy(t *testing.T, app string, fast bool) (string, *Tracker) {
-	t.Helper()
+// startPlainProxy starts a Server in front of app, with the fast path (and
+// so tidegate's own HTTP/2 server) or with net/http and x/net alone, and
+// closes it at the test's end. Every such proxy has the same Via name, so
+// that apps behind two of them see the same request.
+func startPlainProxy(tb testing.TB, app string, fast bool) (string, *Tracker) {
+	tb.Helper()
 	up, err := ParseUpstream(app)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	tr := NewTracker(TrackerOptions{})
 	h, err := NewHandler(Options{
 		Upstream:         up,
 		TransportOptions: TransportOptions{DialTimeout: time.Second, ResponseHeaderTimeout: 5 * time.Second, IdleConnTimeout: time.Minute},
 		Tracker:          tr,
+		Loop:             LoopOptions{ID: "plain"},
 	})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	ln, err := Listen("127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	o := ServerOptions{ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 10 * time.Second}
 	if fast {
@@ -338,14 +341,19 @@ func startSmugglingProxy(t *testing.T, app string, fast bool) (string, *Tracker)
 	}
 	srv := NewServer(ln, h, tr, o)
 	if fast && srv.fast == nil {
-		t.Fatal("NewServer left the fast path off")
+		tb.Fatal("NewServer left the fast path off")
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		_ = srv.Close()
-		if err := recv(t, served, "Serve's return"); err != nil {
-			t.Errorf("Serve: %v", err)
+		select {
+		case err := <-served:
+			if err != nil {
+				tb.Errorf("Serve: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			tb.Error("Serve did not return within 5s")
 		}
 		h.CloseIdleConnections()
 	})

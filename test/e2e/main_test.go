@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 
+	"github.com/tidegate/tidegate/test/gobuild"
 	"go.uber.org/goleak"
 )
 
@@ -37,7 +34,7 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	if err := raiseFileLimit(8192); err != nil {
+	if err := gobuild.RaiseFileLimit(8192); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		_ = os.RemoveAll(dir)
 		os.Exit(1)
@@ -56,74 +53,18 @@ const raceBinaryEnv = "TIDEGATE_E2E_RACE"
 // repository root into dir. The fakeapp is never built with -race: it is a
 // peer, not the code under test.
 func build(dir string) error {
-	root, err := repoRoot()
+	root, err := gobuild.RepoRoot()
 	if err != nil {
 		return err
 	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		return fmt.Errorf("no go tool on PATH: %w", err)
-	}
 	binary = filepath.Join(dir, "tidegate")
-	args := []string{"build", "-o", binary,
-		"-ldflags", "-X main.version=" + stampVersion + " -X main.commit=" + stampCommit}
+	flags := []string{"-ldflags", "-X main.version=" + stampVersion + " -X main.commit=" + stampCommit}
 	if raceEnabled && os.Getenv(raceBinaryEnv) == "1" {
-		args = append(args, "-race")
+		flags = append(flags, "-race")
 	}
-	args = append(args, "./cmd/tidegate")
-	cmd := exec.Command(goTool, args...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	if err := gobuild.Build(root, binary, "./cmd/tidegate", flags...); err != nil {
+		return err
 	}
 	fakeappBinary = filepath.Join(dir, "fakeapp")
-	args = []string{"build", "-o", fakeappBinary, "./test/fakeapp/cmd/fakeapp"}
-	cmd = exec.Command(goTool, args...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
-// repoRoot walks up from the working directory (test/e2e under go test) to
-// the directory holding tidegate's go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for range 10 {
-		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(data), "module github.com/tidegate/tidegate\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			break
-		}
-		dir = parent
-	}
-	return "", errors.New("cannot find the repository root (go.mod of github.com/tidegate/tidegate) above the working directory")
-}
-
-// raiseFileLimit makes sure this process, and the tidegate children that
-// inherit its limits, may open at least want files: the pool test holds
-// thousands of sockets.
-func raiseFileLimit(want uint64) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("getrlimit: %w", err)
-	}
-	if lim.Cur >= want {
-		return nil
-	}
-	if lim.Max < want {
-		want = lim.Max
-	}
-	lim.Cur = want
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("setrlimit NOFILE to %d: %w", want, err)
-	}
-	return nil
+	return gobuild.Build(root, fakeappBinary, "./test/fakeapp/cmd/fakeapp")
 }
