@@ -100,3 +100,77 @@ func TestGolden(t *testing.T) {
 		})
 	}
 }
+
+// TestRoundTrip: Uninject(Inject(x)) is x, field for field, for every
+// golden input; an input left alone comes back byte for byte.
+func TestRoundTrip(t *testing.T) {
+	for _, file := range goldenInputs(t) {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			in := readJSON(t, file)
+			out, res, err := Inject(in, InjectUnlessRefused, testParams())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !res.Injected {
+				if !bytes.Equal(out, in) {
+					t.Fatalf("left alone (%q) but changed:\n%s", res.Skipped, out)
+				}
+				back, changed, err := Uninject(in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Skipped != SkipAlreadyInjected {
+					if changed || !bytes.Equal(back, in) {
+						t.Fatalf("Uninject changed an uninjected object:\n%s", back)
+					}
+					return
+				}
+				// Already injected: uninject, inject again with the same
+				// token, and get the input back.
+				if !changed {
+					t.Fatal("Uninject did not change an injected object")
+				}
+				again, res, err := Inject(back, InjectUnlessRefused, testParams())
+				if err != nil || !res.Injected {
+					t.Fatalf("reinject: %v %+v", err, res)
+				}
+				if eq, err := genericEqual(again, in); err != nil || !eq {
+					t.Fatalf("Inject(Uninject(x)) != x (%v):\n%s", err, again)
+				}
+				return
+			}
+			back, changed, err := Uninject(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !changed {
+				t.Fatal("Uninject reports no change on an injected object")
+			}
+			if eq, err := genericEqual(back, in); err != nil || !eq {
+				t.Fatalf("Uninject(Inject(x)) != x (%v):\n%s", err, back)
+			}
+			if _, err := typedOf(back); err != nil {
+				t.Fatalf("uninjected output does not decode strictly: %v", err)
+			}
+		})
+	}
+}
+
+// TestIdempotent: injecting an injected object changes nothing.
+func TestIdempotent(t *testing.T) {
+	for _, file := range goldenInputs(t) {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			out, _, err := Inject(readJSON(t, file), InjectUnlessRefused, testParams())
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, res, err := Inject(out, InjectUnlessRefused, Params{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Injected || !bytes.Equal(again, out) {
+				t.Fatalf("second injection changed the object (%+v):\n%s", res, again)
+			}
+		})
+	}
+}

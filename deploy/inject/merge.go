@@ -51,7 +51,7 @@ func mergeMaps(orig any, before, after map[string]any) any {
 		if !inOrig {
 			ov = missing{}
 		}
-		if r := merge(ov, bv, av); r == (missing{}) {
+		if r := merge(ov, bv, av); r == (missing{}) || emptiedMap(ov, r) {
 			delete(res, k)
 		} else {
 			res[k] = r
@@ -63,6 +63,14 @@ func mergeMaps(orig any, before, after map[string]any) any {
 		}
 	}
 	return res
+}
+
+// emptiedMap reports whether merging took every member of a map away (a
+// pod template's metadata after uninjection): the map goes with them.
+func emptiedMap(orig, merged any) bool {
+	om, ok1 := orig.(map[string]any)
+	mm, ok2 := merged.(map[string]any)
+	return ok1 && ok2 && len(om) > 0 && len(mm) == 0
 }
 
 // mergeLists merges element by element when the length stays, else by the

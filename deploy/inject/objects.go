@@ -22,11 +22,11 @@ const maxListDepth = 4
 // empty object of the kind.
 func injectedKinds() []struct {
 	apiVersion, kind string
-	new          func() any
+	new              func() any
 } {
 	return []struct {
 		apiVersion, kind string
-		new          func() any
+		new              func() any
 	}{
 		{"v1", "Pod", func() any { return &corev1.Pod{} }},
 		{"apps/v1", "Deployment", func() any { return &appsv1.Deployment{} }},

@@ -32,10 +32,10 @@ type appProbe struct {
 }
 
 type appHTTPGet struct {
-	Path        string             `json:"path,omitempty"`
-	Port        int                `json:"port"`
-	Host        string             `json:"host,omitempty"`
-	Scheme      string             `json:"scheme,omitempty"`
+	Path        string              `json:"path,omitempty"`
+	Port        int                 `json:"port"`
+	Host        string              `json:"host,omitempty"`
+	Scheme      string              `json:"scheme,omitempty"`
 	HTTPHeaders []corev1.HTTPHeader `json:"httpHeaders,omitempty"`
 }
 
@@ -52,9 +52,9 @@ type appGRPC struct {
 // probeKinds are the three probes of a container, with the path tidegate
 // serves each verdict on.
 type probeKind struct {
-	name  string // the field: readinessProbe, …
+	name    string // the field: readinessProbe, …
 	verdict string // readyz, livez, startupz
-	get   func(c *corev1.Container) **corev1.Probe
+	get     func(c *corev1.Container) **corev1.Probe
 }
 
 func probeKinds() []probeKind {
