@@ -28,6 +28,21 @@
 //     listener (only when the pod has none of its own), and records what it
 //     changed in the tidegate.io/status annotation.
 //
+// Entry points: InjectPod and UninjectPod change a pod's (or pod
+// template's) typed metadata and spec in place, for the webhook; Inject and
+// Uninject take one JSON document of any kind, for the CLI. The document
+// functions decode strictly (unknown or miscased fields are errors, as in
+// the API server) and write back only what changed: the rest of the input
+// keeps its own form, and no defaults the API types would write
+// (creationTimestamp: null, status: {}) appear. Kinds that carry no pod
+// (Service, ConfigMap, …) pass through byte for byte. Policy says which
+// pods to inject: every pod but one annotated tidegate.io/inject: "false"
+// (InjectUnlessRefused), or only those annotated "true" (InjectIfAsked).
+// Every error is an *Error naming the object ("Deployment shop/web"), the
+// field ("spec.template.spec.containers[app].ports") and what to write
+// instead; Error.Explicit tells the webhook whether the pod asked for
+// tidegate, so that it denies only those.
+//
 // Invariants:
 //   - Injecting an injected object changes nothing.
 //   - Uninject(Inject(x)) == x for every x Inject accepts.
