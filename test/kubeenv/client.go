@@ -62,7 +62,11 @@ type StatusError struct {
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("%s %s: %d %s: %s", e.Method, e.Path, e.Code, e.Status.Reason, e.Status.Message)
+	reason := string(e.Status.Reason)
+	if reason == "" {
+		reason = http.StatusText(e.Code)
+	}
+	return fmt.Sprintf("%s %s: %d %s: %s", e.Method, e.Path, e.Code, reason, e.Status.Message)
 }
 
 // Code is the HTTP status of err's StatusError, 0 when err is not one.

@@ -56,7 +56,8 @@ type Options struct {
 	APIServerArgs []string
 	// StartTimeout bounds the whole start: etcd healthy, kube-apiserver's
 	// /readyz 200, kube-controller-manager having made the default
-	// ServiceAccount. Default (0): 60s.
+	// ServiceAccount. Default (0): 90s (kube-apiserver alone takes 2-6s on
+	// an idle 2-core machine, 15s with a compiler running beside it).
 	StartTimeout time.Duration
 	// StopGrace is how long each process has after SIGTERM before SIGKILL.
 	// Default (0): 5s.
@@ -77,7 +78,7 @@ func (o Options) withDefaults() Options {
 		o.Controllers = append(slices.Clone(o.Controllers), "serviceaccount-controller")
 	}
 	if o.StartTimeout <= 0 {
-		o.StartTimeout = 60 * time.Second
+		o.StartTimeout = 90 * time.Second
 	}
 	if o.StopGrace <= 0 {
 		o.StopGrace = 5 * time.Second

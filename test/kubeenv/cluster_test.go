@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tidegate/tidegate/test/need"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -198,6 +199,17 @@ func TestMissingBinariesNameTheFilesAndTheBuild(t *testing.T) {
 	}
 	if _, err := Launch(Options{Binaries: b}); !errors.As(err, &me) {
 		t.Errorf("Launch without binaries: %v, want a *MissingError", err)
+	}
+
+	t.Setenv(need.RequireEnv, "") // a developer's machine: skip
+	var skipped bool
+	t.Run("Start", func(t *testing.T) {
+		defer func() { skipped = t.Skipped() }()
+		Start(t, Options{Binaries: b})
+		t.Error("Start without binaries returned a cluster")
+	})
+	if !skipped {
+		t.Errorf("Start without binaries and %s unset did not skip", need.RequireEnv)
 	}
 }
 
