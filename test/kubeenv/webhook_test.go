@@ -2,6 +2,7 @@ package kubeenv
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -135,8 +136,16 @@ func TestWebhookMutatesPodsOfSelectedNamespacesOnly(t *testing.T) {
 			t.Errorf("pod %s/%s in another namespace was mutated: %v", out, p.Name, p.Annotations)
 		}
 	}
-	if calls := wh.callsIn(in); len(calls) != 2 || calls[0].GenerateName == "" || calls[0].DryRun {
-		t.Errorf("webhook calls for %s: %+v, want 2 (the ReplicaSet's pods, generateName set, not dry runs)", in, calls)
+	// At least one call per pod: a create the ReplicaSet controller retried
+	// after a timeout on a loaded machine would be one more.
+	calls := wh.callsIn(in)
+	if len(calls) < 2 {
+		t.Errorf("webhook calls for %s: %+v, want one per pod", in, calls)
+	}
+	for _, c := range calls {
+		if c.GenerateName == "" || c.DryRun {
+			t.Errorf("webhook call %+v: want a ReplicaSet's pod (generateName set), not a dry run", c)
+		}
 	}
 	if calls := wh.callsIn(out); len(calls) != 0 {
 		t.Errorf("webhook calls for the unselected %s: %+v, want none", out, calls)
@@ -218,7 +227,7 @@ func TestWebhookDenialReachesTheClient(t *testing.T) {
 	cx, cancel := reqContext(t)
 	defer cancel()
 	err := c.Create(cx, Path("v1", ns, "pods"), newPod("denied", nil), nil)
-	if _, ok := err.(*StatusError); !ok || !strings.Contains(err.Error(), "denied the request: "+wh.deny) {
+	if _, ok := errors.AsType[*StatusError](err); !ok || !strings.Contains(err.Error(), "denied the request: "+wh.deny) {
 		t.Fatalf("create a pod the webhook denies: %v, want a StatusError with the webhook's message", err)
 	}
 	t.Logf("denied as expected: %v", err)
