@@ -161,10 +161,13 @@ func (c *Cluster) RegisterMutatingWebhook(t testing.TB, cfg admissionregistratio
 			t.Errorf("delete MutatingWebhookConfiguration %s: %v", cfg.Name, err)
 		}
 	})
-	c.syncWebhooks(t)
+	c.SyncWebhooks(t)
 }
 
-func (c *Cluster) syncWebhooks(t testing.TB) {
+// SyncWebhooks returns once the API server has seen every webhook
+// configuration change made before the call (RegisterMutatingWebhook's
+// sentinel, on its own): after an Update or Delete of a configuration.
+func (c *Cluster) SyncWebhooks(t testing.TB) {
 	t.Helper()
 	ports, err := freePorts(1) // closed again: connection refused
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -233,12 +234,32 @@ func TestWebhookDenialReachesTheClient(t *testing.T) {
 	t.Logf("denied as expected: %v", err)
 }
 
+// serveOwnTLS serves h the way deploy/webhook's Server does: TLS from
+// certificate files, on a listener it is given.
+func serveOwnTLS(t *testing.T, h http.Handler) (url string, caBundle []byte) {
+	t.Helper()
+	sc := NewServingCert(t)
+	ln := Listen(t)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, sc.CertFile, sc.KeyFile) }()
+	t.Cleanup(func() {
+		srv.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("webhook server: %v", err)
+		}
+	})
+	return URL(ln, "/mutate"), sc.CABundle
+}
+
+// This test's webhook does its own TLS, from NewServingCert's files on
+// Listen's listener: the pieces for deploy/webhook's Server.
 func TestWebhookDryRunHasNoSideEffects(t *testing.T) {
 	t.Parallel()
 	c := cluster.Get(t)
 	wh := &testWebhook{}
-	srv := StartWebhook(t, wh)
-	label := webhookFor(t, c, srv.URL("/mutate"), srv.CABundle, nil)
+	url, caBundle := serveOwnTLS(t, wh)
+	label := webhookFor(t, c, url, caBundle, nil)
 	ns := c.CreateNamespace(t, "dryrun", label)
 
 	cx, cancel := reqContext(t)
