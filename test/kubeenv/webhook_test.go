@@ -215,6 +215,16 @@ func TestWebhookDownWithFailurePolicyFailRefusesPods(t *testing.T) {
 	if err := c.Get(cx, Path("v1", ns, "pods", "refused"), nil); !IsNotFound(err) {
 		t.Errorf("GET the refused pod: %v, want 404", err)
 	}
+
+	// Without the configuration the pod is admitted again, once the API
+	// server has seen the delete.
+	if err := c.Delete(cx, Path("admissionregistration.k8s.io/v1", "", "mutatingwebhookconfigurations", name)); err != nil {
+		t.Fatal(err)
+	}
+	c.SyncWebhooks(t)
+	if err := c.Create(cx, Path("v1", ns, "pods"), newPod("refused", nil), nil); err != nil {
+		t.Errorf("create the pod after deleting webhook %s: %v", name, err)
+	}
 }
 
 func TestWebhookDenialReachesTheClient(t *testing.T) {
