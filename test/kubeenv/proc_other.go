@@ -1,0 +1,9 @@
+//go:build !linux
+
+package kubeenv
+
+import "syscall"
+
+// sysProcAttr: only Linux has a parent-death signal; elsewhere the
+// cleanups alone stop the children.
+func sysProcAttr() *syscall.SysProcAttr { return nil }
