@@ -29,7 +29,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch sub {
 	case "":
-		err = runHarness(ctx, args, stdout, stderr)
+		if isWebhookMode(args) {
+			err = runWebhookBench(ctx, args, stdout, stderr)
+		} else {
+			err = runHarness(ctx, args, stdout, stderr)
+		}
 	case "app":
 		err = runApp(ctx, args, stderr)
 	case "reverseproxy":
