@@ -90,8 +90,7 @@ const metricsWriteTimeout = 30 * time.Second
 // 404. It exposes nothing else, so it may listen on any address.
 func (s *sidecar) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", s.promHandler())
-	mux.HandleFunc("/", http.NotFound)
+	mux.Handle("GET /metrics", s.promHandler()) // the mux answers 404 elsewhere, 405 to other methods here
 	return mux
 }
 
