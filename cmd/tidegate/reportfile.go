@@ -23,9 +23,13 @@ import (
 // file never gets more.
 const reportFileMax = 4096
 
-// reportErrorMax bounds the error line, so that a huge error leaves room
-// for the rest of the summary.
-const reportErrorMax = 2048
+// reportErrorMax and reportAppMax bound the error and the app stop lines,
+// the two that may carry long text, so that either leaves room for the
+// rest of the summary.
+const (
+	reportErrorMax = 2048
+	reportAppMax   = 1024
+)
 
 // truncatedMarker ends a summary that was cut to reportFileMax.
 const truncatedMarker = "…[truncated]\n"
@@ -42,14 +46,14 @@ func exitSummary(code int, rep *drain.Report, err error, token string) string {
 		fmt.Fprintf(&b, "requests: %d in flight at the trigger, %d served during the drain, %d cut at the end\n",
 			rep.InFlightAtTrigger, rep.Completed, rep.Cut)
 		fmt.Fprintf(&b, "client connections open at closing: %d\n", rep.ConnsClosed)
-		fmt.Fprintf(&b, "app stop: %s\n", rep.App.String())
+		app := rep.App
+		if err != nil && app.Detail == err.Error() {
+			app.Detail = "see the error below" // the app's start error: shown once
+		}
+		fmt.Fprintf(&b, "app stop: %s\n", capText(app.String(), reportAppMax))
 	}
 	if err != nil {
-		msg := err.Error()
-		if len(msg) > reportErrorMax {
-			msg = cutUTF8(msg, reportErrorMax) + "…[truncated]"
-		}
-		fmt.Fprintf(&b, "error: %s\n", msg)
+		fmt.Fprintf(&b, "error: %s\n", capText(err.Error(), reportErrorMax))
 	}
 	text := redactURLs(b.String())
 	if token != "" {
@@ -90,6 +94,14 @@ func resultText(result string) string {
 		return "forced (a second signal, or the app could not start: what was in flight was cut)"
 	}
 	return result
+}
+
+// capText cuts s to at most n bytes, marked.
+func capText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return cutUTF8(s, n) + "…[truncated]"
 }
 
 // cutUTF8 returns the longest prefix of s of at most n bytes that does not
