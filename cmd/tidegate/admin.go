@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 
 	"github.com/tidegate/tidegate/healthz"
 	"github.com/tidegate/tidegate/proxy"
@@ -29,10 +30,15 @@ type auxServer struct {
 	log  *zap.Logger
 }
 
-func newAuxServer(name, addr string, h http.Handler, log *zap.Logger, h2c bool) (*auxServer, error) {
+// newAuxServer binds addr. maxConns > 0 bounds the connections served at
+// once (more wait in the kernel's backlog); 0 means no bound.
+func newAuxServer(name, addr string, h http.Handler, log *zap.Logger, h2c bool, maxConns int) (*auxServer, error) {
 	ln, err := proxy.Listen(addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listener: %w", name, err)
+	}
+	if maxConns > 0 {
+		ln = netutil.LimitListener(ln, maxConns)
 	}
 	log = log.Named(name)
 	srv := &http.Server{
@@ -69,13 +75,36 @@ func (a *auxServer) shutdown(bound time.Duration) {
 	}
 }
 
+// metricsMaxConns bounds the connections the metrics listener serves at
+// once: a few Prometheus servers scrape it, each on one kept-alive
+// connection, and it is reachable from the whole pod network.
+const metricsMaxConns = 32
+
+// metricsWriteTimeout bounds one metrics response, from the end of the
+// request's headers.
+const metricsWriteTimeout = 30 * time.Second
+
+// metricsHandler is the --metrics-listen listener's: GET (and HEAD)
+// /metrics from the sidecar's registry, the same series as the admin
+// listener's /metrics; any other method on /metrics is 405, any other path
+// 404. It exposes nothing else, so it may listen on any address.
+func (s *sidecar) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.promHandler()) // the mux answers 404 elsewhere, 405 to other methods here
+	return mux
+}
+
+func (s *sidecar) promHandler() http.Handler {
+	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{
+		Registry: s.reg,
+		ErrorLog: zap.NewStdLog(s.log.Named("metrics")),
+	})
+}
+
 // adminHandler serves /metrics, /status, /config and /debug/pprof/.
 func (s *sidecar) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{
-		Registry: s.reg,
-		ErrorLog: zap.NewStdLog(s.log.Named("metrics")),
-	}))
+	mux.Handle("GET /metrics", s.promHandler())
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.status()) })
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.conf.Load().effective()) })
 	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {

@@ -20,6 +20,13 @@ type Config struct {
 	// AdminListenPublic allows an AdminListen that is not a loopback
 	// address (the admin API has no authentication). Default false.
 	AdminListenPublic bool
+	// MetricsListen is a listener serving only GET /metrics, for
+	// Prometheus on the pod network; "off" (the default) disables it.
+	MetricsListen string
+	// CopyBinaryTo is a directory the running binary is copied to at start
+	// (as DIR/tidegate), for another container's preStop hook; "" (the
+	// default) copies nothing.
+	CopyBinaryTo string
 
 	Upstream UpstreamConfig
 	Server   ServerConfig
@@ -29,6 +36,10 @@ type Config struct {
 		Quiet   time.Duration
 		Timeout time.Duration
 		Token   string // secret: enables GET /drain on the health listener
+		// ReportFile receives a short summary of the exit (the drain report,
+		// or the start-up error) when tidegate exits: the Kubernetes
+		// termination message. "" (the default) writes none.
+		ReportFile string
 	}
 
 	App struct {
@@ -49,6 +60,11 @@ type Config struct {
 	}
 
 	ProbeUserAgents []string
+
+	// AppProbes is a JSON list in the YAML "probes" schema (the
+	// injector's TIDEGATE_APP_PROBES), added to the file's list; "" (the
+	// default) adds none. Parsed into loaded.appProbes.
+	AppProbes string
 
 	// Probe holds the flag shorthands for the app's probes; the YAML
 	// "probes" list (Kubernetes schema) is kept apart, in loaded.fileProbes.

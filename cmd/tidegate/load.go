@@ -47,6 +47,7 @@ type loaded struct {
 	cfg           Config
 	origin        map[string]string // setting key → "--flag", "TIDEGATE_X", "config file F", "default"
 	fileProbes    []healthz.Spec    // the YAML "probes" list
+	appProbes     []healthz.Spec    // --app-probes (TIDEGATE_APP_PROBES), added to fileProbes
 	probes        []healthz.Spec    // every probe, validated
 	fileListeners []listenerSpec    // the YAML "listeners" list
 	listeners     []listenerSpec    // every public listener, validated
@@ -207,11 +208,18 @@ func (l *loaded) applyMap(byKey map[string]setting, prefix string, m map[string]
 			}
 			l.fileListeners = specs
 		case key == "probes":
-			specs, err := parseProbeList(v)
+			specs, err := parseProbeList(v, "probes")
 			if err != nil {
 				return err
 			}
 			l.fileProbes = specs
+		case key == "app_probes" && isList(v):
+			js, err := json.Marshal(v) // a YAML list: the same as its JSON text
+			if err != nil {
+				return fmt.Errorf("%s: %w", key, err)
+			}
+			l.cfg.AppProbes = string(js)
+			l.origin[key] = "config file"
 		case isSetting:
 			vals, err := yamlValues(v, s.list)
 			if err == nil {
@@ -252,6 +260,8 @@ func flagHint(err error, table []setting) error {
 	}
 	return fmt.Errorf("unknown flag --%s (see tidegate run --help)", name)
 }
+
+func isList(v any) bool { _, ok := v.([]any); return ok }
 
 func isSection(byKey map[string]setting, key string) bool {
 	for k := range byKey {
@@ -345,7 +355,7 @@ func (l *loaded) validate(table []setting) error {
 	for i, pl := range l.listeners {
 		ls = append(ls, listener{labels[i], pl.Address})
 	}
-	for _, x := range []listener{{"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen}, {"grpc_health_listen", c.GRPCHealthListen}} {
+	for _, x := range []listener{{"health_listen", c.HealthListen}, {"admin_listen", c.AdminListen}, {"grpc_health_listen", c.GRPCHealthListen}, {"metrics_listen", c.MetricsListen}} {
 		x.key = l.describeKey(table, x.key)
 		ls = append(ls, x)
 	}
@@ -365,6 +375,9 @@ func (l *loaded) validate(table []setting) error {
 	}
 	if err := l.validateApp(table); err != nil {
 		return err
+	}
+	if l.appProbes, err = parseAppProbes(c.AppProbes); err != nil {
+		return fmt.Errorf("%s: %w", l.describeKey(table, "app_probes"), err)
 	}
 	if l.probes, err = l.probeSpecs(); err != nil {
 		return err
@@ -676,6 +689,15 @@ func (l *loaded) values(redact bool) map[string]string {
 			targets = append(targets, string(p.Kind)+" "+p.WithDefaults().Target())
 		}
 		out["probes"] = strings.Join(targets, "; ")
+	}
+	if redact && len(l.appProbes) > 0 {
+		// Only the targets: a probe's headers may carry credentials.
+		targets := make([]string, 0, len(l.appProbes))
+		for _, p := range l.appProbes {
+			d := p.WithDefaults()
+			targets = append(targets, d.Container+" "+string(d.Kind)+" "+d.Target())
+		}
+		out["app_probes"] = strings.Join(targets, "; ")
 	}
 	if redact {
 		for k, v := range out {

@@ -5,6 +5,7 @@
 //
 //	tidegate run --upstream 127.0.0.1:3000 [flags]   run the sidecar
 //	tidegate drain [--wait 30s]                      drain a running sidecar (preStop hooks)
+//	tidegate prestop --token T [-- HOOK...]          drain, then run the original preStop hook
 //	tidegate demo                                    see it work on a built-in app
 //	tidegate version                                 print version, commit and Go version
 package main

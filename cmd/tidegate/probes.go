@@ -116,20 +116,21 @@ func (p *k8sProbe) spec(container string, kind healthz.Kind) healthz.Spec {
 }
 
 // parseProbeList decodes the YAML "probes" list (already turned into
-// JSON-like values), strictly: an unknown field is an error.
-func parseProbeList(v any) ([]healthz.Spec, error) {
+// JSON-like values), strictly: an unknown field is an error. Errors name
+// the list (what) and the index.
+func parseProbeList(v any, what string) ([]healthz.Spec, error) {
 	items, ok := v.([]any)
 	if !ok {
-		return nil, fmt.Errorf("probes: want a list of containers, like - {container: app, readinessProbe: {...}}")
+		return nil, fmt.Errorf("%s: want a list of containers, like - {container: app, readinessProbe: {...}}", what)
 	}
 	var specs []healthz.Spec
 	for i, it := range items {
 		cp, err := decodeStrict[containerProbes](it)
 		if err != nil {
-			return nil, fmt.Errorf("probes[%d]: %w", i, err)
+			return nil, fmt.Errorf("%s[%d]: %w", what, i, err)
 		}
 		if cp.ReadinessProbe == nil && cp.LivenessProbe == nil && cp.StartupProbe == nil {
-			return nil, fmt.Errorf("probes[%d]: no readinessProbe, livenessProbe or startupProbe", i)
+			return nil, fmt.Errorf("%s[%d]: no readinessProbe, livenessProbe or startupProbe", what, i)
 		}
 		for _, kp := range []struct {
 			p    *k8sProbe
@@ -141,6 +142,41 @@ func parseProbeList(v any) ([]healthz.Spec, error) {
 		}
 	}
 	return specs, nil
+}
+
+// parseAppProbes decodes --app-probes (TIDEGATE_APP_PROBES): a JSON list
+// in the schema of the YAML "probes" list. "" is no probes.
+func parseAppProbes(raw string) ([]healthz.Spec, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("not valid JSON (%v): want a list like [{\"container\":\"app\",\"readinessProbe\":{\"httpGet\":{\"path\":\"/ready\",\"port\":8080}}}]", err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("more than one JSON value: want one list of containers")
+	}
+	if _, ok := v.([]any); !ok {
+		return nil, fmt.Errorf("want a JSON list of containers, like [{\"container\":\"app\",\"readinessProbe\":{...}}], not %s", jsonKind(v))
+	}
+	return parseProbeList(v, "app_probes")
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case map[string]any:
+		return "an object"
+	case string:
+		return "a string"
+	case nil:
+		return "null"
+	case bool:
+		return "a boolean"
+	}
+	return "a number"
 }
 
 // parseProbeURL turns a flag shorthand into a probe action:
@@ -201,7 +237,7 @@ func shownProbeURL(raw string) string {
 // and validates them with the same rules the runner uses.
 func (l *loaded) probeSpecs() ([]healthz.Spec, error) {
 	c := &l.cfg
-	specs := append([]healthz.Spec(nil), l.fileProbes...)
+	specs := append(append([]healthz.Spec(nil), l.fileProbes...), l.appProbes...)
 	for _, k := range []struct {
 		kind healthz.Kind
 		urls []string

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -44,6 +45,8 @@ func cli(args []string, e env) int {
 		return runCmd(args[1:], e)
 	case "drain":
 		return drainCmd(args[1:], e)
+	case "prestop":
+		return prestopCmd(args[1:], e)
 	case "demo":
 		return demoCmd(args[1:], e)
 	case "version", "--version", "-version":
@@ -65,6 +68,8 @@ func writeUsage(w io.Writer) {
 Commands:
   run       run the sidecar in front of an app (tidegate run --help for flags)
   drain     ask a running sidecar to drain, as SIGTERM would (for exec preStop hooks)
+  prestop   a preStop hook: drain the sidecar through its health listener, then run the
+            container's original hook (tidegate prestop --help)
   demo      a built-in app behind the sidecar, under load, through a shutdown
   version   print version, commit and Go version
 `)
@@ -80,22 +85,59 @@ func runCmd(args []string, e env) int {
 		fmt.Fprintf(e.stderr, "tidegate: %v\n", err)
 		return 2
 	}
+	// From here on, every exit is summed up in --drain-report-file.
+	finish := func(code int, rep *drain.Report, err error) int {
+		if err != nil {
+			fmt.Fprintf(e.stderr, "tidegate: %v\n", err)
+		}
+		if path := l.cfg.Drain.ReportFile; path != "" {
+			if werr := writeReportFile(path, exitSummary(code, rep, err, l.cfg.Drain.Token)); werr != nil {
+				fmt.Fprintf(e.stderr, "tidegate: --drain-report-file %s: %v\n", path, werr)
+			}
+		}
+		return code
+	}
+	if path := l.cfg.Drain.ReportFile; path != "" {
+		if err := checkReportFile(path); err != nil {
+			fmt.Fprintf(e.stderr, "tidegate: %s %s: %v: give a writable path, or unset it\n", l.describeKey(settings(), "drain.report_file"), path, err)
+			return 1
+		}
+	}
 	logs, err := newLoggers(&l.cfg, e.stdout, e.stderr)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "tidegate: %v\n", err)
-		return exitCode(err)
+		return finish(exitCode(err), nil, err)
 	}
 	defer logs.sync()
+	if dir := l.cfg.CopyBinaryTo; dir != "" {
+		if err := copySelf(dir, logs.log); err != nil {
+			return finish(1, nil, err)
+		}
+	}
 	sc, err := newSidecar(l, logs, readBuildInfo())
 	if err != nil {
-		fmt.Fprintf(e.stderr, "tidegate: %v\n", err)
-		return exitCode(err)
+		return finish(exitCode(err), nil, err)
 	}
-	code, _ := sc.run(e.signals)
-	if sc.startErr != nil {
-		fmt.Fprintf(e.stderr, "tidegate: %v\n", sc.startErr)
+	code, rep := sc.run(e.signals)
+	return finish(code, &rep, sc.startErr)
+}
+
+// copySelf is --copy-binary-to: the running binary to dir/tidegate.
+func copySelf(dir string, log *zap.Logger) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("--copy-binary-to %s: cannot find the running binary: %w", dir, err)
 	}
-	return code
+	copied, err := copyBinary(exe, dir)
+	if err != nil {
+		return err
+	}
+	to := zap.String("to", filepath.Join(dir, copiedBinaryName))
+	if copied {
+		log.Info("binary copied for preStop hooks", to)
+	} else {
+		log.Info("binary for preStop hooks already in place and identical; not copied", to)
+	}
+	return nil
 }
 
 func exitCode(err error) int {
@@ -239,13 +281,18 @@ func newSidecar(l *loaded, logs *loggers, build buildInfo) (sc *sidecar, err err
 		name, addr string
 		handler    func() http.Handler
 		h2c        bool
-	}{{"health", cfg.HealthListen, s.healthListenerHandler, true}, {"admin", cfg.AdminListen, s.adminHandler, false}} {
+		maxConns   int
+	}{{"health", cfg.HealthListen, s.healthListenerHandler, true, 0}, {"admin", cfg.AdminListen, s.adminHandler, false, 0},
+		{"metrics", cfg.MetricsListen, s.metricsHandler, false, metricsMaxConns}} {
 		if aux.addr == off {
 			continue
 		}
-		a, err := newAuxServer(aux.name, aux.addr, aux.handler(), s.log, aux.h2c)
+		a, err := newAuxServer(aux.name, aux.addr, aux.handler(), s.log, aux.h2c, aux.maxConns)
 		if err != nil {
 			return nil, err
+		}
+		if aux.name == "metrics" {
+			a.srv.WriteTimeout = metricsWriteTimeout // a scraper that stops reading lets go of its slot
 		}
 		bound = append(bound, a.ln)
 		s.aux = append(s.aux, a)

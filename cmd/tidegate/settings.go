@@ -210,6 +210,9 @@ func settings() []setting {
 		boolSetting("admin-listen-public", "admin_listen_public",
 			"allow an --admin-listen address that is not loopback (0.0.0.0:9901, :9901, a pod IP). Dangerous: the admin listener has no authentication, and whoever reaches it can drain tidegate, reload its config and profile it; restrict it with a firewall or NetworkPolicy",
 			func(c *Config) *bool { return &c.AdminListenPublic }),
+		strSetting("metrics-listen", "metrics_listen", "off", "ADDR",
+			"a listener that serves only GET /metrics (the admin listener's series), for Prometheus on the pod network; any address, no --admin-listen-public needed; or off",
+			func(c *Config) *string { return &c.MetricsListen }, listenAddr(true)),
 
 		strSetting("upstream-protocol", "upstream.protocol", "auto", "PROTO",
 			"how requests reach the app: http1, h2c (HTTP/2 with prior knowledge), or auto (h2c for gRPC that arrived over HTTP/2, else http1)",
@@ -279,6 +282,12 @@ func settings() []setting {
 			get: func(c *Config) string { return strings.Join(c.ProbeUserAgents, ",") },
 		},
 
+		{
+			flag: "app-probes", key: "app_probes", def: "", arg: "JSON",
+			usage: `the app's probes as a JSON list in the schema of the YAML probes: list, added to it: [{"container":"app","readinessProbe":{"httpGet":{"path":"/ready","port":8080}}}] (what tidegate-inject moves out of the pod spec; ports by number)`,
+			set:   func(c *Config, vs []string) error { c.AppProbes = strings.TrimSpace(last(vs)); return nil },
+			get:   func(c *Config) string { return c.AppProbes },
+		},
 		probeURLSetting("readiness", "probe.readiness", "readiness probe of the app, repeatable: http://host:port/path, https://…, tcp://host:port, grpc://host:port[/service] or exec:command args",
 			func(c *Config) *[]string { return &c.Probe.Readiness }),
 		probeURLSetting("liveness", "probe.liveness", "liveness probe of the app, repeatable; same forms as --readiness",
@@ -321,6 +330,12 @@ func settings() []setting {
 			set:   func(c *Config, vs []string) error { c.Drain.Token = strings.TrimSpace(last(vs)); return nil },
 			get:   func(c *Config) string { return c.Drain.Token },
 		},
+		strSetting("drain-report-file", "drain.report_file", "", "FILE",
+			"when tidegate exits, write a short summary here (exit code, and how the drain went, or the start-up error), at most 4096 bytes: /dev/termination-log makes it the container's termination message in kubectl describe pod",
+			func(c *Config) *string { return &c.Drain.ReportFile }, nil),
+		strSetting("copy-binary-to", "copy_binary_to", "", "DIR",
+			"at start, copy this binary to DIR/tidegate (mode 0555; skipped if identical) for another container's `tidegate prestop` hook; DIR must be writable, like an emptyDir volume",
+			func(c *Config) *string { return &c.CopyBinaryTo }, nil),
 
 		strSetting("app-stop", "app.stop", "auto", "STRATEGY",
 			"how the app is stopped after the drain: child, pid, http, command or none; auto = child if a command follows --, else none",

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// copiedBinaryName is the file --copy-binary-to writes in its directory.
+const copiedBinaryName = "tidegate"
+
+// copyBinary copies the file src (the running binary) to dir/tidegate with
+// mode 0555, through a temporary file in dir that is synced and renamed,
+// so that a container running dir/tidegate never sees half a binary. It
+// does nothing (copied false) when dir/tidegate already has src's size and
+// SHA-256. Errors name dir and say what to do.
+func copyBinary(src, dir string) (copied bool, err error) {
+	dst := filepath.Join(dir, copiedBinaryName)
+	hint := func(err error) error {
+		return fmt.Errorf("--copy-binary-to %s: %w: mount a writable volume there (an emptyDir shared with the app container), or unset --copy-binary-to", dir, err)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return false, fmt.Errorf("--copy-binary-to %s: cannot read the running binary %s: %w", dir, src, err)
+	}
+	defer in.Close()
+	srcInfo, err := in.Stat()
+	if err != nil {
+		return false, fmt.Errorf("--copy-binary-to %s: %w", dir, err)
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		return false, hint(err)
+	} else if !fi.IsDir() {
+		return false, hint(fmt.Errorf("not a directory"))
+	}
+	if same, err := sameContent(in, srcInfo.Size(), dst); err != nil {
+		return false, fmt.Errorf("--copy-binary-to %s: %w", dir, err)
+	} else if same {
+		return false, nil
+	}
+	tmp, err := os.CreateTemp(dir, "."+copiedBinaryName+".tmp-*")
+	if err != nil {
+		return false, hint(err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = in.Seek(0, io.SeekStart); err == nil {
+		_, err = io.Copy(tmp, in)
+	}
+	if err == nil {
+		err = tmp.Chmod(0o555)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		return false, hint(err)
+	}
+	if d, derr := os.Open(dir); derr == nil { // make the rename durable; best effort
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return true, nil
+}
+
+// sameContent reports whether the file dst has size n and the same SHA-256
+// as src (read from its start).
+func sameContent(src io.ReadSeeker, n int64, dst string) (bool, error) {
+	fi, err := os.Stat(dst)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != n {
+		return false, nil // absent, or different: copy
+	}
+	sum := func(r io.Reader) ([]byte, error) {
+		h := sha256.New()
+		_, err := io.Copy(h, r)
+		return h.Sum(nil), err
+	}
+	if _, err := src.Seek(0, io.SeekStart); err != nil {
+		return false, err
+	}
+	want, err := sum(src)
+	if err != nil {
+		return false, err
+	}
+	f, err := os.Open(dst)
+	if err != nil {
+		return false, nil // unreadable: replace it
+	}
+	defer f.Close()
+	got, err := sum(f)
+	return err == nil && bytes.Equal(got, want), nil
+}
