@@ -75,6 +75,6 @@ func checkExample(t *testing.T, objs []object) {
 	def := inject.Params{}.WithDefaults()
 	want := int64((def.DrainTimeout + def.AppStopTimeout + 5*time.Second) / time.Second)
 	if g := pod.Spec.TerminationGracePeriodSeconds; g == nil || *g < want {
-		t.Errorf("Deployment %s terminationGracePeriodSeconds %v: want at least %d", d.Name, g, want)
+		t.Errorf("Deployment %s terminationGracePeriodSeconds %s: want at least %d", d.Name, fmtPtr(g), want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -158,7 +159,7 @@ func checkInjectorDeployment(t *testing.T, d *appsv1.Deployment, serviceAccount 
 		t.Errorf("Deployment %s: want %s", d.Name, injectorName)
 	}
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
-		t.Errorf("Deployment %s replicas %v: want 2", d.Name, d.Spec.Replicas)
+		t.Errorf("Deployment %s replicas %s: want 2", d.Name, fmtPtr(d.Spec.Replicas))
 	}
 	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
 		t.Errorf("Deployment %s: want rollingUpdate maxUnavailable 0, so a rollout keeps both replicas", d.Name)
@@ -227,7 +228,7 @@ func checkInjectorDeployment(t *testing.T, d *appsv1.Deployment, serviceAccount 
 		if vol := volumeOf(pod, c, file); vol == nil || vol.Secret == nil || vol.Secret.SecretName != tlsSecret {
 			t.Errorf("container %s %s%q is not a file of Secret %s", c.Name, flag, file, tlsSecret)
 		} else if vol.Secret.DefaultMode == nil || *vol.Secret.DefaultMode&0o007 != 0 {
-			t.Errorf("Secret volume %s defaultMode %v: want no access for others", vol.Name, vol.Secret.DefaultMode)
+			t.Errorf("Secret volume %s defaultMode %s: want no access for others", vol.Name, fmtPtr(vol.Secret.DefaultMode))
 		}
 	}
 	for name, p := range map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe} {
@@ -275,16 +276,16 @@ func checkWebhooks(t *testing.T, mwc *admissionv1.MutatingWebhookConfiguration, 
 			t.Errorf("webhook %s: failurePolicy not set (docs/kubernetes.md explains the choice)", w.Name)
 		}
 		if w.SideEffects == nil || *w.SideEffects != admissionv1.SideEffectClassNone {
-			t.Errorf("webhook %s sideEffects %v: want None (dry-run requests must be safe)", w.Name, w.SideEffects)
+			t.Errorf("webhook %s sideEffects %s: want None (dry-run requests must be safe)", w.Name, fmtPtr(w.SideEffects))
 		}
 		if !slices.Equal(w.AdmissionReviewVersions, []string{"v1"}) {
 			t.Errorf("webhook %s admissionReviewVersions %v: want [v1]", w.Name, w.AdmissionReviewVersions)
 		}
 		if w.TimeoutSeconds == nil || *w.TimeoutSeconds != 5 {
-			t.Errorf("webhook %s timeoutSeconds %v: want 5", w.Name, w.TimeoutSeconds)
+			t.Errorf("webhook %s timeoutSeconds %s: want 5", w.Name, fmtPtr(w.TimeoutSeconds))
 		}
 		if w.ReinvocationPolicy == nil || *w.ReinvocationPolicy != admissionv1.IfNeededReinvocationPolicy {
-			t.Errorf("webhook %s reinvocationPolicy %v: want IfNeeded", w.Name, w.ReinvocationPolicy)
+			t.Errorf("webhook %s reinvocationPolicy %s: want IfNeeded", w.Name, fmtPtr(w.ReinvocationPolicy))
 		}
 		if w.ObjectSelector != nil && !reflect.DeepEqual(*w.ObjectSelector, metav1.LabelSelector{}) {
 			t.Errorf("webhook %s has an objectSelector %+v: pods are chosen by annotation (matchConditions), not label", w.Name, w.ObjectSelector)
@@ -522,3 +523,11 @@ func volumeOf(pod corev1.PodSpec, c corev1.Container, file string) *corev1.Volum
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// fmtPtr prints *v, or "unset" for nil.
+func fmtPtr[T any](v *T) string {
+	if v == nil {
+		return "unset"
+	}
+	return fmt.Sprint(*v)
+}
