@@ -27,14 +27,34 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/tidegate/tidegate/test/need"
+	"go.uber.org/goleak"
 )
 
 // kubeVersion is the Kubernetes release whose kubectl renders the
 // manifests: the one test/kubeenv/tools builds.
 const kubeVersion = "v1.37.2"
 
-// renderTimeout bounds one `kubectl kustomize` run.
-const renderTimeout = 2 * time.Minute
+// renderTimeout bounds one `kubectl kustomize` run, and renderMaxBytes
+// what it may print (the manifests render to a few tens of KiB).
+const (
+	renderTimeout  = 2 * time.Minute
+	renderMaxBytes = 1 << 20
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// cappedBuffer keeps at most max bytes; a write past them fails.
+type cappedBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.max {
+		return 0, fmt.Errorf("more than %d bytes", b.max)
+	}
+	return b.Buffer.Write(p)
+}
 
 // kubectl is the kubectl binary in tidegate's Kubernetes tool cache:
 // $TIDEGATE_KUBE_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/tidegate-kube,
@@ -72,14 +92,15 @@ func render(t *testing.T, kubectlPath, dir string) []object {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), renderTimeout)
 	defer cancel()
-	var stdout, stderr bytes.Buffer
+	stdout := &cappedBuffer{max: renderMaxBytes}
+	stderr := &cappedBuffer{max: renderMaxBytes}
 	cmd := exec.CommandContext(ctx, kubectlPath, "kustomize", dir)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
 	}
 	var objs []object
-	r := utilyaml.NewYAMLReader(bufio.NewReader(&stdout))
+	r := utilyaml.NewYAMLReader(bufio.NewReader(stdout))
 	for i := 0; ; i++ {
 		doc, err := r.Read()
 		if errors.Is(err, io.EOF) {
