@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,9 +31,26 @@ import (
 	"go.uber.org/goleak"
 )
 
-// kubeVersion is the Kubernetes release whose kubectl renders the
-// manifests: the one test/kubeenv/tools builds.
-const kubeVersion = "v1.37.2"
+// kubeToolsMod pins the Kubernetes release whose kubectl renders the
+// manifests (require k8s.io/kubernetes vX), as test/kubeenv/tools/build.sh
+// reads it.
+const kubeToolsMod = "../../test/kubeenv/tools/kube/go.mod"
+
+// kubeVersion is the version kubeToolsMod requires of k8s.io/kubernetes.
+func kubeVersion(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(kubeToolsMod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == "require" && f[1] == "k8s.io/kubernetes" {
+			return f[2]
+		}
+	}
+	t.Fatalf("%s has no line \"require k8s.io/kubernetes VERSION\"", kubeToolsMod)
+	return ""
+}
 
 // renderTimeout bounds one `kubectl kustomize` run, and renderMaxBytes
 // what it may print (the manifests render to a few tens of KiB).
@@ -74,7 +92,7 @@ func kubectl(t *testing.T) string {
 		}
 		root = filepath.Join(base, "tidegate-kube")
 	}
-	p := filepath.Join(root, "kube-"+kubeVersion, "kubectl")
+	p := filepath.Join(root, "kube-"+kubeVersion(t), "kubectl")
 	if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 		return p
 	}
