@@ -10,6 +10,9 @@
 #
 # Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 ...
 # (the builder cross-compiles; no emulation needed).
+#
+# The injector image (tidegate-inject: CLI and webhook), same arguments:
+#   docker build --target inject -t tidegate-inject .
 
 ARG GO_VERSION=1.26
 
@@ -31,6 +34,28 @@ RUN --mount=type=cache,target=/go/pkg/mod \
       -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" \
       -o /out/tidegate ./cmd/tidegate
 
+# The injector: built only for --target inject.
+FROM build AS build-inject
+ARG TARGETOS
+ARG TARGETARCH
+ARG VERSION=dev
+ARG COMMIT=unknown
+RUN --mount=type=cache,target=/go/pkg/mod \
+    --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} \
+    go build -trimpath \
+      -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" \
+      -o /out/tidegate-inject ./cmd/tidegate-inject
+
+FROM gcr.io/distroless/static-debian12:nonroot AS inject
+COPY --from=build-inject /out/tidegate-inject /tidegate-inject
+USER 65532:65532
+# 8443: the webhook (deploy/kubernetes/webhook).
+EXPOSE 8443
+ENTRYPOINT ["/tidegate-inject"]
+CMD ["webhook"]
+
+# The sidecar: the last stage, so the default target.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/tidegate /tidegate
 USER 65532:65532
