@@ -1,11 +1,12 @@
 //go:build tools
 
 // Package kube pins the Kubernetes binaries the injector's tests run:
-// go build k8s.io/kubernetes/cmd/kube-apiserver and
-// k8s.io/kubernetes/cmd/kube-controller-manager in this module.
+// kube-apiserver, kube-controller-manager and kubectl, built by build.sh
+// next to this file.
 package kube
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )
