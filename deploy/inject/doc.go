@@ -7,7 +7,7 @@
 // step visible in the diff (docs/kubernetes.md explains every one):
 //
 //   - adds the sidecar: a native sidecar (an init container with
-//     restartPolicy Always and a startupProbe on its own /livez, so the app
+//     restartPolicy Always and a startupProbe on its own /livez/app, so the app
 //     starts only after tidegate is up) or, with mode classic, a second
 //     container;
 //   - swaps the app's named port: the app's port (e.g. "http") is renamed

@@ -50,9 +50,13 @@ func sidecar(p Params, protocol string, appPort int, publicName, token, probes s
 		},
 		Env:            env,
 		Resources:      *p.Resources.DeepCopy(),
-		StartupProbe:   health("/livez", 1, 30),
+		// /livez/app, not /livez: /livez also holds the app containers'
+		// liveness probes (TIDEGATE_APP_PROBES), and an app that fails its
+		// own must restart the app, not tidegate. /livez/app passes while
+		// tidegate answers (there is no child to watch).
+		StartupProbe:   health("/livez/app", 1, 30),
 		ReadinessProbe: health("/readyz", 2, 1),
-		LivenessProbe:  health("/livez", 10, 3),
+		LivenessProbe:  health("/livez/app", 10, 3),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             &yes,
 			RunAsUser:                &uid,

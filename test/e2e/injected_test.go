@@ -271,3 +271,34 @@ func TestInjectedChainedPreStopRunsAsWritten(t *testing.T) {
 		t.Errorf("termination message: %v\n%s", err, report)
 	}
 }
+
+// An app that fails its own liveness probe fails the app container's
+// rewritten probe, and not the sidecar's: the kubelet restarts the app,
+// and tidegate (the native sidecar) keeps running.
+func TestInjectedSidecarLivenessIgnoresTheApp(t *testing.T) {
+	t.Parallel()
+	app := fakeapp.Start(t)
+	pod, _ := injectedPod(t, app.Addr, nil)
+	runSidecar(t, pod, t.TempDir())
+	var sc corev1.Container
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == inject.SidecarName {
+			sc = c
+		}
+	}
+	appLive := pod.Spec.Containers[0].LivenessProbe.HTTPGet
+	wait.Until(t, 10*time.Second, "the app's rewritten liveness probe passes", func() (bool, string) {
+		code, body, err := kubeletGet(t, appLive, 2*time.Second)
+		return err == nil && code == 200, fmt.Sprintf("%d %q %v", code, body, err)
+	})
+	app.Close() // its TCP liveness probe fails from now on
+	wait.Until(t, 15*time.Second, "the app's rewritten liveness probe fails", func() (bool, string) {
+		code, body, err := kubeletGet(t, appLive, 2*time.Second)
+		return err == nil && code == 503, fmt.Sprintf("%d %q %v", code, body, err)
+	})
+	for _, pr := range []*corev1.Probe{sc.LivenessProbe, sc.StartupProbe} {
+		if code, body, err := kubeletGet(t, pr.HTTPGet, 2*time.Second); err != nil || code != 200 {
+			t.Errorf("sidecar probe %s with the app's liveness failing: %d %q %v; want 200 (restart the app, not tidegate)", pr.HTTPGet.Path, code, body, err)
+		}
+	}
+}

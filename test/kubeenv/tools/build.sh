@@ -40,6 +40,7 @@ build() {
   fi
   local tmp
   tmp="$(mktemp -d "$root/.build.XXXXXX")"
+  chmod 755 "$tmp"
   echo "build.sh: building $* into $dir (cold: minutes)"
   local start=$SECONDS
   (cd "$mod" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "$@")
