@@ -48,8 +48,8 @@ func sidecar(p Params, protocol string, appPort int, publicName, token, probes s
 			{Name: HealthPortName, ContainerPort: p.HealthPort},
 			{Name: MetricsPortName, ContainerPort: p.MetricsPort},
 		},
-		Env:            env,
-		Resources:      *p.Resources.DeepCopy(),
+		Env:       env,
+		Resources: *p.Resources.DeepCopy(),
 		// /livez/app, not /livez: /livez also holds the app containers'
 		// liveness probes (TIDEGATE_APP_PROBES), and an app that fails its
 		// own must restart the app, not tidegate. /livez/app passes while
