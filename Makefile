@@ -9,9 +9,10 @@ PKGS    := ./...
 
 all: build
 
-## build: static sidecar binary in bin/
+## build: the static sidecar binary and the Kubernetes injector in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/tidegate ./cmd/tidegate
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/tidegate-inject ./cmd/tidegate-inject
 
 ## test: what CI runs — vet, gofmt, and every test with the race detector
 test: vet fmt-check

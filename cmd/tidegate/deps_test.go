@@ -30,7 +30,7 @@ func TestSidecarDoesNotLinkKubernetes(t *testing.T) {
 	}
 }
 
-// TestImportRules enforces DESIGN.md: proxy, healthz and drain never import
+// TestImportRules enforces docs/architecture.md: proxy, healthz and drain never import
 // each other; nothing outside test/ imports test/.
 func TestImportRules(t *testing.T) {
 	siblings := []string{module + "/proxy", module + "/healthz", module + "/drain"}
@@ -52,6 +52,21 @@ func TestImportRules(t *testing.T) {
 			if strings.HasPrefix(imp, module+"/test/") {
 				t.Errorf("%s imports %s", pkg, imp)
 			}
+		}
+	}
+}
+
+// TestInjectIsPure keeps deploy/inject a pure function of its input: no
+// HTTP, files or processes, and none of the sidecar's packages. (It may use
+// package net for net.JoinHostPort, and time for durations.)
+func TestInjectIsPure(t *testing.T) {
+	for _, dep := range goList(t, "-f", "{{join .Imports \"\\n\"}}", "./deploy/inject") {
+		switch {
+		case strings.HasPrefix(dep, "net/") || dep == "os" || strings.HasPrefix(dep, "os/") ||
+			dep == "syscall" || dep == "io/ioutil" || dep == "io/fs":
+			t.Errorf("deploy/inject imports %s: it must not touch the network, files or processes", dep)
+		case strings.HasPrefix(dep, module+"/") || strings.HasPrefix(dep, "k8s.io/client-go"):
+			t.Errorf("deploy/inject imports %s: it depends on k8s.io/api types only", dep)
 		}
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/tidegate/tidegate/test/fakeapp"
 )
 
-// readinessBudget is how soon after SIGTERM /readyz must fail (DESIGN.md:
+// readinessBudget is how soon after SIGTERM /readyz must fail (the promise:
 // "readiness fails within 100 ms").
 const readinessBudget = 100 * time.Millisecond
 
