@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // copiedBinaryName is the file --copy-binary-to writes in its directory.
@@ -75,12 +76,13 @@ func copyBinary(src, dir string) (copied bool, err error) {
 	return true, nil
 }
 
-// sameContent reports whether the file dst has size n and the same SHA-256
-// as src (read from its start).
+// sameContent reports whether the file dst itself (never what a symbolic
+// link there points to: the copy replaces the link) is a regular file with
+// size n and the same SHA-256 as src (read from its start).
 func sameContent(src io.ReadSeeker, n int64, dst string) (bool, error) {
-	fi, err := os.Stat(dst)
+	fi, err := os.Lstat(dst)
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() != n {
-		return false, nil // absent, or different: copy
+		return false, nil // absent, a link, or different: copy
 	}
 	sum := func(r io.Reader) ([]byte, error) {
 		h := sha256.New()
@@ -94,11 +96,14 @@ func sameContent(src io.ReadSeeker, n int64, dst string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	f, err := os.Open(dst)
+	f, err := os.OpenFile(dst, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return false, nil // unreadable: replace it
+		return false, nil // unreadable, or swapped for a link since: replace it
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return false, nil
+	}
 	got, err := sum(f)
 	return err == nil && bytes.Equal(got, want), nil
 }

@@ -149,8 +149,14 @@ func writeReportFile(path, text string) error {
 	return nil
 }
 
+// reportOpenFlags open the report file without blocking: a FIFO with no
+// reader fails at once (ENXIO) instead of holding tidegate's start or exit
+// forever, and a full one fails the write (the text fits PIPE_BUF, so it
+// is never written in part).
+const reportOpenFlags = os.O_WRONLY | syscall.O_NONBLOCK
+
 func writeInPlace(path, text string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := os.OpenFile(path, reportOpenFlags|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
@@ -168,7 +174,7 @@ func writeInPlace(path, text string) error {
 // at exit, without changing it: an existing file opens for writing, or its
 // directory is writable.
 func checkReportFile(path string) error {
-	if f, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+	if f, err := os.OpenFile(path, reportOpenFlags, 0); err == nil {
 		return f.Close()
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err

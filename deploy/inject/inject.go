@@ -105,6 +105,9 @@ func (in *podInjection) inject(p Params) error {
 			return in.errorf(containerField(false, SidecarName), "a container named %s is already there, without the %s annotation injection writes: remove it and inject again, or annotate the pod %s: \"false\" to keep a hand-made sidecar", SidecarName, AnnotationStatus, AnnotationInject)
 		}
 	}
+	if err := in.checkPodKind(); err != nil {
+		return err
+	}
 	s, err := in.readSettings(p)
 	if err != nil {
 		return err
@@ -168,6 +171,41 @@ func (in *podInjection) inject(p Params) error {
 		return in.errorf("", "status record: %v", err)
 	}
 	in.meta.Annotations[AnnotationStatus] = string(rec)
+	return in.checkAnnotationsSize()
+}
+
+// checkPodKind refuses the pods the sidecar cannot run in. A hostNetwork
+// pod would bind tidegate's ports on the node (every other injected
+// hostNetwork pod on that node collides with it) and expose its health and
+// metrics listeners, and the admin one on the node's loopback, to the
+// node. A Windows pod cannot run the Linux sidecar image, and the API
+// server rejects the sidecar's Linux securityContext in it.
+func (in *podInjection) checkPodKind() error {
+	if in.spec.HostNetwork {
+		return in.errorf("spec.hostNetwork", "true: tidegate's ports (%s) would be bound on the node, where every other injected hostNetwork pod collides with them and the node reaches the drain and admin endpoints; annotate the pod %s: \"false\"", "listen, health, metrics, admin", AnnotationInject)
+	}
+	if in.spec.OS != nil && in.spec.OS.Name == corev1.Windows {
+		return in.errorf("spec.os.name", "%s: the tidegate sidecar is a Linux container (and the API server refuses its Linux securityContext in a Windows pod); annotate the pod %s: \"false\"", in.spec.OS.Name, AnnotationInject)
+	}
+	return nil
+}
+
+// maxAnnotationsBytes is the API server's bound on a pod's annotations,
+// keys and values together (apimachinery's TotalAnnotationSizeLimitB).
+const maxAnnotationsBytes = 256 << 10
+
+// checkAnnotationsSize fails when the annotations, with the status record
+// that holds the original probes and hooks, exceed what the API server
+// accepts: the injected pod would be refused as a whole.
+func (in *podInjection) checkAnnotationsSize() error {
+	n := 0
+	for k, v := range in.meta.Annotations {
+		n += len(k) + len(v)
+	}
+	if n > maxAnnotationsBytes {
+		return in.errorf(annotationField(AnnotationStatus), "the pod's annotations would be %d bytes with the record injection keeps of the original probes and hooks (%d bytes), over the %d bytes the API server accepts: shorten the probes' headers, the hooks or the other annotations, or annotate the pod %s: \"false\"",
+			n, len(in.meta.Annotations[AnnotationStatus]), maxAnnotationsBytes, AnnotationInject)
+	}
 	return nil
 }
 

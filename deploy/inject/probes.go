@@ -95,6 +95,9 @@ func (in *podInjection) moveProbes(p Params) (string, []probeRecord, error) {
 			if err != nil {
 				return "", nil, err
 			}
+			if err := in.checkProbePort(p, c, k.name, ap); err != nil {
+				return "", nil, err
+			}
 			switch k.name {
 			case "readinessProbe":
 				entry.ReadinessProbe = ap
@@ -179,4 +182,31 @@ func (in *podInjection) resolvePort(c *corev1.Container, port intstr.IntOrString
 		return n, nil
 	}
 	return 0, in.errorf(field, "port %q is not a port of container %s (its ports: %s): name one of them or write the number", port.StrVal, c.Name, formatPorts(c))
+}
+
+// checkProbePort fails when a probe that tidegate would run targets one of
+// tidegate's own ports on the pod's address: the app cannot listen there
+// (the sidecar binds it), and tidegate would probe itself.
+func (in *podInjection) checkProbePort(p Params, c *corev1.Container, kind string, ap *appProbe) error {
+	port, host, field := 0, "", containerField(false, c.Name)+"."+kind
+	switch {
+	case ap.HTTPGet != nil:
+		port, host, field = ap.HTTPGet.Port, ap.HTTPGet.Host, field+".httpGet.port"
+	case ap.TCPSocket != nil:
+		port, host, field = ap.TCPSocket.Port, ap.TCPSocket.Host, field+".tcpSocket.port"
+	case ap.GRPC != nil:
+		port, field = ap.GRPC.Port, field+".grpc.port"
+	}
+	if host != "" {
+		return nil // another address: not the pod's ports
+	}
+	for _, own := range []struct {
+		what string
+		n    int32
+	}{{"listen", p.ListenPort}, {"health", p.HealthPort}, {"metrics", p.MetricsPort}, {"admin", p.AdminPort}} {
+		if port == int(own.n) {
+			return in.errorf(field, "port %d is tidegate's %s port (containers share the pod's network): probe the port the container listens on, or run the injector with other ports", port, own.what)
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -180,8 +181,15 @@ func formatPorts(c *corev1.Container) string {
 	return strings.Join(parts, ", ")
 }
 
-// seconds formats a whole number of seconds as a duration flag value.
-func seconds(n int64) string { return (time.Duration(n) * time.Second).String() }
+// seconds formats a whole number of seconds as a duration flag value,
+// saturating at the longest time.Duration (about 292 years): a preStop
+// sleep may be as long as terminationGracePeriodSeconds, an int64, and a
+// wrapped, negative value would make `tidegate prestop` refuse its
+// arguments and skip the drain.
+func seconds(n int64) string {
+	n = min(n, int64(math.MaxInt64/time.Second))
+	return (time.Duration(n) * time.Second).String()
+}
 
 // ceilSeconds is d in whole seconds, rounded up.
 func ceilSeconds(d time.Duration) int64 {

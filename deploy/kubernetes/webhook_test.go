@@ -164,6 +164,12 @@ func checkInjectorDeployment(t *testing.T, d *appsv1.Deployment, serviceAccount 
 	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
 		t.Errorf("Deployment %s: want rollingUpdate maxUnavailable 0, so a rollout keeps both replicas", d.Name)
 	}
+	// The injector refuses injection itself, whatever its namespace's label.
+	meta, spec := d.Spec.Template.ObjectMeta.DeepCopy(), d.Spec.Template.Spec.DeepCopy()
+	if res, err := inject.InjectPod(meta, spec, inject.InjectUnlessRefused, inject.Params{}); err != nil || res.Skipped != inject.SkipRefused {
+		t.Errorf("Deployment %s: its pods would be injected in a namespace labelled enabled (%+v, %v): annotate them %s: \"false\"",
+			d.Name, res, err, inject.AnnotationInject)
+	}
 	pod := d.Spec.Template.Spec
 	podLabels := labels.Set(d.Spec.Template.Labels)
 	if !selects(t, d.Spec.Selector, podLabels) {

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,6 +78,17 @@ func (s *Server) readAndReview(w http.ResponseWriter, r *http.Request, policy in
 	if r.ContentLength > MaxBodyBytes {
 		return fail(http.StatusRequestEntityTooLarge, fmt.Sprintf("body of %d bytes is larger than the %d bytes an AdmissionReview can be", r.ContentLength, MaxBodyBytes))
 	}
+	cost := r.ContentLength
+	if cost < 0 {
+		cost = MaxBodyBytes
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), MaxAdmissionWait)
+	got := s.budget.acquire(ctx, cost)
+	cancel()
+	if !got {
+		return fail(http.StatusServiceUnavailable, fmt.Sprintf("busy: %d bytes of AdmissionReviews in progress did not leave room for this one's %d within %s; the API server applies failurePolicy", BodyBudgetBytes, cost, MaxAdmissionWait))
+	}
+	defer s.budget.release(cost)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {

@@ -28,6 +28,13 @@ const (
 	ReadTimeout       = 15 * time.Second
 	WriteTimeout      = 30 * time.Second
 	IdleTimeout       = 90 * time.Second
+	// BodyBudgetBytes bounds the AdmissionReview bytes held at once, over
+	// all requests (see bodyBudget): with the work a pod takes, it keeps
+	// the injector well under its 128Mi limit. MaxAdmissionWait bounds how
+	// long a request waits for its share, then it is answered 503 (the API
+	// server applies the webhook's failurePolicy).
+	BodyBudgetBytes  = 4 << 20
+	MaxAdmissionWait = 2 * time.Second
 	// MaxHeaderBytes bounds the request head.
 	MaxHeaderBytes = 64 << 10
 	// ShutdownTimeout bounds the graceful shutdown once Serve's context
@@ -69,6 +76,7 @@ type Server struct {
 	cert              atomic.Pointer[servingCert] // nil without TLS
 	m                 *metrics
 	mux               *http.ServeMux
+	budget            *bodyBudget
 }
 
 // New checks o, loads the certificate and builds the Server.
@@ -83,7 +91,8 @@ func New(o Options) (*Server, error) {
 	if (o.CertFile == "") != (o.KeyFile == "") {
 		return nil, fmt.Errorf("webhook: certificate %q and key %q: give both files, or neither", o.CertFile, o.KeyFile)
 	}
-	s := &Server{params: p, log: o.Log, certFile: o.CertFile, keyFile: o.KeyFile, interval: o.CertCheckInterval}
+	s := &Server{params: p, log: o.Log, certFile: o.CertFile, keyFile: o.KeyFile, interval: o.CertCheckInterval,
+		budget: newBodyBudget(BodyBudgetBytes)}
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
