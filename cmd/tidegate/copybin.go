@@ -10,8 +10,49 @@ import (
 	"syscall"
 )
 
-// copiedBinaryName is the file --copy-binary-to writes in its directory.
-const copiedBinaryName = "tidegate"
+// copiedBinaryName is the file --copy-binary-to writes in its directory;
+// tokenFileName holds the drain token beside it, for `tidegate prestop
+// --token-file` (the chained preStop hook of an injected pod, whose command
+// line the kubelet prints in events and logs when the hook fails).
+const (
+	copiedBinaryName = "tidegate"
+	tokenFileName    = "drain-token"
+)
+
+// writeTokenFile writes token to dir/drain-token with mode 0444 (the app
+// container may run as any user), through a temporary file and a rename.
+// An empty token removes the file, so that no stale token stays behind.
+func writeTokenFile(dir, token string) error {
+	dst := filepath.Join(dir, tokenFileName)
+	if token == "" {
+		if err := os.Remove(dst); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("--copy-binary-to %s: remove the stale %s: %w", dir, tokenFileName, err)
+		}
+		return nil
+	}
+	tmp, err := os.CreateTemp(dir, "."+tokenFileName+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("--copy-binary-to %s: %w", dir, err)
+	}
+	_, err = tmp.WriteString(token)
+	if err == nil {
+		err = tmp.Chmod(0o444)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("--copy-binary-to %s: write %s: %w", dir, tokenFileName, err)
+	}
+	return nil
+}
 
 // copyBinary copies the file src (the running binary) to dir/tidegate with
 // mode 0555, through a temporary file in dir that is synced and renamed,

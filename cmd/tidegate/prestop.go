@@ -59,7 +59,7 @@ type prestopHook struct {
 }
 
 func writePrestopUsage(w io.Writer) {
-	fmt.Fprint(w, `Usage: tidegate prestop --health ADDR --token TOKEN --wait DURATION
+	fmt.Fprint(w, `Usage: tidegate prestop --health ADDR (--token TOKEN | --token-file FILE) --wait DURATION
                         [--then-sleep DURATION | --then-http-get URL [--then-header 'Name: value']... | -- COMMAND ARGS...]
 
 A preStop hook that drains the tidegate sidecar, then runs the container's
@@ -77,6 +77,8 @@ Exit 2: bad usage.
 
   --health ADDR        the sidecar's health listener (default 127.0.0.1:8081)
   --token TOKEN        the drain token (default $TIDEGATE_DRAIN_TOKEN)
+  --token-file FILE    read the drain token from FILE (the drain-token file the
+                       sidecar's --copy-binary-to writes), if --token is not given
   --wait DURATION      how long the sidecar may take to reach stopping_app (default 30s)
   --then-sleep DURATION
   --then-http-get URL
@@ -102,6 +104,7 @@ func prestopCmd(args []string, e env) int {
 	fs.SetOutput(io.Discard)
 	health := fs.String("health", "127.0.0.1:8081", "")
 	token := fs.String("token", "", "")
+	tokenFile := fs.String("token-file", "", "")
 	wait := fs.String("wait", "30s", "")
 	thenSleep := fs.String("then-sleep", "", "")
 	thenHTTP := fs.String("then-http-get", "", "")
@@ -121,29 +124,44 @@ func prestopCmd(args []string, e env) int {
 	if err != nil {
 		return usage("--wait: %v", err)
 	}
+	if *token == "" && *tokenFile != "" {
+		b, err := readSmallFile(*tokenFile, maxTokenFile)
+		if err != nil {
+			return usage("--token-file %s: %v: it is where the sidecar's --copy-binary-to writes the drain token", *tokenFile, err)
+		}
+		*token = strings.TrimSpace(string(b))
+	}
 	if *token == "" {
 		*token = e.getenv("TIDEGATE_DRAIN_TOKEN")
 	}
 	if *token == "" {
-		return usage("--token: no drain token: give --token or TIDEGATE_DRAIN_TOKEN (the sidecar's --drain-token)")
+		return usage("--token: no drain token: give --token, --token-file or TIDEGATE_DRAIN_TOKEN (the sidecar's --drain-token)")
 	}
 	drainURL, err := prestopDrainURL(*health, waitDur)
 	if err != nil {
 		return usage("--health %q: %v", *health, err)
 	}
+	// A bad hook argument must not cost the drain: it is reported, with
+	// exit 2, after the drain (the drain's own flags are checked above).
 	var hook prestopHook
+	var hookErr string
+	hookUsage := func(format string, a ...any) {
+		if hookErr == "" {
+			hookErr = fmt.Sprintf(format, a...)
+		}
+	}
 	given := 0
 	if *thenSleep != "" {
 		given++
 		if hook.sleep, err = parseDuration(*thenSleep); err != nil {
-			return usage("--then-sleep: %v", err)
+			hookUsage("--then-sleep: %v", err)
 		}
 	}
 	if *thenHTTP != "" {
 		given++
 		u, err := url.Parse(*thenHTTP)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Opaque != "" {
-			return usage("--then-http-get %q: want an http:// or https:// URL, like http://:8080/shutdown", redactURLs(*thenHTTP))
+			hookUsage("--then-http-get %q: want an http:// or https:// URL, like http://:8080/shutdown", redactURLs(*thenHTTP))
 		}
 		hook.httpURL = u
 	}
@@ -152,17 +170,18 @@ func prestopCmd(args []string, e env) int {
 		hook.command = command
 	}
 	if given > 1 {
-		return usage("give at most one of --then-sleep, --then-http-get and -- COMMAND: a container has one preStop hook")
+		hookUsage("give at most one of --then-sleep, --then-http-get and -- COMMAND: a container has one preStop hook")
 	}
 	if len(headers) > 0 && hook.httpURL == nil {
-		return usage("--then-header needs --then-http-get")
+		hookUsage("--then-header needs --then-http-get")
 	}
 	hook.header = http.Header{}
 	for _, h := range headers {
 		name, value, ok := strings.Cut(h, ":")
 		name = strings.TrimSpace(name)
 		if !ok || !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(strings.TrimSpace(value)) {
-			return usage("--then-header %q: want 'Name: value'", h)
+			hookUsage("--then-header %q: want 'Name: value'", h)
+			continue
 		}
 		hook.header.Add(name, strings.TrimSpace(value))
 	}
@@ -171,6 +190,9 @@ func prestopCmd(args []string, e env) int {
 	ctx, stop := signalContext(e.signals, syscall.SIGTERM, syscall.SIGINT)
 	drained := prestopDrain(ctx, drainURL, *token, waitDur, logf)
 	stop()
+	if hookErr != "" {
+		return usage("%s (the drain ran; the original hook did not)", hookErr)
+	}
 
 	switch {
 	case hook.sleep > 0 || *thenSleep != "":
@@ -387,4 +409,24 @@ func prestopExec(command []string, e env, logf func(string, ...any)) int {
 			return code
 		}
 	}
+}
+
+// maxTokenFile bounds what --token-file reads: a token is 32 hex digits.
+const maxTokenFile = 4096
+
+// readSmallFile reads at most max bytes of path; a longer file is an error.
+func readSmallFile(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("longer than %d bytes: not a drain token", max)
+	}
+	return b, nil
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -241,7 +243,11 @@ func TestPrestopUsage(t *testing.T) {
 		{[]string{"--token", "t", "stray"}, "unexpected argument"},
 		{[]string{"--tokn", "t"}, "tokn"},
 	} {
-		r := prestopDone(t, runPrestop(envOf(nil), nil, tc.args...))
+		args := tc.args
+		if !slices.Contains(args, "--health") {
+			args = append([]string{"--health", closedAddr(t)}, args...) // bad hook flags still try the drain
+		}
+		r := prestopDone(t, runPrestop(envOf(nil), nil, args...))
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("prestop %q: exit %d, stderr %q; want 2 and %q", tc.args, r.code, r.stderr, tc.want)
 		}
@@ -279,5 +285,79 @@ func TestPodAddress(t *testing.T) {
 	two := func(context.Context, string) ([]string, error) { return []string{"10.1.2.3", "fd00::3"}, nil }
 	if got := podAddress(os.Hostname, two); got != "10.1.2.3" {
 		t.Errorf("two addresses: %s", got)
+	}
+}
+
+// drainRecorder is a stand-in health listener that answers GET /drain as a
+// sidecar that reached stopping_app, recording the tokens it got.
+func drainRecorder(t *testing.T) (addr string, tokens func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got = append(got, r.Header.Get(DrainTokenHeader))
+		mu.Unlock()
+		fmt.Fprintln(w, `{"phase": "stopping_app"}`)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+}
+
+// A malformed hook argument (a header the kubelet would not send either)
+// is reported after the drain, never instead of it.
+func TestPrestopBadHookStillDrains(t *testing.T) {
+	addr, tokens := drainRecorder(t)
+	r := prestopDone(t, runPrestop(envOf(nil), nil, "--health", addr, "--token", "tok", "--wait", "2s",
+		"--then-http-get", "http://:8080/quit", "--then-header", "X-Bad: a\x01b", "--then-header", "no colon"))
+	if r.code != 2 || !strings.Contains(r.stderr, "the drain ran") || !strings.Contains(r.stderr, "X-Bad") {
+		t.Errorf("exit %d, stderr %q; want 2 naming the header, after the drain", r.code, r.stderr)
+	}
+	if got := tokens(); !slices.Equal(got, []string{"tok"}) {
+		t.Errorf("drain calls with tokens %q, want one with tok", got)
+	}
+}
+
+// --token-file: the token from the file the sidecar's --copy-binary-to
+// writes, so that it is not on the hook's command line.
+func TestPrestopTokenFile(t *testing.T) {
+	addr, tokens := drainRecorder(t)
+	dir := t.TempDir()
+	if err := writeTokenFile(dir, "tok-from-file"); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, tokenFileName)
+	if fi, err := os.Stat(file); err != nil || fi.Mode().Perm() != 0o444 {
+		t.Fatalf("token file: %v %v; want mode 0444", fi, err)
+	}
+	r := prestopDone(t, runPrestop(envOf(nil), nil, "--health", addr, "--token-file", file, "--wait", "2s"))
+	if r.code != 0 || !slices.Equal(tokens(), []string{"tok-from-file"}) {
+		t.Errorf("exit %d (stderr %q), tokens %q; want 0 and tok-from-file", r.code, r.stderr, tokens())
+	}
+	if strings.Contains(r.stderr, "tok-from-file") {
+		t.Errorf("the token is in the output: %q", r.stderr)
+	}
+
+	huge := filepath.Join(dir, "huge")
+	if err := os.WriteFile(huge, bytes.Repeat([]byte("x"), maxTokenFile+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{filepath.Join(dir, "missing"), huge} {
+		r := prestopDone(t, runPrestop(envOf(nil), nil, "--health", addr, "--token-file", f))
+		if r.code != 2 || !strings.Contains(r.stderr, "--token-file "+f) {
+			t.Errorf("--token-file %s: exit %d, stderr %q; want 2 naming it", f, r.code, r.stderr)
+		}
+	}
+
+	// An empty token (a sidecar without --drain-token) removes a stale file.
+	if err := writeTokenFile(dir, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Errorf("token file after an empty token: %v; want it gone", err)
 	}
 }

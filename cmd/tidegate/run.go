@@ -112,6 +112,9 @@ func runCmd(args []string, e env) int {
 		if err := copySelf(dir, logs.log); err != nil {
 			return finish(1, nil, err)
 		}
+		if err := writeTokenFile(dir, l.cfg.Drain.Token); err != nil {
+			return finish(1, nil, err)
+		}
 	}
 	sc, err := newSidecar(l, logs, readBuildInfo())
 	if err != nil {
@@ -121,7 +124,8 @@ func runCmd(args []string, e env) int {
 	return finish(code, &rep, sc.startErr)
 }
 
-// copySelf is --copy-binary-to: the running binary to dir/tidegate.
+// copySelf is --copy-binary-to: the running binary to dir/tidegate (and,
+// in run, the drain token to dir/drain-token).
 func copySelf(dir string, log *zap.Logger) error {
 	exe, err := os.Executable()
 	if err != nil {

@@ -334,7 +334,7 @@ func settings() []setting {
 			"when tidegate exits, write a short summary here (exit code, and how the drain went, or the start-up error), at most 4096 bytes: /dev/termination-log makes it the container's termination message in kubectl describe pod",
 			func(c *Config) *string { return &c.Drain.ReportFile }, nil),
 		strSetting("copy-binary-to", "copy_binary_to", "", "DIR",
-			"at start, copy this binary to DIR/tidegate (mode 0555; skipped if identical) for another container's `tidegate prestop` hook; DIR must be writable, like an emptyDir volume",
+			"at start, copy this binary to DIR/tidegate (mode 0555; skipped if identical), and the drain token to DIR/drain-token (mode 0444), for another container's `tidegate prestop --token-file` hook; DIR must be writable, like an emptyDir volume",
 			func(c *Config) *string { return &c.CopyBinaryTo }, nil),
 
 		strSetting("app-stop", "app.stop", "auto", "STRATEGY",

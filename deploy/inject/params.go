@@ -63,6 +63,11 @@ const (
 	UnnamedPortName = "tidegate-http"
 	BinVolume       = "tidegate-bin" // emptyDir for the chained preStop hook
 	BinDir          = "/tidegate-bin"
+	// TokenFileName is the file in BinDir where the sidecar writes the
+	// drain token for the chained hook (tidegate prestop --token-file), so
+	// that the token is not in the hook's command line, which the kubelet
+	// prints in events when a hook fails.
+	TokenFileName = "drain-token"
 	// DrainTokenHeader is the header of GET /drain (cmd/tidegate checks it;
 	// a test there keeps the two equal).
 	DrainTokenHeader = "X-Tidegate-Drain-Token"

@@ -50,7 +50,7 @@ func (in *podInjection) pairPreStop(p Params, c *corev1.Container, movedName, to
 		}}
 		return false, nil
 	}
-	cmd := []string{BinDir + "/tidegate", "prestop", "--health=127.0.0.1:" + strconv.Itoa(int(p.HealthPort)), "--token=" + token, "--wait=" + wait}
+	cmd := []string{BinDir + "/tidegate", "prestop", "--health=127.0.0.1:" + strconv.Itoa(int(p.HealthPort)), "--token-file=" + BinDir + "/" + TokenFileName, "--wait=" + wait}
 	switch {
 	case old.Exec != nil:
 		cmd = append(append(cmd, "--"), old.Exec.Command...)

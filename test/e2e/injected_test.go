@@ -248,10 +248,19 @@ func TestInjectedChainedPreStopRunsAsWritten(t *testing.T) {
 	if len(cmd) == 0 || cmd[0] != inject.BinDir+"/tidegate" {
 		t.Fatalf("chained preStop %q: want %s/tidegate first", cmd, inject.BinDir)
 	}
+	for _, a := range cmd {
+		if strings.Contains(a, "e2e-token-0123456789abcdef") {
+			t.Errorf("chained preStop argument %q carries the drain token: the kubelet prints a failed hook's command in events", a)
+		}
+	}
 	copied := filepath.Join(dir, "tidegate-bin", "tidegate")
 	ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
 	defer cancel()
-	run := exec.CommandContext(ctx, copied, cmd[1:]...)
+	var args []string // the emptyDir's mount point moved into the temp dir
+	for _, a := range cmd[1:] {
+		args = append(args, strings.ReplaceAll(a, inject.BinDir+"/", filepath.Join(dir, "tidegate-bin")+"/"))
+	}
+	run := exec.CommandContext(ctx, copied, args...)
 	run.Env = baseEnv()
 	out, err := run.CombinedOutput()
 	if err != nil {
