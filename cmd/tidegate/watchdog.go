@@ -52,7 +52,7 @@ func (s *sidecar) reportDrain(ctx context.Context) {
 	if !s.notify.Enabled() {
 		return
 	}
-	for {
+	for s.life.Phase() < drain.Draining {
 		changed := s.life.Changed()
 		if s.life.Phase() >= drain.Draining {
 			break
@@ -60,7 +60,13 @@ func (s *sidecar) reportDrain(ctx context.Context) {
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return
+			// On a busy machine this goroutine may first run after a
+			// short drain is over and ctx has ended too: a drain that
+			// happened is still reported (once), whichever case select
+			// picked.
+			if s.life.Phase() < drain.Draining {
+				return
+			}
 		}
 	}
 	_, since := s.life.State()
@@ -71,6 +77,9 @@ func (s *sidecar) reportDrain(ctx context.Context) {
 	for {
 		s.notify.ExtendTimeout(max(time.Until(end), drainReportMargin))
 		s.notify.Status(s.statusLine())
+		if ctx.Err() != nil {
+			return
+		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
