@@ -20,8 +20,8 @@ const (
 )
 
 // writeTokenFile writes token to dir/drain-token with mode 0444 (the app
-// container may run as any user), through a temporary file and a rename.
-// An empty token removes the file, so that no stale token stays behind.
+// container may run as any user), through replaceFile. An empty token
+// removes the file, so that no stale token stays behind.
 func writeTokenFile(dir, token string) error {
 	dst := filepath.Join(dir, tokenFileName)
 	if token == "" {
@@ -30,13 +30,33 @@ func writeTokenFile(dir, token string) error {
 		}
 		return nil
 	}
-	tmp, err := os.CreateTemp(dir, "."+tokenFileName+".tmp-*")
+	err := replaceFile(dir, tokenFileName, 0o444, func(w io.Writer) error {
+		_, err := io.WriteString(w, token)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("--copy-binary-to %s: %w", dir, err)
+		return fmt.Errorf("--copy-binary-to %s: write %s: %w", dir, tokenFileName, err)
 	}
-	_, err = tmp.WriteString(token)
+	return nil
+}
+
+// replaceFile writes dir/name whole or not at all: fill writes a temporary
+// file in dir, which gets mode, is synced and renamed over dir/name (a
+// symbolic link there is replaced, never followed); then dir is synced, on
+// a best-effort basis, to make the rename durable.
+func replaceFile(dir, name string, mode os.FileMode, fill func(io.Writer) error) (err error) {
+	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	err = fill(tmp)
 	if err == nil {
-		err = tmp.Chmod(0o444)
+		err = tmp.Chmod(mode)
 	}
 	if err == nil {
 		err = tmp.Sync()
@@ -45,11 +65,14 @@ func writeTokenFile(dir, token string) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
+		err = os.Rename(tmp.Name(), filepath.Join(dir, name))
 	}
 	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("--copy-binary-to %s: write %s: %w", dir, tokenFileName, err)
+		return err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync()
+		_ = d.Close()
 	}
 	return nil
 }
@@ -83,36 +106,15 @@ func copyBinary(src, dir string) (copied bool, err error) {
 	} else if same {
 		return false, nil
 	}
-	tmp, err := os.CreateTemp(dir, "."+copiedBinaryName+".tmp-*")
-	if err != nil {
-		return false, hint(err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp.Name())
+	err = replaceFile(dir, copiedBinaryName, 0o555, func(w io.Writer) error {
+		if _, err := in.Seek(0, io.SeekStart); err != nil {
+			return err
 		}
-	}()
-	if _, err = in.Seek(0, io.SeekStart); err == nil {
-		_, err = io.Copy(tmp, in)
-	}
-	if err == nil {
-		err = tmp.Chmod(0o555)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
-	}
+		_, err := io.Copy(w, in)
+		return err
+	})
 	if err != nil {
 		return false, hint(err)
-	}
-	if d, derr := os.Open(dir); derr == nil { // make the rename durable; best effort
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	return true, nil
 }

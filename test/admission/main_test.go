@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"testing"
 
-	"go.uber.org/goleak"
 	admissionv1 "k8s.io/api/admission/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -21,17 +20,7 @@ import (
 // needs it, stopped once all tests are done.
 var cluster kubeenv.Shared
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	cluster.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(cluster.Main(m)) }
 
 func intOrName(name string) intstr.IntOrString { return intstr.FromString(name) }
 

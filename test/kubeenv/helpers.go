@@ -13,6 +13,8 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // Bounds of the helpers' waits.
@@ -27,23 +29,11 @@ const (
 )
 
 // Poll calls cond every 50ms until it returns true, failing t with what and
-// cond's last explanation after timeout. It is test/wait.Until at a pace
-// meant for an API server rather than a local socket.
+// cond's last explanation after timeout: test/wait.Until at a pace meant
+// for an API server rather than a local socket.
 func Poll(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true within %s: %s", what, timeout, detail)
-		}
-		<-tick.C
-	}
+	wait.UntilEvery(t, pollEvery, timeout, what, cond)
 }
 
 // reqContext is a context for one helper request: it ends with the test,

@@ -2,20 +2,20 @@ package kubeenv
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"sync"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
 // Shared is one cluster for a package's tests, started by the first test
-// that asks and stopped by TestMain:
+// that asks and stopped by TestMain (see Main):
 //
 //	var cluster kubeenv.Shared
 //
-//	func TestMain(m *testing.M) {
-//		code := m.Run()
-//		cluster.Stop()
-//		os.Exit(code)
-//	}
+//	func TestMain(m *testing.M) { os.Exit(cluster.Main(m)) }
 //
 //	func TestX(t *testing.T) { c := cluster.Get(t); ... }
 type Shared struct {
@@ -58,4 +58,22 @@ func (s *Shared) Stop() {
 	if s.c != nil {
 		s.c.Stop()
 	}
+}
+
+// Main runs a package's tests (m.Run), stops the shared cluster, and then
+// checks that no goroutine was left behind (goleak). It returns the exit
+// code for os.Exit:
+//
+//	var cluster kubeenv.Shared
+//	func TestMain(m *testing.M) { os.Exit(cluster.Main(m)) }
+func (s *Shared) Main(m *testing.M) int {
+	code := m.Run()
+	s.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	return code
 }

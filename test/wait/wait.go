@@ -14,8 +14,15 @@ const Every = 2 * time.Millisecond
 // with what and cond's last explanation.
 func Until(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
+	UntilEvery(t, Every, timeout, what, cond)
+}
+
+// UntilEvery is Until polling every every: a slower pace for conditions
+// that cost the other side work (an API server's list, a process's /proc).
+func UntilEvery(t testing.TB, every, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(Every)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		ok, detail := cond()
