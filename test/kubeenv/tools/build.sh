@@ -8,7 +8,7 @@
 # <cache> is $TIDEGATE_KUBE_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/tidegate-kube.
 # The versions are the ones the modules next to this script require
 # (kube/go.mod: k8s.io/kubernetes; etcd/go.mod: go.etcd.io/etcd/server/v3);
-# change them there. A cold build takes about 8-10 minutes on 2 cores
+# change them there. A cold build takes about 11 minutes on 2 cores
 # (kube-apiserver is most of it), a warm one nothing. Each directory is
 # filled in a temporary directory and renamed, so a cut build leaves no
 # half-filled cache behind.
