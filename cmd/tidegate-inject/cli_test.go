@@ -329,3 +329,24 @@ func TestCertsAndWebhook(t *testing.T) {
 		t.Errorf("no stopped log line:\n%s", stderr.String())
 	}
 }
+
+// TestSeparatorLineContent: YAML lets a document start on its "---" line;
+// that document must come out, not be dropped.
+func TestSeparatorLineContent(t *testing.T) {
+	in := configMap + `--- {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"inline"}}` + "\n" +
+		"--- |\n  a top-level block scalar\n"
+	docs := splitDocuments([]byte(in))
+	if len(docs) != 3 {
+		t.Fatalf("%d documents, want 3: %+v", len(docs), docs)
+	}
+	if !strings.Contains(docs[1].text, `"name":"inline"`) || docs[1].line != 5 {
+		t.Errorf("document 2 lost its content or line: %d %q", docs[1].line, docs[1].text)
+	}
+	if !strings.Contains(docs[2].text, "block scalar") {
+		t.Errorf("document 3: %q", docs[2].text)
+	}
+	code, out, errs := runCLI(t, configMap+`--- {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"inline"}}`+"\n", "inject", "-f", "-")
+	if code != 0 || !strings.Contains(out, `"name":"inline"`) {
+		t.Errorf("exit %d, the inline document dropped from the output:\n%s\n%s", code, out, errs)
+	}
+}

@@ -129,7 +129,9 @@ func readInput(file string, stdin io.Reader) ([]byte, error) {
 var separator = regexp.MustCompile(`^---(\s|$)`)
 
 // splitDocuments splits a YAML stream at its "---" lines and drops the
-// documents with nothing but comments and blank lines.
+// documents with nothing but comments and blank lines. What follows "---"
+// on its line (as in "--- {kind: ConfigMap, ...}" or "--- |") is the first
+// line of the next document, never dropped.
 func splitDocuments(in []byte) []*document {
 	var docs []*document
 	var cur strings.Builder
@@ -146,7 +148,11 @@ func splitDocuments(in []byte) []*document {
 		if separator.MatchString(l) {
 			flush()
 			start = i + 2
-			continue
+			rest := strings.TrimLeft(l[len("---"):], " \t")
+			if t := strings.TrimSpace(rest); t == "" || strings.HasPrefix(t, "#") {
+				continue
+			}
+			start, l = i+1, rest
 		}
 		if t := strings.TrimSpace(l); t != "" && !strings.HasPrefix(t, "#") && t != "..." {
 			content = true

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tidegate/tidegate/test/wait"
 )
 
 // A report file that is a FIFO nobody reads (a careless mount, or a
@@ -100,5 +103,32 @@ func TestCopyBinaryReplacesSymlink(t *testing.T) {
 	vi, err := os.Stat(elsewhere)
 	if b, _ := os.ReadFile(elsewhere); err != nil || !bytes.Equal(b, content) || vi.Mode().Perm() != 0o644 {
 		t.Errorf("the link's target was changed: mode %v, %v", vi.Mode(), err)
+	}
+}
+
+// A reload that changes the drain token rewrites --copy-binary-to's
+// drain-token file: a chained preStop hook reading the stale token would be
+// refused (403) and skip the drain.
+func TestReloadRewritesTheTokenFile(t *testing.T) {
+	app := namedApp(t, "a", nil)
+	dir := t.TempDir()
+	file := filepath.Join(t.TempDir(), "tidegate.yaml")
+	base := "listen: 127.0.0.1:0\nhealth_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: " + app.Listener.Addr().String() +
+		"\ncopy_binary_to: " + dir + "\n"
+	writeConfig(t, file, base+"drain: {token: first}\n")
+	if err := writeTokenFile(dir, "first"); err != nil { // as run does at start
+		t.Fatal(err)
+	}
+	sc, sig, _ := startWith(t, "--config", file)
+	writeConfig(t, file, base+"drain: {token: second}\n")
+	sig <- syscall.SIGHUP
+	wait.For(t, "config version 2", func() bool { return sc.version.Load() == 2 })
+	b, err := os.ReadFile(filepath.Join(dir, tokenFileName))
+	if err != nil || string(b) != "second" {
+		t.Fatalf("token file after the reload: %q %v; want the new token", b, err)
+	}
+	r := prestopDone(t, runPrestop(envOf(nil), nil, "--health", sc.aux[0].ln.Addr().String(), "--token-file", filepath.Join(dir, tokenFileName), "--wait", "0s"))
+	if strings.Contains(r.stderr, "403") {
+		t.Errorf("prestop with the token file after the reload was refused: %q", r.stderr)
 	}
 }

@@ -199,19 +199,33 @@ func (s *sidecar) applyReload() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.probes.Update(l.probes); err != nil {
-		for _, p := range next {
-			if !slices.Contains(keep, p) {
-				_ = p.srv.Close()
+	c := &l.cfg
+	// A new drain token goes to --copy-binary-to's drain-token file before
+	// the health listener checks it: a chained preStop hook reading a stale
+	// file would be refused (403) and skip the drain. A reload refused
+	// below puts the old token back.
+	restoreToken := func() {}
+	if c.CopyBinaryTo != "" && c.Drain.Token != old.cfg.Drain.Token {
+		if err := writeTokenFile(c.CopyBinaryTo, c.Drain.Token); err != nil {
+			closeNew(next, keep)
+			return nil, err
+		}
+		restoreToken = func() {
+			if err := writeTokenFile(c.CopyBinaryTo, old.cfg.Drain.Token); err != nil {
+				s.log.Error("drain token file not restored after a refused reload: chained preStop hooks will be refused", zap.String("reason", "token_file"), zap.Error(err))
 			}
 		}
+	}
+	if err := s.probes.Update(l.probes); err != nil {
+		restoreToken()
+		closeNew(next, keep)
 		return nil, err
 	}
-	c := &l.cfg
 	// The phase check above may be stale by now: a drain that began since
 	// has shut the listeners down, and replace refuses (the probes were
 	// updated, which the drain does not mind).
 	if err := s.front.replace(next, c.Drain.Delay, c.Drain.Timeout); err != nil {
+		restoreToken()
 		return nil, err
 	}
 
@@ -233,6 +247,16 @@ func (s *sidecar) applyReload() ([]string, error) {
 	s.health.set(s.healthHandler())
 	s.version.Add(1)
 	return changed, nil
+}
+
+// closeNew closes the servers of next that keep does not hold: the
+// listeners a refused reload had opened.
+func closeNew(next, keep []*publicListener) {
+	for _, p := range next {
+		if !slices.Contains(keep, p) {
+			_ = p.srv.Close()
+		}
+	}
 }
 
 // checkWritable reports whether path can be opened for appending.

@@ -196,7 +196,7 @@ func TestUninjectErrors(t *testing.T) {
 		{`{"version":2}`, "version 2, want 1"},
 		{`{"version":1,"extra":true}`, `unknown field "extra"`},
 		{`{"version":1,"appContainer":"gone","lifecycle":null}`, "the app container the tidegate.io/status record names is gone"},
-		{`{"version":1,"appContainer":"app","appPort":{"index":3,"name":"http"},"lifecycle":null}`, "the record renamed port 3, which is gone"},
+		{`{"version":1,"appContainer":"app","appPort":{"index":3,"name":"http"},"lifecycle":null}`, "no port named tidegate-app, the one injection renamed from \"http\""},
 	} {
 		doc := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","annotations":{%q:%q}},"spec":{"containers":[{"name":"app","image":"a"}]}}`, AnnotationStatus, tc.status)
 		out, changed, err := Uninject([]byte(doc))

@@ -1,10 +1,13 @@
 package inject
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -40,5 +43,39 @@ func TestHugePreStopSleepSaturates(t *testing.T) {
 	cmd := injected.Spec.Containers[0].Lifecycle.PreStop.Exec.Command
 	if !slices.Contains(cmd, "--then-sleep=2562047h47m16s") {
 		t.Errorf("preStop command %q: want --then-sleep=2562047h47m16s, the longest duration", cmd)
+	}
+}
+
+// Uninject gives the app port's name back to the port injection renamed
+// tidegate-app, even when the ports were reordered since: never to
+// whatever port now sits at the recorded index.
+func TestUninjectAfterPortsReordered(t *testing.T) {
+	var meta metav1.ObjectMeta
+	spec := corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app",
+		Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "debug", ContainerPort: 6060}}}}}
+	if _, err := InjectPod(&meta, &spec, InjectUnlessRefused, testParams()); err != nil {
+		t.Fatal(err)
+	}
+	ports := spec.Containers[0].Ports
+	spec.Containers[0].Ports = []corev1.ContainerPort{ports[1], ports[0]} // an operator's edit
+	if ok, err := UninjectPod(&meta, &spec); !ok || err != nil {
+		t.Fatalf("UninjectPod: %v %v", ok, err)
+	}
+	want := []corev1.ContainerPort{{Name: "debug", ContainerPort: 6060}, {Name: "http", ContainerPort: 8080}}
+	if got := spec.Containers[0].Ports; !reflect.DeepEqual(got, want) {
+		t.Errorf("ports after uninject: %+v, want %+v", got, want)
+	}
+
+	// The renamed port gone altogether: an error naming it, nothing changed.
+	if _, err := InjectPod(&meta, &spec, InjectUnlessRefused, testParams()); err != nil {
+		t.Fatal(err)
+	}
+	spec.Containers[0].Ports = spec.Containers[0].Ports[:1]
+	before := spec.DeepCopy()
+	if _, err := UninjectPod(&meta, &spec); err == nil || !strings.Contains(err.Error(), "no port named "+AppPortName) {
+		t.Errorf("UninjectPod without the tidegate-app port: %v", err)
+	}
+	if !reflect.DeepEqual(before, &spec) {
+		t.Error("a failed UninjectPod changed the spec")
 	}
 }

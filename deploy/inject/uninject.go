@@ -100,10 +100,16 @@ func (in *podInjection) uninject(st *status) error {
 		return in.errorf(containerField(false, st.AppContainer), "the app container the %s record names is gone: remove the annotation and what injection added by hand", AnnotationStatus)
 	}
 	if r := st.AppPort; r != nil {
-		if r.Index < 0 || r.Index >= len(app.Ports) {
-			return in.errorf(containerField(false, app.Name)+".ports", "the record renamed port %d, which is gone: restore the port name %q by hand", r.Index, r.Name)
+		// The port injection renamed is the one named tidegate-app: at the
+		// recorded index unless the ports were edited since.
+		i := r.Index
+		if i < 0 || i >= len(app.Ports) || app.Ports[i].Name != AppPortName {
+			i = slices.IndexFunc(app.Ports, func(pt corev1.ContainerPort) bool { return pt.Name == AppPortName })
 		}
-		app.Ports[r.Index].Name = r.Name
+		if i < 0 {
+			return in.errorf(containerField(false, app.Name)+".ports", "no port named %s, the one injection renamed from %q: restore the port name %q by hand", AppPortName, r.Name, r.Name)
+		}
+		app.Ports[i].Name = r.Name
 	}
 	for _, r := range st.Probes {
 		c := container(r.Container)

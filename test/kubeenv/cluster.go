@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -166,14 +168,57 @@ func Launch(o Options) (*Cluster, error) {
 	}
 }
 
+// dirPrefix starts a cluster directory's name, followed by the test
+// process's pid and "-": a run killed before its cleanups (a -timeout
+// panic, a SIGKILL) leaves its directory, etcd's preallocated WAL with it,
+// and the next Launch removes it once that pid is gone.
+const dirPrefix = "kubeenv-"
+
+// keptMarker marks a directory TIDEGATE_KUBE_KEEP=1 keeps: never swept.
+const keptMarker = "kept"
+
+// sweepDirs removes the cluster directories in tmp whose test process is
+// gone and that are not marked kept; at most sweepMax per call.
+func sweepDirs(tmp string, logf func(string, ...any)) {
+	const sweepMax = 64
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return
+	}
+	swept := 0
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), dirPrefix)
+		pidText, _, ok2 := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || !ok2 || err != nil || !e.IsDir() || pid == os.Getpid() || processAlive(pid) || swept == sweepMax {
+			continue
+		}
+		dir := filepath.Join(tmp, e.Name())
+		if _, err := os.Stat(filepath.Join(dir, keptMarker)); err == nil {
+			continue
+		}
+		if err := os.RemoveAll(dir); err == nil && logf != nil {
+			logf("kubeenv: removed %s, left by test process %d, which is gone", dir, pid)
+		}
+		swept++
+	}
+}
+
 var errPortTaken = errors.New("a port the harness chose was taken before the process bound it")
 
 func launchOnce(o Options, deadline time.Time) (_ *Cluster, err error) {
-	dir, err := os.MkdirTemp("", "kubeenv-")
+	sweepDirs(os.TempDir(), o.Logf)
+	dir, err := os.MkdirTemp("", dirPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, err
 	}
 	c := &Cluster{Dir: dir, keep: os.Getenv(KeepEnv) == "1", grace: o.StopGrace}
+	if c.keep {
+		if err := os.WriteFile(filepath.Join(dir, keptMarker), nil, 0o600); err != nil {
+			_ = os.RemoveAll(dir)
+			return nil, err
+		}
+	}
 	defer func() {
 		if err != nil {
 			c.Stop()
