@@ -104,7 +104,8 @@ type Params struct {
 	// /drain. Default 15081.
 	HealthPort int32
 	// MetricsPort serves only GET /metrics, on the pod network, for
-	// Prometheus. Default 15090.
+	// Prometheus. Default 15092 (not 15090: that is Envoy's, in every
+	// Istio pod).
 	MetricsPort int32
 	// AdminPort is the admin listener, on 127.0.0.1 only. Default 15901.
 	AdminPort int32
@@ -150,7 +151,7 @@ func (p Params) WithDefaults() Params {
 		p.HealthPort = 15081
 	}
 	if p.MetricsPort == 0 {
-		p.MetricsPort = 15090
+		p.MetricsPort = 15092
 	}
 	if p.AdminPort == 0 {
 		p.AdminPort = 15901
