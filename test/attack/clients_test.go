@@ -235,11 +235,7 @@ func h2Flood(ping bool) func(r *rc) (outcome, error) {
 						err = bw.Flush()
 					}
 					if err != nil {
-						if errors.Is(err, os.ErrDeadlineExceeded) {
-							res.ended = "tidegate stopped reading"
-						} else {
-							res.ended = "closed by tidegate"
-						}
+						res.ended = floodEnd(err, r.ctx)
 						return
 					}
 					res.sent++
@@ -550,14 +546,7 @@ func h2RapidReset(r *rc) (outcome, error) {
 					res.pairs++
 				}
 			}
-			switch {
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				res.ended = "tidegate stopped reading"
-			case err != nil:
-				res.ended = "closed by tidegate"
-			case r.ctx.Err() != nil:
-				res.ended = "row stopped"
-			default:
+			if res.ended = floodEnd(err, r.ctx); res.ended == "" {
 				err = bw.Flush()
 			}
 		}()
@@ -638,13 +627,8 @@ func h2ContinuationFlood(fragment int) func(r *rc) (outcome, error) {
 						res.frames++
 					}
 				}
-				switch {
-				case errors.Is(err, os.ErrDeadlineExceeded):
-					res.ended = "tidegate stopped reading"
-				case err != nil:
-					res.ended = "closed by tidegate"
-				case r.ctx.Err() != nil:
-					res.ended = "row stopped"
+				switch res.ended = floodEnd(err, r.ctx); {
+				case res.ended != "":
 				case res.frames < r.frames:
 					res.ended = "time"
 				default:
@@ -667,4 +651,19 @@ func h2ContinuationFlood(fragment int) func(r *rc) (outcome, error) {
 		readers.Wait()
 		return out, err
 	}
+}
+
+// floodEnd says why a flooding client stopped: the write timed out
+// (tidegate stopped reading), failed (tidegate closed the connection), or
+// the row's context ended; "" when none of these (err nil, ctx live).
+func floodEnd(err error, ctx context.Context) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "tidegate stopped reading"
+	case err != nil:
+		return "closed by tidegate"
+	case ctx.Err() != nil:
+		return "row stopped"
+	}
+	return ""
 }

@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/tidegate/tidegate/test/gobuild"
-	"go.uber.org/goleak"
 )
 
 // binary is the path of the binary under test, built once by TestMain.
@@ -23,24 +21,7 @@ const (
 	stampCommit  = "e2ec0ffee"
 )
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "tidegate-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
-	}
-	if err := build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		_ = os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	if err := gobuild.RaiseFileLimit(8192); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		_ = os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { _ = os.RemoveAll(dir) }))
-}
+func TestMain(m *testing.M) { gobuild.Main(m, "e2e", 8192, build) }
 
 // raceBinaryEnv, set to 1 while the suite itself runs with -race, builds the
 // binary under test with the race detector too. Off by default: a
@@ -52,11 +33,7 @@ const raceBinaryEnv = "TIDEGATE_E2E_RACE"
 // build compiles ./cmd/tidegate and ./test/fakeapp/cmd/fakeapp from the
 // repository root into dir. The fakeapp is never built with -race: it is a
 // peer, not the code under test.
-func build(dir string) error {
-	root, err := gobuild.RepoRoot()
-	if err != nil {
-		return err
-	}
+func build(root, dir string) error {
 	binary = filepath.Join(dir, "tidegate")
 	flags := []string{"-ldflags", "-X main.version=" + stampVersion + " -X main.commit=" + stampCommit}
 	if raceEnabled && os.Getenv(raceBinaryEnv) == "1" {
