@@ -20,27 +20,15 @@ func echoApp(t *testing.T) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	acceptAll(t, ln, func(c net.Conn, _ int64) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if _, err := io.WriteString(c, "echo: "+sc.Text()+"\n"); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if _, err := io.WriteString(c, "echo: "+sc.Text()+"\n"); err != nil {
-						return
-					}
-				}
-				_, _ = io.WriteString(c, "bye\n")
-			}()
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
+		_, _ = io.WriteString(c, "bye\n")
+	})
 	return ln
 }
 
